@@ -1,0 +1,32 @@
+# Every target builds .venv itself; a fresh clone needs nothing but python3 (3.11+).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create or update .venv; the console script lands at .venv/bin/fanout
+
+run: $(STAMP)  ## the ingress and every pool, on embedded defaults when nothing is configured
+	$(BIN)/fanout run
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy bus ingress workers fanout
+
+test: lint typecheck  ## ruff, mypy, then pytest (real Redis at 127.0.0.1:6379 for integration tests)
+	$(BIN)/pytest
+
+bench: $(STAMP)  ## side-by-side benchmarks; not part of `make test`
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""What the ingress and the workers share: settings, the routing table, stream keys, the event envelope."""

@@ -1,0 +1,109 @@
+"""The stream entry: what the ingress writes and what a worker reads.
+
+Each entry is self-contained: the raw body, the fields routing used, the
+handler list decided at publish time, the routing-table version and the time
+received. A worker never needs the routing table to run an entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import orjson
+
+# Field names inside a stream entry. Short, because they are stored per entry.
+F_ID = "id"
+F_TYPE = "type"
+F_CREATED = "created"
+F_LIVEMODE = "livemode"
+F_ACCOUNT = "account"
+F_OBJECT_ID = "object_id"
+F_HANDLERS = "handlers"
+F_VERSION = "version"
+F_RECEIVED_MS = "received_ms"
+F_BODY = "body"
+
+HANDLER_SEPARATOR = ","
+
+
+@dataclass(frozen=True)
+class RoutingFields:
+    """The few fields the ingress parses out of a Stripe event to route it."""
+
+    id: str
+    type: str
+    created: int
+    livemode: bool
+    account: str | None
+    object_id: str | None
+
+
+def entry_fields(
+    event: RoutingFields, handlers: tuple[str, ...], version: str, received_ms: int, body: bytes
+) -> dict[str, str | bytes]:
+    """The fields of one stream entry, in the order the publish script writes them."""
+    return {
+        F_ID: event.id,
+        F_TYPE: event.type,
+        F_CREATED: str(event.created),
+        F_LIVEMODE: "1" if event.livemode else "0",
+        F_ACCOUNT: event.account or "",
+        F_OBJECT_ID: event.object_id or "",
+        F_HANDLERS: HANDLER_SEPARATOR.join(handlers),
+        F_VERSION: version,
+        F_RECEIVED_MS: str(received_ms),
+        F_BODY: body,
+    }
+
+
+def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str:
+    value = fields.get(name.encode()) if name.encode() in fields else fields.get(name, b"")
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Stripe event as a handler sees it."""
+
+    id: str
+    type: str
+    created: int
+    livemode: bool
+    account: str | None
+    object_id: str | None
+    handlers: tuple[str, ...]
+    table_version: str
+    received_ms: int
+    body: bytes = field(repr=False)
+
+    @cached_property
+    def payload(self) -> dict[str, Any]:
+        """The whole event, parsed on first use."""
+        parsed: dict[str, Any] = orjson.loads(self.body)
+        return parsed
+
+    @property
+    def data_object(self) -> dict[str, Any]:
+        """`data.object`: the Stripe object the event is about."""
+        obj: dict[str, Any] = self.payload["data"]["object"]
+        return obj
+
+    @classmethod
+    def from_entry(cls, fields: Mapping[bytes | str, bytes | str]) -> Event:
+        body = fields.get(F_BODY.encode(), fields.get(F_BODY, b""))
+        handlers = _text(fields, F_HANDLERS)
+        return cls(
+            id=_text(fields, F_ID),
+            type=_text(fields, F_TYPE),
+            created=int(_text(fields, F_CREATED) or 0),
+            livemode=_text(fields, F_LIVEMODE) == "1",
+            account=_text(fields, F_ACCOUNT) or None,
+            object_id=_text(fields, F_OBJECT_ID) or None,
+            handlers=tuple(h for h in handlers.split(HANDLER_SEPARATOR) if h),
+            table_version=_text(fields, F_VERSION),
+            received_ms=int(_text(fields, F_RECEIVED_MS) or 0),
+            body=body if isinstance(body, bytes) else str(body).encode(),
+        )

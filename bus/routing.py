@@ -1,0 +1,413 @@
+"""routing.yaml: load and validate once into frozen dataclasses, then match event types.
+
+Validation names the file, the line and the problem. Code that runs the table
+trusts it. Matching: an exact event type wins, then the longest wildcard
+prefix (``customer.*`` matches ``customer.subscription.created``), then ``*``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+
+from bus.errors import ConfigError
+from bus.handler_names import DESTINATION_NAME, handler_name_problem
+
+POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+EVENT_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+EXECUTORS = ("async", "rq")
+
+MatchKind = Literal["exact", "wildcard", "catch-all"]
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str
+    concurrency: int = 16
+    max_attempts: int = 10
+    timeout_s: float = 30.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 600.0
+    retention_s: int = 7 * 24 * 3600
+    executor: str = "async"
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    url_env: str
+    secret_env: str
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Route:
+    pattern: str
+    kind: MatchKind
+    # (pool, handlers) pairs, in the order they are written.
+    targets: tuple[tuple[str, tuple[str, ...]], ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    event_type: str
+    route: Route | None
+
+    @property
+    def targets(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        return self.route.targets if self.route else ()
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        return tuple(pool for pool, _ in self.targets)
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    pools: dict[str, PoolConfig]
+    destinations: dict[str, Destination]
+    routes: tuple[Route, ...]
+    version: str
+    source: str
+    warnings: tuple[str, ...] = ()
+    _exact: dict[str, Route] = field(default_factory=dict, repr=False, compare=False)
+    # Longest prefix first, so the first hit is the most specific wildcard.
+    _wildcards: tuple[tuple[str, Route], ...] = field(default=(), repr=False, compare=False)
+    _catch_all: Route | None = field(default=None, repr=False, compare=False)
+    _cache: dict[str, RouteMatch] = field(default_factory=dict, repr=False, compare=False)
+
+    def match(self, event_type: str) -> RouteMatch:
+        """The route that wins for `event_type` (route is None when nothing matches)."""
+        hit = self._cache.get(event_type)
+        if hit is not None:
+            return hit
+        route = self._exact.get(event_type)
+        if route is None:
+            for prefix, candidate in self._wildcards:
+                if event_type.startswith(prefix):
+                    route = candidate
+                    break
+            else:
+                route = self._catch_all
+        hit = RouteMatch(event_type, route)
+        # Only verified Stripe events reach here, so the set of types is small;
+        # the bound is a guard, not a tuning knob.
+        if len(self._cache) < 4096:
+            self._cache[event_type] = hit
+        return hit
+
+
+@cache
+def known_event_types() -> frozenset[str]:
+    """Every v1 event type the installed Stripe SDK knows."""
+    import stripe
+
+    return frozenset(typing.get_args(stripe.Event.__annotations__["type"]))
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+class _Problems:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def error(self, node: yaml.Node | None, message: str) -> None:
+        self.errors.append(f"{self.source}:{_line(node)}: {message}")
+
+    def warn(self, node: yaml.Node | None, message: str) -> None:
+        self.warnings.append(f"{self.source}:{_line(node)}: {message}")
+
+
+def _line(node: yaml.Node | None) -> int:
+    return node.start_mark.line + 1 if node is not None else 1
+
+
+def load_routing(path: str | Path) -> RoutingTable:
+    """Read and validate a routing file; raise ConfigError listing every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read routing file: {err.strerror or err}") from err
+    return parse_routing(text, source=str(path))
+
+
+def parse_routing(text: str, source: str = "routing.yaml") -> RoutingTable:
+    problems = _Problems(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        reason = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{source}:{line}: invalid YAML: {reason}") from err
+    if root is None:
+        raise ConfigError(f"{source}:1: the file is empty; it needs 'pools' and 'routes'")
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{source}:{_line(root)}: the top level must be a mapping")
+
+    sections = _mapping(root, problems, "top level")
+    for name, (key_node, _) in sections.items():
+        if name not in ("pools", "destinations", "routes", "version"):
+            problems.error(key_node, f"unknown section {name!r} (expected pools, destinations, routes)")
+
+    pools = _load_pools(sections.get("pools"), problems, root)
+    destinations = _load_destinations(sections.get("destinations"), problems)
+    routes = _load_routes(sections.get("routes"), problems, root, pools, destinations)
+
+    if problems.errors:
+        raise ConfigError("\n".join(problems.errors))
+
+    canonical = {
+        "pools": {n: vars(p) for n, p in sorted(pools.items())},
+        "destinations": {n: vars(d) for n, d in sorted(destinations.items())},
+        "routes": {r.pattern: [[p, list(h)] for p, h in r.targets] for r in routes},
+    }
+    version = hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+    exact = {r.pattern: r for r in routes if r.kind == "exact"}
+    wildcards = sorted(
+        ((r.pattern[:-1], r) for r in routes if r.kind == "wildcard"),
+        key=lambda pair: len(pair[0]),
+        reverse=True,
+    )
+    catch_all = next((r for r in routes if r.kind == "catch-all"), None)
+    return RoutingTable(
+        pools=pools,
+        destinations=destinations,
+        routes=tuple(routes),
+        version=version,
+        source=source,
+        warnings=tuple(problems.warnings),
+        _exact=exact,
+        _wildcards=tuple(wildcards),
+        _catch_all=catch_all,
+    )
+
+
+def _mapping(
+    node: yaml.MappingNode, problems: _Problems, what: str
+) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    """Keys of a YAML mapping with their nodes; duplicate and non-string keys are errors."""
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or not key_node.value:
+            problems.error(key_node, f"{what}: keys must be non-empty strings")
+            continue
+        key = str(key_node.value)
+        if key in out:
+            first = _line(out[key][0])
+            problems.error(key_node, f"{what}: duplicate key {key!r} (first defined on line {first})")
+            continue
+        out[key] = (key_node, value_node)
+    return out
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """The Python value of a scalar node, with YAML's usual typing (ints, floats, bools)."""
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+
+
+def _load_pools(
+    entry: tuple[yaml.Node, yaml.Node] | None, problems: _Problems, root: yaml.Node
+) -> dict[str, PoolConfig]:
+    if entry is None:
+        problems.error(root, "missing 'pools' section: declare at least one pool")
+        return {}
+    key_node, node = entry
+    if not isinstance(node, yaml.MappingNode) or not node.value:
+        problems.error(key_node, "'pools' must be a mapping of pool names to options")
+        return {}
+    pools: dict[str, PoolConfig] = {}
+    for name, (name_node, options_node) in _mapping(node, problems, "pools").items():
+        if not POOL_NAME.match(name):
+            problems.error(name_node, f"pool name {name!r} must be lowercase letters, digits, '_' or '-'")
+            continue
+        options = _options(options_node, problems, f"pool {name!r}", name_node)
+        pool = PoolConfig(name=name)
+        values: dict[str, Any] = {}
+        for option, (opt_node, value) in options.items():
+            if option not in PoolConfig.__dataclass_fields__ or option == "name":
+                allowed = ", ".join(f for f in PoolConfig.__dataclass_fields__ if f != "name")
+                problems.error(opt_node, f"pool {name!r}: unknown option {option!r} (allowed: {allowed})")
+                continue
+            problem = _pool_option_problem(option, value)
+            if problem:
+                problems.error(opt_node, f"pool {name!r}: {option} {problem}")
+                continue
+            values[option] = value
+        pools[name] = PoolConfig(**{**vars(pool), **values})
+    return pools
+
+
+def _pool_option_problem(option: str, value: Any) -> str | None:
+    if option == "executor":
+        return None if value in EXECUTORS else f"must be one of {', '.join(EXECUTORS)}, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be a number, got {value!r}"
+    if option in ("concurrency", "max_attempts", "retention_s") and not isinstance(value, int):
+        return f"must be a whole number, got {value!r}"
+    if value <= 0:
+        return f"must be positive, got {value!r}"
+    return None
+
+
+def _options(
+    node: yaml.Node, problems: _Problems, what: str, owner: yaml.Node
+) -> dict[str, tuple[yaml.Node, Any]]:
+    if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null"):
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        problems.error(owner, f"{what}: options must be a mapping")
+        return {}
+    out: dict[str, tuple[yaml.Node, Any]] = {}
+    for key, (key_node, value_node) in _mapping(node, problems, what).items():
+        if not isinstance(value_node, yaml.ScalarNode):
+            problems.error(value_node, f"{what}: {key} must be a single value")
+            continue
+        out[key] = (key_node, _scalar(value_node))
+    return out
+
+
+def _load_destinations(
+    entry: tuple[yaml.Node, yaml.Node] | None, problems: _Problems
+) -> dict[str, Destination]:
+    if entry is None:
+        return {}
+    key_node, node = entry
+    if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null"):
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        problems.error(key_node, "'destinations' must be a mapping of names to {url_env, secret_env}")
+        return {}
+    out: dict[str, Destination] = {}
+    for name, (name_node, options_node) in _mapping(node, problems, "destinations").items():
+        if not DESTINATION_NAME.match(name):
+            problems.error(name_node, f"destination name {name!r} must be letters, digits, '_' or '-'")
+            continue
+        options = _options(options_node, problems, f"destination {name!r}", name_node)
+        values: dict[str, Any] = {}
+        for option, (opt_node, value) in options.items():
+            if option in ("url_env", "secret_env"):
+                if not isinstance(value, str) or not re.match(r"^[A-Z_][A-Z0-9_]*$", value):
+                    problems.error(opt_node, f"destination {name!r}: {option} must name an environment variable, got {value!r}")
+                    continue
+            elif option == "timeout_s":
+                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                    problems.error(opt_node, f"destination {name!r}: timeout_s must be a positive number")
+                    continue
+            else:
+                problems.error(opt_node, f"destination {name!r}: unknown option {option!r} (allowed: url_env, secret_env, timeout_s)")
+                continue
+            values[option] = value
+        missing = [o for o in ("url_env", "secret_env") if o not in options]
+        if missing:
+            problems.error(name_node, f"destination {name!r} is missing {' and '.join(missing)}")
+            continue
+        if len(values) == len(options):
+            out[name] = Destination(name=name, **values)
+    return out
+
+
+def _route_kind(pattern: str) -> MatchKind | None:
+    if pattern == "*":
+        return "catch-all"
+    if pattern.endswith(".*") and EVENT_NAME.match(pattern[:-2]):
+        return "wildcard"
+    if EVENT_NAME.match(pattern):
+        return "exact"
+    return None
+
+
+def _load_routes(
+    entry: tuple[yaml.Node, yaml.Node] | None,
+    problems: _Problems,
+    root: yaml.Node,
+    pools: dict[str, PoolConfig],
+    destinations: dict[str, Destination],
+) -> list[Route]:
+    if entry is None:
+        problems.error(root, "missing 'routes' section")
+        return []
+    key_node, node = entry
+    if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null"):
+        return []
+    if not isinstance(node, yaml.MappingNode):
+        problems.error(key_node, "'routes' must be a mapping of event types to {pool: [handlers]}")
+        return []
+    known = known_event_types()
+    dest_names = frozenset(destinations)
+    routes: list[Route] = []
+    for pattern, (pattern_node, targets_node) in _mapping(node, problems, "routes").items():
+        kind = _route_kind(pattern)
+        if kind is None:
+            problems.error(
+                pattern_node,
+                f"malformed route {pattern!r}: use an event type (charge.refunded), "
+                "a prefix wildcard ending in '.*' (customer.*), or '*'",
+            )
+            continue
+        _warn_unknown_type(pattern, kind, pattern_node, known, problems)
+        if not isinstance(targets_node, yaml.MappingNode) or not targets_node.value:
+            problems.error(pattern_node, f"route {pattern!r} must map pool names to handler lists")
+            continue
+        targets: list[tuple[str, tuple[str, ...]]] = []
+        for pool, (pool_node, handlers_node) in _mapping(targets_node, problems, f"route {pattern!r}").items():
+            if pool not in pools:
+                known_pools = ", ".join(sorted(pools)) or "none declared"
+                problems.error(pool_node, f"route {pattern!r}: unknown pool {pool!r} (pools: {known_pools})")
+                continue
+            handlers = list(_handler_names(handlers_node, problems, pattern, pool))
+            for handler_node, handler in handlers:
+                problem = handler_name_problem(handler, dest_names)
+                if problem:
+                    problems.error(handler_node, f"route {pattern!r}, pool {pool!r}: {problem}")
+            names = [h for _, h in handlers]
+            for dup in sorted({h for h in names if names.count(h) > 1}):
+                problems.error(handlers_node, f"route {pattern!r}, pool {pool!r}: handler {dup!r} is listed twice")
+            targets.append((pool, tuple(names)))
+        routes.append(Route(pattern, kind, tuple(targets), _line(pattern_node)))
+    return routes
+
+
+def _handler_names(
+    node: yaml.Node, problems: _Problems, pattern: str, pool: str
+) -> Iterator[tuple[yaml.Node, str]]:
+    items = [node] if isinstance(node, yaml.ScalarNode) else node.value if isinstance(node, yaml.SequenceNode) else None
+    if not items:
+        problems.error(node, f"route {pattern!r}, pool {pool!r}: give a list of one or more handlers")
+        return
+    for item in items:
+        if not isinstance(item, yaml.ScalarNode) or not item.value.strip():
+            problems.error(item, f"route {pattern!r}, pool {pool!r}: a handler must be a non-empty string")
+            continue
+        yield item, item.value.strip()
+
+
+def _warn_unknown_type(
+    pattern: str, kind: MatchKind, node: yaml.Node, known: frozenset[str], problems: _Problems
+) -> None:
+    if kind == "catch-all":
+        return
+    if kind == "exact" and pattern not in known:
+        close = difflib.get_close_matches(pattern, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        problems.warn(node, f"{pattern!r} is not a Stripe event type this SDK knows{hint}")
+    elif kind == "wildcard" and not any(t.startswith(pattern[:-1]) for t in known):
+        prefixes = {t.split(".")[0] + ".*" for t in known}
+        close = difflib.get_close_matches(pattern, prefixes, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        problems.warn(node, f"{pattern!r} matches no Stripe event type this SDK knows{hint}")

@@ -1,0 +1,1 @@
+"""Entry points: the `fanout` command, sample events, the embedded development Redis."""

@@ -1,0 +1,213 @@
+"""The `fanout` command. It parses arguments, configures logging and calls into modules."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import orjson
+
+from bus import defaults
+from bus.errors import ConfigError
+from bus.logs import configure_logging
+from bus.routing import load_routing
+from bus.settings import Settings
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as err:
+        print(f"fanout: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+# --- ingress / run ---------------------------------------------------------------------------------
+
+
+def _serve_ingress(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "ingress.asgi:from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        # Stripe waits up to 10 s then retries; a long keep-alive only holds sockets.
+        timeout_keep_alive=5,
+    )
+
+
+def _check_routing(settings: Settings) -> bool:
+    try:
+        table = load_routing(settings.routing_file)
+    except ConfigError as err:
+        print(f"fanout: routing file is invalid:\n{err}", file=sys.stderr)
+        return False
+    for warning in table.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return True
+
+
+def cmd_ingress(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if not settings.webhook_secrets:
+        print(
+            "fanout: STRIPE_WEBHOOK_SECRET is not set. Set it to the endpoint's signing secret "
+            "(whsec_...; several may be given, comma-separated). `fanout run` uses a development "
+            "secret instead.",
+            file=sys.stderr,
+        )
+        return 2
+    if not _check_routing(settings):
+        return 1
+    _serve_ingress(args.host, args.port, args.workers)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fanout import embedded
+
+    store = embedded.resolve(os.environ.get("REDIS_URL"))
+    os.environ["REDIS_URL"] = store.url
+    using_dev_secret = not os.environ.get("STRIPE_WEBHOOK_SECRET")
+    if using_dev_secret:
+        os.environ["STRIPE_WEBHOOK_SECRET"] = defaults.DEV_WEBHOOK_SECRET
+    settings = _settings()
+    if not _check_routing(settings):
+        return 1
+    url = f"http://{args.host}:{args.port}{defaults.WEBHOOK_PATH}"
+    where = "in-process Redis (nothing is kept)" if store.in_process else store.url
+    print(
+        f"stripe-fanout is running.\n"
+        f"  events are stored in: {where}\n"
+        f"  point Stripe at:      {url}\n"
+        f"    e.g.  stripe listen --forward-to {args.host}:{args.port}{defaults.WEBHOOK_PATH}\n"
+        f"          and set STRIPE_WEBHOOK_SECRET to the whsec_... secret it prints\n"
+        + (
+            "  signing secret:       the development secret (STRIPE_WEBHOOK_SECRET is unset)\n"
+            if using_dev_secret
+            else "  signing secret:       from STRIPE_WEBHOOK_SECRET\n"
+        )
+        + "  try it, in another terminal:\n"
+        f"    .venv/bin/fanout send checkout.session.completed --url {url}\n",
+        flush=True,
+    )
+    try:
+        _serve_ingress(args.host, args.port, 1)
+    finally:
+        store.close()
+    return 0
+
+
+# --- routes ----------------------------------------------------------------------------------------
+
+
+def cmd_routes_check(args: argparse.Namespace) -> int:
+    path = Path(args.file) if args.file else _settings().routing_file
+    try:
+        table = load_routing(path)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    for warning in table.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{path}: ok (version {table.version}; {len(table.pools)} pools, {len(table.routes)} routes)")
+    return 0
+
+
+def cmd_routes_explain(args: argparse.Namespace) -> int:
+    path = Path(args.file) if args.file else _settings().routing_file
+    try:
+        table = load_routing(path)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    match = table.match(args.event_type)
+    if args.json:
+        print(orjson.dumps({
+            "event_type": args.event_type,
+            "route": match.route.pattern if match.route else None,
+            "kind": match.route.kind if match.route else None,
+            "line": match.route.line if match.route else None,
+            "pools": {pool: list(handlers) for pool, handlers in match.targets},
+        }).decode())
+        return 0
+    if match.route is None:
+        print(f"{args.event_type}: no route matches; it is answered 200 and counted as unrouted")
+        return 0
+    route = match.route
+    print(f"{args.event_type}: {route.kind} route {route.pattern!r} ({path}:{route.line})")
+    for pool, handlers in route.targets:
+        print(f"  {pool}: {', '.join(handlers)}")
+    return 0
+
+
+# --- send ------------------------------------------------------------------------------------------
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from fanout.send import send_sample
+
+    secret = args.secret or os.environ.get("STRIPE_WEBHOOK_SECRET", "").split(",")[0].strip()
+    return send_sample(args.event_type, url=args.url, secret=secret or defaults.DEV_WEBHOOK_SECRET,
+                       event_id=args.id)
+
+
+# --- parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fanout", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingress", help="serve POST /webhooks/stripe (production)")
+    p.add_argument("--host", default=defaults.HOST)
+    p.add_argument("--port", type=int, default=defaults.PORT)
+    p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    p.set_defaults(func=cmd_ingress)
+
+    p = sub.add_parser("run", help="everything in one process tree, on embedded defaults")
+    p.add_argument("--host", default=defaults.HOST)
+    p.add_argument("--port", type=int, default=defaults.PORT)
+    p.set_defaults(func=cmd_run)
+
+    routes = sub.add_parser("routes", help="check or explain routing.yaml")
+    routes_sub = routes.add_subparsers(dest="routes_command", required=True, metavar="ACTION")
+    p = routes_sub.add_parser("check", help="validate a routing file (exit 1 with the errors)")
+    p.add_argument("file", nargs="?", help="default: $ROUTING_FILE or routing.yaml")
+    p.set_defaults(func=cmd_routes_check)
+    p = routes_sub.add_parser("explain", help="which pools and handlers run for an event type")
+    p.add_argument("event_type")
+    p.add_argument("--file", help="default: $ROUTING_FILE or routing.yaml")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_routes_explain)
+
+    p = sub.add_parser("send", help="sign and POST a realistic sample event")
+    p.add_argument("event_type")
+    p.add_argument("--url", default=f"http://{defaults.HOST}:{defaults.PORT}{defaults.WEBHOOK_PATH}")
+    p.add_argument("--secret", help="default: first of $STRIPE_WEBHOOK_SECRET, else the dev secret")
+    p.add_argument("--id", help="event id to use (send it twice to see deduplication)")
+    p.set_defaults(func=cmd_send)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(os.environ.get("LOG_LEVEL", defaults.LOG_LEVEL))
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

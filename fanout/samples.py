@@ -1,0 +1,164 @@
+"""Realistic sample Stripe events for `fanout send`, shaped like the API's own payloads.
+
+Ids are fresh each call so every send is a new event, unless the caller fixes
+the event id (to show deduplication). The objects carry the fields the built-in
+handlers read: session/payment-intent/customer ids, amounts, email, shipping.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+API_VERSION = "2025-06-30.basil"
+
+Object = dict[str, Any]
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def _address() -> Object:
+    return {"city": "Kansas City", "country": "US", "line1": "1 Market St", "line2": None,
+            "postal_code": "64105", "state": "MO"}
+
+
+def _customer(ids: dict[str, str], now: int) -> Object:
+    return {
+        "id": ids["customer"], "object": "customer", "address": _address(), "balance": 0,
+        "created": now, "currency": "usd", "email": "jenny.rosen@example.com",
+        "livemode": False, "metadata": {}, "name": "Jenny Rosen", "phone": "+18005550100",
+        "preferred_locales": ["en"], "shipping": None, "tax_exempt": "none",
+    }
+
+
+def _checkout_session(ids: dict[str, str], now: int, payment_status: str = "paid") -> Object:
+    return {
+        "id": ids["session"], "object": "checkout.session", "amount_subtotal": 4500,
+        "amount_total": 4999, "currency": "usd", "created": now - 60,
+        "customer": ids["customer"],
+        "customer_details": {"address": _address(), "email": "jenny.rosen@example.com",
+                             "name": "Jenny Rosen", "phone": None, "tax_exempt": "none"},
+        "customer_email": None, "livemode": False, "metadata": {"cart_id": "cart_1042"},
+        "mode": "payment", "payment_intent": ids["payment_intent"],
+        "payment_status": payment_status,
+        "shipping_details": {"address": _address(), "name": "Jenny Rosen"},
+        "status": "complete", "total_details": {"amount_discount": 0, "amount_shipping": 499,
+                                                "amount_tax": 0},
+        "url": None,
+    }
+
+
+def _payment_intent(ids: dict[str, str], now: int, status: str = "succeeded") -> Object:
+    failed = status == "requires_payment_method"
+    return {
+        "id": ids["payment_intent"], "object": "payment_intent", "amount": 4999,
+        "amount_received": 0 if failed else 4999, "currency": "usd", "created": now - 60,
+        "customer": ids["customer"], "latest_charge": ids["charge"], "livemode": False,
+        "metadata": {"checkout_session": ids["session"]}, "receipt_email": "jenny.rosen@example.com",
+        "status": status,
+        "last_payment_error": (
+            {"code": "card_declined", "decline_code": "insufficient_funds",
+             "message": "Your card has insufficient funds.", "type": "card_error"}
+            if failed else None
+        ),
+    }
+
+
+def _charge(ids: dict[str, str], now: int) -> Object:
+    return {
+        "id": ids["charge"], "object": "charge", "amount": 4999, "amount_captured": 4999,
+        "amount_refunded": 4999, "captured": True, "created": now - 3600, "currency": "usd",
+        "customer": ids["customer"], "livemode": False, "paid": True,
+        "payment_intent": ids["payment_intent"], "refunded": True, "status": "succeeded",
+        "refunds": {"object": "list", "data": [_refund(ids, now)], "has_more": False},
+    }
+
+
+def _refund(ids: dict[str, str], now: int) -> Object:
+    return {
+        "id": ids["refund"], "object": "refund", "amount": 4999, "charge": ids["charge"],
+        "created": now, "currency": "usd", "metadata": {}, "payment_intent": ids["payment_intent"],
+        "reason": "requested_by_customer", "status": "succeeded",
+    }
+
+
+def _product(ids: dict[str, str], now: int) -> Object:
+    return {
+        "id": ids["product"], "object": "product", "active": True, "created": now - 86400,
+        "default_price": ids["price"], "description": "Charcoal wool suit, slim fit",
+        "livemode": False, "metadata": {"sku": "SUIT-CHAR-40R", "inventory": "12"},
+        "name": "Charcoal Suit", "updated": now,
+    }
+
+
+def _price(ids: dict[str, str], now: int) -> Object:
+    return {
+        "id": ids["price"], "object": "price", "active": True, "created": now - 86400,
+        "currency": "usd", "livemode": False, "product": ids["product"], "type": "one_time",
+        "unit_amount": 4999,
+    }
+
+
+Builder = Callable[[dict[str, str], int], Object]
+
+# event type -> builder of its data.object (and, for *.updated, previous_attributes).
+SAMPLES: dict[str, Builder] = {
+    "checkout.session.completed": _checkout_session,
+    "checkout.session.async_payment_succeeded": _checkout_session,
+    "checkout.session.async_payment_failed": lambda ids, now: _checkout_session(ids, now, "unpaid"),
+    "payment_intent.succeeded": _payment_intent,
+    "payment_intent.payment_failed": lambda ids, now: _payment_intent(ids, now, "requires_payment_method"),
+    "customer.created": _customer,
+    "customer.updated": _customer,
+    "customer.deleted": _customer,
+    "charge.refunded": _charge,
+    "refund.created": _refund,
+    "product.created": _product,
+    "product.updated": _product,
+    "price.created": _price,
+    "price.updated": _price,
+}
+
+PREVIOUS_ATTRIBUTES: dict[str, Object] = {
+    "customer.updated": {"name": "Jenny R."},
+    "product.updated": {"metadata": {"sku": "SUIT-CHAR-40R", "inventory": "13"}},
+    "price.updated": {"active": False},
+}
+
+
+def sample_event(
+    event_type: str,
+    *,
+    event_id: str | None = None,
+    ids: dict[str, str] | None = None,
+    created: int | None = None,
+) -> Object:
+    """A whole Stripe event of `event_type`; raise KeyError when no sample exists for it.
+
+    `ids` pins object ids (customer, session, payment_intent, ...) so that
+    several events can describe the same objects, as a real checkout does.
+    """
+    builder = SAMPLES[event_type]
+    now = int(time.time()) if created is None else created
+    all_ids = {name: _id(prefix) for name, prefix in (
+        ("customer", "cus"), ("session", "cs_test"), ("payment_intent", "pi"), ("charge", "ch"),
+        ("refund", "re"), ("product", "prod"), ("price", "price"))}
+    all_ids.update(ids or {})
+    data: Object = {"object": builder(all_ids, now)}
+    if event_type in PREVIOUS_ATTRIBUTES:
+        data["previous_attributes"] = PREVIOUS_ATTRIBUTES[event_type]
+    return {
+        "id": event_id or _id("evt"),
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": now,
+        "data": data,
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": _id("req"), "idempotency_key": secrets.token_hex(16)},
+        "type": event_type,
+    }

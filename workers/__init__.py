@@ -1,0 +1,1 @@
+"""Worker pools: consume a pool stream, run handlers, retry, dead-letter."""
