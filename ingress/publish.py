@@ -130,7 +130,7 @@ class Publisher:
         """
         packed = b"".join(_evalsha(self._sha, keys, args) for keys, args, _ in batch)
         pool = self._redis.connection_pool
-        connection = await pool.get_connection()
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await connection.send_packed_command(packed, check_health=False)
             results: list[Any] = []
