@@ -53,7 +53,9 @@ class PublishResult:
     pools: tuple[str, ...]
 
 
-Call = tuple[list[str], list[str | bytes | int], "asyncio.Future[int]"]
+# One publish: its EVALSHA command already in RESP, and the caller's future.
+Call = tuple[bytes, "asyncio.Future[int]"]
+Targets = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 class Publisher:
@@ -72,25 +74,43 @@ class Publisher:
         self._sha = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()
         self._pending: list[Call] = []
         self._flushes: set[asyncio.Task[None]] = set()
+        self._stats_and_retention = (_bulk(keys.ingress_stats), _bulk(retention_s))
+        # The parts of a command fixed by its route, packed once per distinct route.
+        self._route_parts: dict[Targets, tuple[bytes, bytes, bytes]] = {}
 
     async def publish(
         self, event: RoutingFields, match: RouteMatch, table_version: str, received_ms: int, body: bytes
     ) -> PublishResult:
         """Store the event once in every routed pool's stream; raise StoreUnavailable if Redis fails."""
-        keys = [self._keys.seen(event.id), self._keys.ingress_stats]
-        args: list[str | bytes | int] = [self._retention_s]
-        args += shared_values(event, table_version, received_ms, body)
-        for pool, handlers in match.targets:
-            keys.append(self._keys.stream(pool))
-            args += (self._keys.group(pool), HANDLER_SEPARATOR.join(handlers))
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        head, streams, per_pool = self._route_parts.get(match.targets) or self._pack_route(match.targets)
+        stats, retention = self._stats_and_retention
+        command = b"".join((
+            head, _bulk(self._keys.seen(event.id)), stats, streams, retention,
+            *map(_bulk, shared_values(event, table_version, received_ms, body)), per_pool,
+        ))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush_soon)
-        self._pending.append((keys, args, future))
+            loop.call_soon(self._flush_soon)
+        self._pending.append((command, future))
         stored = await future
         if stored == 0:
             return PublishResult(duplicate=True, pools=())
         return PublishResult(duplicate=False, pools=match.pools)
+
+    def _pack_route(self, targets: Targets) -> tuple[bytes, bytes, bytes]:
+        """EVALSHA, the key count and the per-pool keys and arguments of one route, in RESP."""
+        n_keys = 2 + len(targets)
+        n_args = 1 + len(SHARED_FIELDS) + 2 * len(targets)
+        head = b"*%d\r\n" % (3 + n_keys + n_args) + _bulk("EVALSHA") + _bulk(self._sha) + _bulk(n_keys)
+        streams = b"".join(_bulk(self._keys.stream(pool)) for pool, _ in targets)
+        per_pool = b"".join(
+            _bulk(self._keys.group(pool)) + _bulk(HANDLER_SEPARATOR.join(handlers))
+            for pool, handlers in targets
+        )
+        if len(self._route_parts) < 1024:  # routes are few; the bound is only a guard
+            self._route_parts[targets] = (head, streams, per_pool)
+        return head, streams, per_pool
 
     def _flush_soon(self) -> None:
         batch, self._pending = self._pending, []
@@ -111,7 +131,7 @@ class Publisher:
             results = [err] * len(batch)
         finally:
             # Whatever happened (even cancellation at shutdown), every caller gets an answer.
-            for i, (_, _, future) in enumerate(batch):
+            for i, (_, future) in enumerate(batch):
                 if future.done():  # the caller went away already
                     continue
                 result = results[i] if i < len(results) else RedisError("publish interrupted")
@@ -128,7 +148,7 @@ class Publisher:
         This is redis-py's pipeline minus its generic argument encoding, which
         measured as the largest single cost of a publish (see bench/bench_ingress.py).
         """
-        packed = b"".join(_evalsha(self._sha, keys, args) for keys, args, _ in batch)
+        packed = b"".join(command for command, _ in batch)
         pool = self._redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
@@ -151,11 +171,3 @@ class Publisher:
 def _bulk(value: str | bytes | int) -> bytes:
     data = value if isinstance(value, bytes) else str(value).encode()
     return b"$%d\r\n%b\r\n" % (len(data), data)
-
-
-def _evalsha(sha: str, keys: list[str], args: list[str | bytes | int]) -> bytes:
-    """One EVALSHA command in RESP."""
-    parts = [b"*%d\r\n" % (3 + len(keys) + len(args)), _bulk("EVALSHA"), _bulk(sha), _bulk(len(keys))]
-    parts += map(_bulk, keys)
-    parts += map(_bulk, args)
-    return b"".join(parts)
