@@ -58,10 +58,9 @@ class Store(Protocol):
 
     async def outbox_get(self, event_id: str, template: str) -> OutboxRow | None: ...
 
-    async def outbox_transition(self, event_id: str, template: str, changes: dict[str, Any], *,
-                                expect_attempts: int | None = None,
-                                expect_token: str | None = None) -> bool:
-        """Compare-and-set on one outbox row: change it only if it still has those values."""
+    async def outbox_transition(self, event_id: str, template: str, changes: dict[str, Any],
+                                expect: dict[str, Any]) -> bool:
+        """Compare-and-set on one outbox row: apply `changes` only if it still equals `expect`."""
         ...
 
     async def aclose(self) -> None: ...

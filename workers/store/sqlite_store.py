@@ -292,21 +292,17 @@ class SqliteStore:
         )
         return outbox_from_row(rows[0]) if rows else None
 
-    async def outbox_transition(self, event_id: str, template: str, changes: dict[str, Any], *,
-                                expect_attempts: int | None = None,
-                                expect_token: str | None = None) -> bool:
-        unknown = set(changes) - set(OUTBOX_COLUMNS)
+    async def outbox_transition(self, event_id: str, template: str, changes: dict[str, Any],
+                                expect: dict[str, Any]) -> bool:
+        unknown = (set(changes) | set(expect)) - set(OUTBOX_COLUMNS)
         if unknown:
             raise ValueError(f"not outbox columns: {sorted(unknown)}")
         params: dict[str, Any] = {f"set_{k}": v for k, v in changes.items()}
+        params.update({f"is_{k}": v for k, v in expect.items()})
         params.update(event_id=event_id, template=template)
         sets = ", ".join(f"{k} = :set_{k}" for k in changes)
         where = "event_id = :event_id and template = :template"
-        if expect_attempts is not None:
-            where += " and attempts = :expect_attempts"
-            params["expect_attempts"] = expect_attempts
-        if expect_token is not None:
-            where += " and claim_token = :expect_token"
-            params["expect_token"] = expect_token
+        for k in expect:
+            where += f" and {k} is :is_{k}"
         sql = f"update email_outbox set {sets} where {where} returning id"
         return bool(await self._rows(sql, params))

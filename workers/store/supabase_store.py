@@ -176,13 +176,10 @@ class SupabaseStore:
                                .eq("event_id", event_id).eq("template", template))
         return outbox_from_row(rows[0]) if rows else None
 
-    async def outbox_transition(self, event_id: str, template: str, changes: dict[str, Any], *,
-                                expect_attempts: int | None = None,
-                                expect_token: str | None = None) -> bool:
+    async def outbox_transition(self, event_id: str, template: str, changes: dict[str, Any],
+                                expect: dict[str, Any]) -> bool:
         query = (self._table("email_outbox").update(changes)
                  .eq("event_id", event_id).eq("template", template))
-        if expect_attempts is not None:
-            query = query.eq("attempts", expect_attempts)
-        if expect_token is not None:
-            query = query.eq("claim_token", expect_token)
+        for column, value in expect.items():
+            query = query.is_(column, "null") if value is None else query.eq(column, value)
         return bool(await self._run(query))
