@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
@@ -47,8 +48,9 @@ class SupabaseStore:
 
     name = "supabase"
 
-    def __init__(self, client: AsyncClient, url: str) -> None:
+    def __init__(self, client: AsyncClient, url: str, http: httpx.AsyncClient) -> None:
         self._client = client
+        self._http = http
         self.url = url
 
     def __repr__(self) -> str:
@@ -56,16 +58,19 @@ class SupabaseStore:
 
     @classmethod
     async def open(cls, url: str, service_role_key: Secret) -> SupabaseStore:
+        # Our own HTTP client carries the timeout (supabase-py deprecates its timeout option)
+        # and is closed with the store.
+        http = httpx.AsyncClient(timeout=POSTGREST_TIMEOUT_S)
         options = AsyncClientOptions(
-            postgrest_client_timeout=POSTGREST_TIMEOUT_S,
+            httpx_client=http,
             auto_refresh_token=False,
             persist_session=False,
         )
         client = await acreate_client(url, service_role_key.reveal(), options=options)
-        return cls(client, url)
+        return cls(client, url, http)
 
     async def aclose(self) -> None:
-        await self._client.postgrest.aclose()
+        await self._http.aclose()
 
     async def _run(self, query: Any) -> list[dict[str, Any]]:
         try:
