@@ -85,7 +85,7 @@ class Catalog:
     primary_keys: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    async def load(cls, conn: asyncpg.Connection, schema: str) -> Catalog:
+    async def load(cls, conn: Any, schema: str) -> Catalog:
         catalog = cls()
         for rec in await conn.fetch(
             "select c.relname, a.attname, format_type(a.atttypid, a.atttypmod) as type "

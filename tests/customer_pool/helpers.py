@@ -22,7 +22,9 @@ def event_from(payload: dict[str, Any], handlers: tuple[str, ...] = ()) -> Event
                            livemode=payload["livemode"], account=payload.get("account"),
                            object_id=obj.get("id"))
     body = orjson.dumps(payload, option=orjson.OPT_INDENT_2)
-    return Event.from_entry(entry_fields(fields, handlers, "test", int(time.time() * 1000), body))
+    entry: dict[bytes | str, bytes | str] = dict(
+        entry_fields(fields, handlers, "test", int(time.time() * 1000), body))
+    return Event.from_entry(entry)
 
 
 def make_event(event_type: str, *, ids: dict[str, str] | None = None, created: int | None = None,
