@@ -12,7 +12,7 @@ from bus.settings import Secret
 from tests.conftest import make_settings
 from tests.customer_pool.conftest import DoubleServer
 from tests.customer_pool.helpers import make_context
-from workers.store.select import open_store, store_for
+from workers.store.select import describe, open_store, store_for
 from workers.store.sqlite_store import SqliteStore
 from workers.store.supabase_store import SupabaseStore
 
@@ -52,3 +52,13 @@ async def test_with_supabase_url_the_store_is_supabase_and_built_once_per_proces
         assert repr(settings.secret("SUPABASE_SERVICE_ROLE_KEY")) == repr(Secret("x"))
     finally:
         await ctx.resources.aclose()
+
+
+def test_run_banner_names_the_sqlite_file_and_mail_dir_but_never_the_smtp_password(
+        prefix: str) -> None:
+    embedded = dict(describe(make_settings(prefix)))
+    assert embedded == {"orders are stored in": "SQLite file var/fanout.sqlite3 (table orders)",
+                        "emails go to": ".eml files in var/mail/"}
+    hosted = describe(make_settings(prefix, SUPABASE_URL="https://p.supabase.co",
+                                    SMTP_URL="smtp://u:hunter2@mail.test"))
+    assert "hunter2" not in repr(hosted) and "Supabase at https://p.supabase.co" in repr(hosted)

@@ -37,3 +37,16 @@ async def store_for(ctx: Context) -> Store:
         return store
 
     return await ctx.resources.get(RESOURCE_NAME, factory, _close)
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """Where the customer pool writes, for `fanout run`'s banner: (label, place) pairs."""
+    from workers.mail.transport import DEFAULT_MAIL_DIR
+
+    url = settings.env.get("SUPABASE_URL", "").strip()
+    sqlite_path = settings.env.get("FANOUT_SQLITE_PATH") or DEFAULT_PATH
+    orders = f"Supabase at {url}" if url else f"SQLite file {sqlite_path} (table orders)"
+    mail_dir = settings.env.get("FANOUT_MAIL_DIR") or DEFAULT_MAIL_DIR
+    # SMTP_URL may carry a password: say only that it is used.
+    mail = "SMTP (SMTP_URL)" if settings.env.get("SMTP_URL") else f".eml files in {mail_dir}/"
+    return [("orders are stored in", orders), ("emails go to", mail)]
