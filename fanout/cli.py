@@ -18,6 +18,9 @@ from bus.settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
 
+# Commands that serve until stopped; their loggers are cached for speed.
+LONG_RUNNING_COMMANDS = frozenset({"ingress", "run", "worker"})
+
 
 def _settings() -> Settings:
     try:
@@ -208,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(os.environ.get("LOG_LEVEL", defaults.LOG_LEVEL))
+    long_running = args.command in LONG_RUNNING_COMMANDS
+    configure_logging(os.environ.get("LOG_LEVEL", defaults.LOG_LEVEL), cache=long_running)
     code: int = args.func(args)
     return code
 
