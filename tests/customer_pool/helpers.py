@@ -80,3 +80,29 @@ def customer_pool_env(*, supabase_url: str | None, sqlite_path: str | None,
         env["SMTP_URL"] = smtp_url
         env["SMTP_FROM"] = "Shop <orders@shop.test>"
     return env
+
+
+def resolve_handler(name: str) -> Any:
+    """The callable behind a built-in handler name (as the pool runtime will resolve it)."""
+    import importlib
+
+    from bus.handler_names import BUILTIN_HANDLERS
+
+    module, _, attr = BUILTIN_HANDLERS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+async def drain_once(redis: aioredis.Redis, stream: str, ctx_for: Any) -> list[Event]:
+    """STAND-IN for a burst customer pool until workers/pool.py lands: run every entry's handlers.
+
+    Reads the whole stream once (XRANGE, no consumer group, no retries) and
+    runs each entry's handlers in order; a RetryLater propagates. Replace the
+    calls with the real burst pool when it exists; the assertions stay.
+    """
+    events = []
+    for _, fields in await redis.xrange(stream):
+        event = Event.from_entry(fields)
+        for name in event.handlers:
+            await resolve_handler(name)(event, await ctx_for(handler=name))
+        events.append(event)
+    return events
