@@ -9,6 +9,7 @@ rules live in its WHERE clause.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -152,7 +153,7 @@ class SqliteStore:
     async def open(cls, path: str | Path = DEFAULT_PATH) -> SqliteStore:
         """Open (creating the file and tables if needed) the database at `path`."""
         file = Path(path)
-        file.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(file.parent.mkdir, parents=True, exist_ok=True)
         conn = await aiosqlite.connect(file, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         conn.row_factory = sqlite3.Row
         # WAL lets the ingress-side tools read while several pool processes write.
