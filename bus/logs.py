@@ -7,6 +7,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 # Keys whose values must never be written, whatever a caller passes by mistake.
@@ -33,6 +34,11 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+class _CurrentStderrBytes(_CurrentStderr):
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        return sys.stderr.buffer.write(data)
+
+
 def configure_logging(level: str = "info", *, json: bool | None = None, cache: bool = False) -> None:
     """Route structlog (and the stdlib loggers of uvicorn and friends) to stderr.
 
@@ -44,7 +50,15 @@ def configure_logging(level: str = "info", *, json: bool | None = None, cache: b
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    # orjson renders a line several times faster than the stdlib; it matters at one line per event.
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=orjson.dumps) if json
+        else structlog.dev.ConsoleRenderer()
+    )
+    factory: Any = (
+        structlog.BytesLoggerFactory(file=_CurrentStderrBytes())  # type: ignore[arg-type]
+        if json else structlog.PrintLoggerFactory(file=_CurrentStderr())  # type: ignore[arg-type]
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -55,7 +69,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None, cache: b
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
+        logger_factory=factory,
         cache_logger_on_first_use=cache,
     )
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")

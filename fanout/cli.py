@@ -45,6 +45,8 @@ def _serve_ingress(host: str, port: int, workers: int) -> None:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        # We never use the client address; parsing X-Forwarded-For cost ~4% per request.
+        proxy_headers=False,
         log_level="warning",
         # Stripe waits up to 10 s then retries; a long keep-alive only holds sockets.
         timeout_keep_alive=5,
