@@ -93,9 +93,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     url = f"http://{args.host}:{args.port}{defaults.WEBHOOK_PATH}"
     where = "in-process Redis (nothing is kept)" if store.in_process else store.url
+    from workers.store.select import describe
+
+    customer_pool = "".join(f"  {label + ':':<22}{place}\n" for label, place in describe(settings))
     print(
         f"stripe-fanout is running.\n"
         f"  events are stored in: {where}\n"
+        f"{customer_pool}"
         f"  point Stripe at:      {url}\n"
         f"    e.g.  stripe listen --forward-to {args.host}:{args.port}{defaults.WEBHOOK_PATH}\n"
         f"          and set STRIPE_WEBHOOK_SECRET to the whsec_... secret it prints\n"

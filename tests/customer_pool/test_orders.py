@@ -1,0 +1,153 @@
+"""orders.create_from_checkout, orders.mark_paid, orders.mark_failed on both stores."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus.errors import RetryLater
+from tests.customer_pool.conftest import ContextFactory
+from tests.customer_pool.helpers import checkout_ids, make_event
+from workers.handlers import orders
+from workers.store.base import Store
+
+pytestmark = pytest.mark.anyio
+T0 = 1_780_000_000
+
+
+async def test_checkout_completed_creates_a_paid_order_with_its_details(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    event = make_event("checkout.session.completed", ids=ids, created=T0)
+
+    await orders.create_from_checkout(event, await make_ctx())
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None
+    assert order.status == "paid" and order.payment_status == "paid"
+    assert order.payment_intent_id == ids["payment_intent"]
+    assert order.customer_id == ids["customer"]
+    assert order.customer_email == "jenny.rosen@example.com"
+    assert (order.amount_total, order.amount_subtotal, order.amount_shipping) == (4999, 4500, 499)
+    assert order.currency == "usd"
+    assert order.metadata == {"cart_id": "cart_1042"}
+    assert order.shipping is not None and order.shipping["address"]["city"] == "Kansas City"
+    assert (order.last_event_id, order.last_event_created) == (event.id, T0)
+
+
+async def test_unpaid_checkout_stays_pending(store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    event = make_event("checkout.session.completed", ids=ids, payment_status="unpaid")
+
+    await orders.create_from_checkout(event, await make_ctx())
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "pending"
+
+
+async def test_create_from_checkout_twice_leaves_one_unchanged_order(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    event = make_event("checkout.session.completed", ids=ids, created=T0)
+    ctx = await make_ctx()
+
+    await orders.create_from_checkout(event, ctx)
+    first = await store.find_order(checkout_session_id=ids["session"])
+    await orders.create_from_checkout(event, ctx)
+
+    assert await store.find_order(payment_intent_id=ids["payment_intent"]) == first
+
+
+async def test_async_payment_succeeded_marks_a_pending_order_paid(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    await orders.create_from_checkout(make_event(
+        "checkout.session.completed", ids=ids, created=T0, payment_status="unpaid"), ctx)
+
+    succeeded = make_event("checkout.session.async_payment_succeeded", ids=ids, created=T0 + 60)
+    await orders.mark_paid(succeeded, ctx)
+    await orders.mark_paid(succeeded, ctx)  # redelivered: nothing more happens
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "paid"
+    assert order.last_event_id == succeeded.id
+
+
+async def test_payment_intent_succeeded_before_checkout_completed_ends_paid(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    paid = make_event("payment_intent.succeeded", ids=ids, created=T0 + 1, metadata={})
+    completed = make_event("checkout.session.completed", ids=ids, created=T0,
+                           payment_status="unpaid")
+
+    with pytest.raises(RetryLater) as raised:
+        await orders.mark_paid(paid, ctx)
+    assert raised.value.defer_s is not None and raised.value.defer_s <= 10
+    assert await store.find_order(checkout_session_id=ids["session"]) is None
+
+    await orders.create_from_checkout(completed, ctx)
+    await orders.mark_paid(paid, ctx)  # the pool's retry
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "paid"
+
+
+async def test_late_redelivered_unpaid_checkout_does_not_undo_payment(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    completed = make_event("checkout.session.completed", ids=ids, created=T0,
+                           payment_status="unpaid")
+    await orders.create_from_checkout(completed, ctx)
+    await orders.mark_paid(make_event("payment_intent.succeeded", ids=ids, created=T0), ctx)
+
+    await orders.create_from_checkout(completed, ctx)  # Stripe redelivers the older event
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "paid"
+
+
+async def test_async_payment_failed_marks_order_failed_with_reason(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    await orders.create_from_checkout(make_event(
+        "checkout.session.completed", ids=ids, created=T0, payment_status="unpaid"), ctx)
+
+    failed = make_event("checkout.session.async_payment_failed", ids=ids, created=T0 + 60)
+    await orders.mark_failed(failed, ctx)
+    await orders.mark_failed(failed, ctx)
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "failed"
+    assert order.failure_reason == "checkout.session.async_payment_failed"
+
+
+async def test_payment_failed_after_payment_succeeded_leaves_order_paid(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    await orders.create_from_checkout(make_event(
+        "checkout.session.completed", ids=ids, created=T0), ctx)
+
+    await orders.mark_failed(make_event("payment_intent.payment_failed", ids=ids,
+                                        created=T0 + 30), ctx)
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "paid"
+
+
+async def test_payment_failed_without_an_order_is_ignored(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    await orders.mark_failed(make_event("payment_intent.payment_failed", ids=ids,
+                                        metadata={}), await make_ctx())
+    assert await store.find_order(payment_intent_id=ids["payment_intent"]) is None
+
+
+async def test_async_payment_failed_before_its_order_asks_for_a_retry(
+        make_ctx: ContextFactory) -> None:
+    with pytest.raises(RetryLater):
+        await orders.mark_failed(make_event("checkout.session.async_payment_failed",
+                                            ids=checkout_ids()), await make_ctx())

@@ -1,0 +1,149 @@
+"""Delivering a message: SMTP when SMTP_URL is set, else .eml files in a local outbox folder.
+
+SMTP runs on smtplib in a worker thread (asyncio.to_thread), so the event loop
+never blocks. A rejected recipient is permanent (PermanentFailure); every
+other SMTP or network failure is transient (RetryLater).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import smtplib
+import ssl
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Literal, Protocol
+from urllib.parse import unquote, urlsplit
+
+from bus.errors import ConfigError, PermanentFailure, RetryLater
+from bus.settings import Secret, Settings
+from workers.context import Context
+
+DEFAULT_MAIL_DIR = "var/mail"
+DEFAULT_FROM = "stripe-fanout <orders@localhost>"
+SMTP_TIMEOUT_S = 20.0
+RESOURCE_NAME = "mail_transport"
+DEFAULT_PORTS = {"smtp": 25, "smtps": 465, "starttls": 587}
+
+Mode = Literal["smtp", "smtps", "starttls"]
+
+
+class Transport(Protocol):
+    name: str
+
+    async def send(self, message: EmailMessage) -> None:
+        """Deliver or raise PermanentFailure (never deliverable) / RetryLater (try again)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """A parsed SMTP_URL: smtp://, smtps:// (TLS) or smtp+starttls://, user:pass@host:port."""
+
+    host: str
+    port: int
+    mode: Mode
+    username: str | None = None
+    password: Secret | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpConfig:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        modes: dict[str, Mode] = {"smtp": "smtp", "smtps": "smtps", "smtp+starttls": "starttls"}
+        if scheme not in modes or not parts.hostname:
+            # Never echo the URL: it may carry the password.
+            raise ConfigError("SMTP_URL must look like smtp[s]://user:pass@host:port "
+                              "or smtp+starttls://...")
+        mode = modes[scheme]
+        return cls(
+            host=parts.hostname,
+            port=parts.port or DEFAULT_PORTS[mode],
+            mode=mode,
+            username=unquote(parts.username) if parts.username else None,
+            password=Secret(unquote(parts.password)) if parts.password else None,
+        )
+
+
+class SmtpTransport:
+    name = "smtp"
+
+    def __init__(self, config: SmtpConfig, timeout_s: float = SMTP_TIMEOUT_S) -> None:
+        self.config = config
+        self.timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        return f"SmtpTransport({self.config!r})"
+
+    def _send_blocking(self, message: EmailMessage) -> None:
+        cfg = self.config
+        smtp: smtplib.SMTP
+        if cfg.mode == "smtps":
+            smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=self.timeout_s,
+                                    context=ssl.create_default_context())
+        else:
+            smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=self.timeout_s)
+        with smtp:
+            if cfg.mode == "starttls":
+                smtp.starttls(context=ssl.create_default_context())
+            if cfg.username and cfg.password:
+                smtp.login(cfg.username, cfg.password.reveal())
+            smtp.send_message(message)
+
+    async def send(self, message: EmailMessage) -> None:
+        try:
+            await asyncio.to_thread(self._send_blocking, message)
+        except smtplib.SMTPRecipientsRefused as err:
+            codes = sorted({code for code, _ in err.recipients.values()})
+            raise PermanentFailure(f"SMTP server rejected the recipient (codes {codes})") from err
+        except smtplib.SMTPResponseException as err:
+            raise RetryLater(f"SMTP error {err.smtp_code}") from err
+        except (smtplib.SMTPException, OSError) as err:
+            raise RetryLater(f"SMTP unavailable: {type(err).__name__}") from err
+
+
+class FileTransport:
+    """Writes each message as an .eml file: the local outbox of `make run`."""
+
+    name = "file"
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def _write(self, message: EmailMessage) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        ident = re.sub(r"[^A-Za-z0-9_.-]", "", str(message.get("Message-ID", ""))) or "message"
+        path = self.directory / f"{int(time.time() * 1000)}-{ident}.eml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(message.as_bytes())
+        os.replace(tmp, path)  # readers never see half a message
+        return path
+
+    async def send(self, message: EmailMessage) -> None:
+        await asyncio.to_thread(self._write, message)
+
+
+def transport_from_settings(settings: Settings) -> Transport:
+    url = settings.secret("SMTP_URL")
+    if url:
+        return SmtpTransport(SmtpConfig.from_url(url.reveal()))
+    return FileTransport(settings.env.get("FANOUT_MAIL_DIR") or DEFAULT_MAIL_DIR)
+
+
+def sender(settings: Settings) -> str:
+    return settings.env.get("SMTP_FROM") or DEFAULT_FROM
+
+
+async def transport_for(ctx: Context) -> Transport:
+    """The process-wide transport, chosen once from SMTP_URL / FANOUT_MAIL_DIR."""
+
+    async def factory() -> Transport:
+        transport = transport_from_settings(ctx.settings)
+        ctx.log.info("mail transport ready", transport=transport.name)
+        return transport
+
+    return await ctx.resources.get(RESOURCE_NAME, factory)

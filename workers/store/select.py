@@ -1,0 +1,52 @@
+"""Pick the store once per worker process: Supabase when SUPABASE_URL is set, else SQLite."""
+
+from __future__ import annotations
+
+from bus.errors import ConfigError
+from bus.settings import Settings
+from workers.context import Context
+from workers.store.base import Store
+from workers.store.sqlite_store import DEFAULT_PATH, SqliteStore
+
+RESOURCE_NAME = "customer_store"
+
+
+async def open_store(settings: Settings) -> Store:
+    """The configured store, opened: SupabaseStore or the embedded SqliteStore."""
+    url = settings.env.get("SUPABASE_URL", "").strip()
+    if url:
+        key = settings.secret("SUPABASE_SERVICE_ROLE_KEY")
+        if key is None:
+            raise ConfigError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not")
+        from workers.store.supabase_store import SupabaseStore
+
+        return await SupabaseStore.open(url, key)
+    return await SqliteStore.open(settings.env.get("FANOUT_SQLITE_PATH") or DEFAULT_PATH)
+
+
+async def _close(store: Store) -> None:
+    await store.aclose()
+
+
+async def store_for(ctx: Context) -> Store:
+    """The process-wide store, built on first use and closed with ctx.resources."""
+
+    async def factory() -> Store:
+        store = await open_store(ctx.settings)
+        ctx.log.info("customer store opened", store=store.name)
+        return store
+
+    return await ctx.resources.get(RESOURCE_NAME, factory, _close)
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """Where the customer pool writes, for `fanout run`'s banner: (label, place) pairs."""
+    from workers.mail.transport import DEFAULT_MAIL_DIR
+
+    url = settings.env.get("SUPABASE_URL", "").strip()
+    sqlite_path = settings.env.get("FANOUT_SQLITE_PATH") or DEFAULT_PATH
+    orders = f"Supabase at {url}" if url else f"SQLite file {sqlite_path} (table orders)"
+    mail_dir = settings.env.get("FANOUT_MAIL_DIR") or DEFAULT_MAIL_DIR
+    # SMTP_URL may carry a password: say only that it is used.
+    mail = "SMTP (SMTP_URL)" if settings.env.get("SMTP_URL") else f".eml files in {mail_dir}/"
+    return [("orders are stored in", orders), ("emails go to", mail)]
