@@ -1,0 +1,60 @@
+"""Helpers for worker tests: a routing file per test, events published by the real ingress Publisher."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from bus.keys import Keys
+from bus.routing import RoutingTable, load_routing
+from ingress.parse import routing_fields
+from ingress.publish import Publisher
+from tests.handlers_for_tests import runs_key
+
+H = "tests.handlers_for_tests:"
+FAST_POOL = "concurrency: 8, max_attempts: 3, timeout_s: 2, backoff_base_s: 0.05, backoff_max_s: 0.2"
+
+
+def write_routing(tmp_path: Path, text: str, name: str = "routing.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def event_body(event_id: str, event_type: str, **obj: Any) -> bytes:
+    return orjson.dumps({
+        "id": event_id, "object": "event", "type": event_type, "created": int(time.time()),
+        "livemode": False, "api_version": "2024-06-20",
+        "data": {"object": {"id": "obj_" + event_id.removeprefix("evt_"), "object": "thing", **obj}},
+    }, option=orjson.OPT_INDENT_2)
+
+
+async def publish(redis: aioredis.Redis, keys: Keys, table: RoutingTable, event_type: str,
+                  event_id: str, **obj: Any) -> bool:
+    """Publish one event as the ingress does; False when it was a duplicate."""
+    body = event_body(event_id, event_type, **obj)
+    fields = routing_fields(body)
+    publisher = Publisher(redis, keys, retention_s=3600)
+    result = await publisher.publish(fields, table.match(event_type), table.version,
+                                     int(time.time() * 1000), body)
+    return not result.duplicate
+
+
+async def publish_many(redis: aioredis.Redis, keys: Keys, table: RoutingTable, event_type: str,
+                       ids: list[str], **obj: Any) -> None:
+    for event_id in ids:
+        await publish(redis, keys, table, event_type, event_id, **obj)
+
+
+async def runs(redis: aioredis.Redis, prefix: str, handler: str) -> dict[str, int]:
+    """event id -> how many times `handler` (its short suffix after H) ran for it."""
+    raw = await redis.hgetall(runs_key(prefix, H + handler))
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def load(path: Path) -> RoutingTable:
+    return load_routing(path)
