@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 
 import redis
@@ -89,3 +90,24 @@ def sync_record(event: Event, ctx: Context) -> None:
     time.sleep(0.01)
     client = _sync_client(ctx.settings.redis_url)
     client.hincrby(runs_key(ctx.settings.key_prefix, ctx.handler), event.id, 1)
+
+
+def where_key(prefix: str) -> str:
+    """Hash: event id -> the pool that ran `record_where` for it."""
+    return "{" + prefix + "}:test:where"
+
+
+def pids_key(prefix: str) -> str:
+    """Hash: process id -> how many entries `record_pid` ran there."""
+    return "{" + prefix + "}:test:pids"
+
+
+async def record_where(event: Event, ctx: Context) -> None:
+    await ctx.redis.hset(where_key(ctx.settings.key_prefix), event.id, ctx.pool)
+    await _record(event, ctx)
+
+
+async def record_pid(event: Event, ctx: Context) -> None:
+    await asyncio.sleep(float(ctx.settings.env.get("TEST_HANDLER_SLEEP_S", "0.02")))
+    await ctx.redis.hincrby(pids_key(ctx.settings.key_prefix), str(os.getpid()), 1)
+    await _record(event, ctx)

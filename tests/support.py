@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +63,25 @@ async def runs(redis: aioredis.Redis, prefix: str, handler: str) -> dict[str, in
 
 def load(path: Path) -> RoutingTable:
     return load_routing(path)
+
+
+def worker_env(prefix: str, routing: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `fanout worker` subprocess of this test."""
+    from tests.conftest import REPO, TEST_REDIS_URL
+
+    return {**os.environ, "REDIS_URL": TEST_REDIS_URL, "FANOUT_PREFIX": prefix, "ROUTING_FILE": str(routing),
+            "PYTHONPATH": str(REPO), "LOG_LEVEL": "warning", **extra}
+
+
+def start_worker(prefix: str, routing: Path, log_path: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    """Start `fanout worker ...` as a subprocess; its output goes to `log_path`."""
+    with log_path.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "fanout.cli", "worker", *args],
+                                env=worker_env(prefix, routing, **env), stdout=out, stderr=subprocess.STDOUT)
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], poll_s: float = 0.05) -> None:
+    """Poll until `condition` holds (the test's timeout bounds the wait)."""
+    # The state lives in Redis, written by other processes: there is no local event to await.
+    while not await condition():  # noqa: ASYNC110
+        await asyncio.sleep(poll_s)
