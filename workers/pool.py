@@ -300,10 +300,12 @@ class Pool:
             return Context(pool=self.name, handler=handler, attempt=attempt, log=bound,
                            redis=self.redis, settings=self.settings, resources=self.resources)
 
-        results = await asyncio.gather(*(
+        calls = [
             call_handler(self._handlers.get(h, table), h, event, make_ctx, config.timeout_s, self._thread_pool)
             for h in todo
-        ))
+        ]
+        # One handler (the common case) is awaited directly: gather would wrap it in another task.
+        results = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
         failures = [f for f in results if f is not None]
         if not failures:
             self._complete(entry_id, "processed", ledger_key if attempt > 1 else None)
