@@ -26,6 +26,7 @@ test: lint typecheck  ## ruff, mypy, then pytest (real Redis at 127.0.0.1:6379 f
 	$(BIN)/pytest
 
 bench: $(STAMP)  ## side-by-side benchmarks; not part of `make test`
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench
 
 clean:

@@ -1,1 +1,1 @@
-"""Side-by-side benchmarks; `make bench` runs them (`python -m bench [NAME...]`). Not part of `make test`."""
+"""Benchmarks, run by `make bench`. Every figure is a ratio against a baseline measured in the same run."""

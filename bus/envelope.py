@@ -28,6 +28,11 @@ F_BODY = "body"
 
 HANDLER_SEPARATOR = ","
 
+# Fields every pool's copy of an event shares, in the order the publish script writes
+# them after `handlers`. The script names them itself, so a publish sends values only.
+SHARED_FIELDS = (F_ID, F_TYPE, F_CREATED, F_LIVEMODE, F_ACCOUNT, F_OBJECT_ID, F_VERSION,
+                 F_RECEIVED_MS, F_BODY)
+
 
 @dataclass(frozen=True)
 class RoutingFields:
@@ -41,21 +46,21 @@ class RoutingFields:
     object_id: str | None
 
 
+def shared_values(
+    event: RoutingFields, version: str, received_ms: int, body: bytes
+) -> tuple[str | bytes, ...]:
+    """Values of SHARED_FIELDS for one event, in that order."""
+    return (event.id, event.type, str(event.created), "1" if event.livemode else "0",
+            event.account or "", event.object_id or "", version, str(received_ms), body)
+
+
 def entry_fields(
     event: RoutingFields, handlers: tuple[str, ...], version: str, received_ms: int, body: bytes
 ) -> dict[str, str | bytes]:
-    """The fields of one stream entry, in the order the publish script writes them."""
+    """The fields of one stream entry, as the publish script writes them (for replays and tests)."""
     return {
-        F_ID: event.id,
-        F_TYPE: event.type,
-        F_CREATED: str(event.created),
-        F_LIVEMODE: "1" if event.livemode else "0",
-        F_ACCOUNT: event.account or "",
-        F_OBJECT_ID: event.object_id or "",
         F_HANDLERS: HANDLER_SEPARATOR.join(handlers),
-        F_VERSION: version,
-        F_RECEIVED_MS: str(received_ms),
-        F_BODY: body,
+        **dict(zip(SHARED_FIELDS, shared_values(event, version, received_ms, body), strict=True)),
     }
 
 

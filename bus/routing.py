@@ -218,7 +218,7 @@ def _mapping(
 
 def _scalar(node: yaml.Node) -> Any:
     """The Python value of a scalar node, with YAML's usual typing (ints, floats, bools)."""
-    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)  # type: ignore[no-untyped-call,unused-ignore]
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
 
 
 def _load_pools(

@@ -23,6 +23,9 @@ from bus.settings import Settings
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
 
+# Commands that serve until stopped; their loggers are cached for speed.
+LONG_RUNNING_COMMANDS = frozenset({"ingress", "run", "worker"})
+
 
 def _settings() -> Settings:
     try:
@@ -47,6 +50,8 @@ def _serve_ingress(host: str, port: int, workers: int) -> None:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        # We never use the client address; parsing X-Forwarded-For cost ~4% per request.
+        proxy_headers=False,
         log_level="warning",
         # Stripe waits up to 10 s then retries; a long keep-alive only holds sockets.
         timeout_keep_alive=5,
@@ -352,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(os.environ.get("LOG_LEVEL", defaults.LOG_LEVEL))
+    long_running = args.command in LONG_RUNNING_COMMANDS
+    configure_logging(os.environ.get("LOG_LEVEL", defaults.LOG_LEVEL), cache=long_running)
     code: int = args.func(args)
     return code
 

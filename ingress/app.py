@@ -63,7 +63,8 @@ class Ingress:
         self.metrics.table_version(holder.table.version)
         self._owns_redis = redis is None
         self.redis = redis if redis is not None else async_redis(settings.redis_url)
-        self.publisher = Publisher(self.redis, Keys(settings.key_prefix), settings.seen_retention_s)
+        self.publisher = Publisher(self.redis, Keys(settings.key_prefix), settings.seen_retention_s,
+                                   budget_s=PUBLISH_BUDGET_S)
         self._clock = clock
         self._watch_routing = watch_routing
         self._freeze_gc = freeze_gc
@@ -137,11 +138,10 @@ class Ingress:
         table = self.holder.table
         match = table.match(event.type)
         try:
-            async with asyncio.timeout(PUBLISH_BUDGET_S):
-                result = await self.publisher.publish(
-                    event, match, table.version, int(self._clock() * 1000), body
-                )
-        except (StoreUnavailable, TimeoutError) as err:
+            result = await self.publisher.publish(
+                event, match, table.version, int(self._clock() * 1000), body
+            )
+        except StoreUnavailable as err:
             log.warning("webhook.store_unavailable", event_id=event.id, event_type=event.type,
                         error=type(err.__cause__ or err).__name__)
             raise Rejected(503, "store_unavailable",

@@ -9,5 +9,5 @@ from ingress.app import Ingress, create_app
 
 def from_env() -> Ingress:
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, cache=True)
     return create_app(settings, freeze_gc=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
+import structlog
 
 from bus.keys import Keys
 from bus.settings import Settings, parse_secrets
@@ -22,6 +23,13 @@ from bus.settings import Settings, parse_secrets
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 TEST_SECRET = "whsec_test_secret_for_the_suite"
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """CLI entry points configure structlog globally; undo it so tests stay independent."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

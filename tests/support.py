@@ -43,7 +43,7 @@ async def publish(redis: aioredis.Redis, keys: Keys, table: RoutingTable, event_
     """Publish one event as the ingress does; False when it was a duplicate."""
     body = event_body(event_id, event_type, **obj)
     fields = routing_fields(body)
-    publisher = Publisher(redis, keys, retention_s=3600)
+    publisher = Publisher(redis, keys, retention_s=3600, budget_s=2.0)
     result = await publisher.publish(fields, table.match(event_type), table.version,
                                      int(time.time() * 1000), body)
     return not result.duplicate

@@ -1,0 +1,112 @@
+"""The `fanout` command: routes check/explain, send, and the embedded Redis behind `fanout run`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from bus import defaults
+from bus.keys import Keys
+from fanout import embedded
+from fanout.cli import main
+from fanout.samples import SAMPLES, sample_event
+from ingress.app import create_app
+
+from .conftest import REPO, make_settings
+from .live import serve
+
+REQUIRED_SAMPLES = [
+    "checkout.session.completed", "checkout.session.async_payment_succeeded",
+    "payment_intent.succeeded", "payment_intent.payment_failed", "customer.created",
+    "customer.updated", "charge.refunded", "refund.created", "product.updated",
+]
+
+
+def test_routes_check_passes_on_the_shipped_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["routes", "check", str(REPO / "routing.yaml")]) == 0
+    assert "ok (version" in capsys.readouterr().out
+
+
+def test_routes_check_exits_1_with_the_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "routing.yaml"
+    bad.write_text("pools: {a: {}}\nroutes:\n  charge.refunded: {b: [noop]}\n")
+    assert main(["routes", "check", str(bad)]) == 1
+    assert f"{bad}:3: route 'charge.refunded': unknown pool 'b'" in capsys.readouterr().err
+
+
+def test_routes_explain_names_the_winning_route_and_its_handlers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["routes", "explain", "product.updated", "--file", str(REPO / "routing.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "wildcard route 'product.*'" in out and "admin: forward:admin_backend" in out
+    assert main(["routes", "explain", "invoice.paid", "--file", str(REPO / "routing.yaml"), "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out) == {
+        "event_type": "invoice.paid", "route": None, "kind": None, "line": None, "pools": {}}
+
+
+@pytest.mark.parametrize("event_type", REQUIRED_SAMPLES)
+def test_every_required_sample_is_a_realistic_event_of_its_type(event_type: str) -> None:
+    event = sample_event(event_type)
+    assert event_type in SAMPLES
+    assert event["type"] == event_type and event["id"].startswith("evt_") and event["object"] == "event"
+    assert isinstance(event["data"]["object"]["id"], str)
+
+
+def test_send_posts_a_signed_sample_that_the_ingress_stores(prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = make_settings(prefix, secrets=defaults.DEV_WEBHOOK_SECRET)
+    with serve(create_app(settings)) as base:
+        url = base + defaults.WEBHOOK_PATH
+        assert main(["send", "charge.refunded", "--url", url, "--id", "evt_cli_1"]) == 0
+        first = capsys.readouterr().out
+        assert main(["send", "charge.refunded", "--url", url, "--id", "evt_cli_1"]) == 0
+        second = capsys.readouterr().out
+        assert main(["send", "charge.refunded", "--url", url, "--secret", "whsec_wrong"]) == 1
+        wrong = capsys.readouterr().out
+    assert first.startswith("200 ") and '"duplicate":false' in first and '"pools":["admin"]' in first
+    assert '"duplicate":true' in second
+    assert wrong.startswith("400 ") and "bad_signature" in wrong
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        assert client.xlen(Keys(prefix).stream("admin")) == 1
+    finally:
+        client.close()
+
+
+def test_send_refuses_an_event_type_without_a_sample(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["send", "invoice.nonexistent", "--url", "http://127.0.0.1:9/"]) == 2
+    assert "no sample for 'invoice.nonexistent'" in capsys.readouterr().err
+
+
+def test_with_no_local_redis_run_falls_back_to_an_in_process_one(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    monkeypatch.setattr(embedded, "LOCAL_REDIS_URL", "redis://127.0.0.1:1/0")
+    store = embedded.resolve(None)
+    try:
+        assert store.in_process
+        settings = make_settings(prefix, redis_url=store.url, secrets=defaults.DEV_WEBHOOK_SECRET)
+        with serve(create_app(settings)) as base:
+            assert main(["send", "checkout.session.completed", "--url", base + defaults.WEBHOOK_PATH,
+                         "--id", "evt_embedded"]) == 0
+            assert main(["send", "checkout.session.completed", "--url", base + defaults.WEBHOOK_PATH,
+                         "--id", "evt_embedded"]) == 0
+        client = redis.Redis.from_url(store.url)
+        assert client.xlen(Keys(prefix).stream("customer")) == 1
+        assert client.xinfo_groups(Keys(prefix).stream("customer"))[0]["name"] == b"customer"
+        client.close()
+    finally:
+        store.close()
+
+
+def test_a_configured_redis_url_is_used_as_is() -> None:
+    assert embedded.resolve("redis://example.invalid:6379/3").url == "redis://example.invalid:6379/3"
+
+
+def test_ingress_refuses_to_start_without_a_webhook_secret(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fanout.cli", "ingress"], capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "ROUTING_FILE": str(REPO / "routing.yaml")}, cwd=tmp_path, timeout=30,
+    )
+    assert result.returncode == 2 and "STRIPE_WEBHOOK_SECRET is not set" in result.stderr
