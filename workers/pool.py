@@ -84,6 +84,9 @@ class Pool:
         if name not in holder.table.pools:
             known = ", ".join(sorted(holder.table.pools)) or "none"
             raise ConfigError(f"pool {name!r} is not declared in {holder.path} (pools: {known})")
+        if holder.table.pools[name].executor != "async":
+            raise ConfigError(f"pool {name!r}: executor {holder.table.pools[name].executor!r} is not "
+                              "supported by `fanout worker` (use 'async'; sync handlers run in threads)")
         self.settings = settings
         self.name = name
         self.redis = redis
@@ -336,8 +339,9 @@ class Pool:
         """Dead-letter an entry, then (and only then) queue its ack."""
         await dead_letter(self.redis, self.keys, self.name, entry_id, fields, reason=reason,
                           failures=failures, attempts=attempts, now_ms=self.now_ms())
-        self._log.error("entry.dead_lettered", entry_id=entry_id, reason=reason, attempts=attempts,
-                        event_id=text(fields.get(b"id")), handlers=[f.handler for f in failures],
+        self._log.error("entry.dead_lettered", entry_id=entry_id, reason=reason, attempt=attempts,
+                        event_id=text(fields.get(b"id")), event_type=text(fields.get(b"type")),
+                        handler=",".join(f.handler for f in failures),
                         error=failures[0].error if failures else reason)
         self._complete(entry_id, "dead", ledger_key)
 
