@@ -65,3 +65,30 @@ async def test_sigkilled_consumer_loses_nothing_its_peer_claims_its_pending_entr
         assert min(counts.values()) >= 1
     assert int((await aredis.xpending(stream, group))["pending"]) == 0
     assert await list_dead(aredis, keys, "crash") == []
+
+
+async def test_own_failed_entry_is_due_after_its_backoff_but_a_finished_unacked_one_never(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    from bus.reload import RoutingHolder
+    from tests.conftest import make_settings
+    from workers.pool import Pool
+    from workers.reclaim import due_entries
+
+    routing = write_routing(tmp_path, ROUTING)
+    pool = Pool(make_settings(prefix, routing_file=routing), "crash", redis=aredis,
+                holder=RoutingHolder.load(routing), consumer="me")
+    stream = keys.stream("crash")
+    await aredis.xgroup_create(stream, "crash", id="0", mkstream=True)
+    for ms in (1000, 2000, 3000):
+        await aredis.xadd(stream, {"id": f"evt_{ms}", "handlers": H + "record", "body": "{}"}, id=f"{ms}-0")
+    await aredis.xreadgroup("crash", "me", {stream: ">"}, count=2)      # 1000, 2000: mine
+    await aredis.xreadgroup("crash", "peer", {stream: ">"}, count=1)    # 3000: a live peer's
+    # Idle for one second: past my backoff (at most 50 ms) but not past a peer's takeover time.
+    await aredis.xclaim(stream, "crash", "me", min_idle_time=0, message_ids=["1000-0", "2000-0"],
+                        idle=1000, justid=True)
+    await aredis.xclaim(stream, "crash", "peer", min_idle_time=0, message_ids=["3000-0"],
+                        idle=1000, justid=True)
+    pool.unacked.add("2000-0")  # finished; its ack is on its way
+    due = await due_entries(pool, limit=10)
+    assert [entry_id for entry_id, _, _ in due] == ["1000-0"]

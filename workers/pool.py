@@ -111,6 +111,8 @@ class Pool:
         self._log = log.bind(pool=name, consumer=self.consumer)
         # Entries being run by this process, by stream id.
         self.inflight: dict[str, asyncio.Task[None]] = {}
+        # Entries finished (done or dead-lettered) whose ack is not sent yet: never reclaim these.
+        self.unacked: set[str] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = False
         # Gathered by entry tasks, sent by the flusher as one pipeline.
@@ -348,6 +350,7 @@ class Pool:
     def _complete(self, entry_id: str, counter: str, ledger_key: str | None) -> None:
         """Queue the ack; `ledger_key` is given when the entry may have left a ledger or a retry time."""
         self._acks.append(entry_id)
+        self.unacked.add(entry_id)
         self._counts[counter] += 1
         if ledger_key is not None:
             self._ledger_deletes.append(ledger_key)
@@ -402,6 +405,7 @@ class Pool:
                 pipe.hdel(self.keys.retry_at(self.name), *retry_ats)
             try:
                 await pipe.execute()
+                self.unacked.difference_update(acks)
             except RedisError:
                 self._acks = acks + self._acks
                 self._counts.update(counts)

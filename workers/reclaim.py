@@ -37,7 +37,7 @@ async def due_entries(pool: Pool, limit: int) -> list[tuple[str, int, int]]:
         )
         for row in rows:
             entry_id = text(row["message_id"])
-            if entry_id in pool.inflight:
+            if entry_id in pool.inflight or entry_id in pool.unacked:
                 continue
             delivered = int(row["times_delivered"])
             if text(row["consumer"]) == pool.consumer:
