@@ -89,6 +89,6 @@ async def test_own_failed_entry_is_due_after_its_backoff_but_a_finished_unacked_
                         idle=1000, justid=True)
     await aredis.xclaim(stream, "crash", "peer", min_idle_time=0, message_ids=["3000-0"],
                         idle=1000, justid=True)
-    pool.unacked.add("2000-0")  # finished; its ack is on its way
+    pool.acks.unacked.add("2000-0")  # finished; its ack is on its way
     due = await due_entries(pool, limit=10)
     assert [entry_id for entry_id, _, _ in due] == ["1000-0"]

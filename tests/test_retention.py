@@ -66,7 +66,7 @@ async def test_pending_entry_deleted_anyway_is_dead_lettered_with_a_reason(
     pool = Pool(make_settings(prefix, routing_file=routing), "keep", redis=aredis,
                 holder=RoutingHolder.load(routing))
     assert await reclaim.reclaim_once(pool) == 0
-    await pool.flush()
+    await pool.acks.flush()
     [dead] = await list_dead(aredis, keys, "keep")
     assert dead.reason == "entry trimmed from the stream while pending"
     assert int((await aredis.xpending(stream, "keep"))["pending"]) == 0

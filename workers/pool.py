@@ -21,7 +21,6 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,6 +37,7 @@ from bus.reload import RoutingHolder
 from bus.routing import PoolConfig, RoutingTable
 from bus.settings import Settings
 from workers import reclaim, retention
+from workers.acks import AckBatch
 from workers.context import Context, Resources
 from workers.deadletter import (
     REASON_MALFORMED,
@@ -111,17 +111,10 @@ class Pool:
         self._log = log.bind(pool=name, consumer=self.consumer)
         # Entries being run by this process, by stream id.
         self.inflight: dict[str, asyncio.Task[None]] = {}
-        # Entries finished (done or dead-lettered) whose ack is not sent yet: never reclaim these.
-        self.unacked: set[str] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = False
-        # Gathered by entry tasks, sent by the flusher as one pipeline.
-        self._acks: list[str] = []
-        self._counts: Counter[str] = Counter()
-        self._ledger_deletes: list[str] = []
-        self._retry_at_deletes: list[str] = []
-        self._dirty = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
+        # Acks and counters gathered by entry tasks, sent by the flusher as one pipeline.
+        self.acks = AckBatch(redis, self.keys, name)
 
     # --- configuration ---------------------------------------------------------------------------
 
@@ -164,7 +157,7 @@ class Pool:
     async def run(self) -> None:
         await ensure_group(self.redis, self.keys, self.name)
         self._log.info("pool.started", concurrency=self.concurrency, burst=self.burst)
-        flusher = asyncio.create_task(self._flusher(), name="flusher")
+        flusher = asyncio.create_task(self.acks.run(), name="flusher")
         background = [
             asyncio.create_task(self._every(self._reclaim_interval_s, self._reclaim), name="reclaim"),
             asyncio.create_task(self._every(lambda: self.trim_interval_s, self._trim), name="trim"),
@@ -179,8 +172,7 @@ class Pool:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._drain()
-            self._closing = True
-            self._dirty.set()
+            self.acks.close()
             await flusher
             await self._leave_group()
             if self._executor is not None:
@@ -213,7 +205,7 @@ class Pool:
         """Burst mode's exit test: nothing in flight or unflushed, nothing new, nothing pending."""
         if self.inflight:
             return False
-        await self.flush()
+        await self.acks.flush()
         groups: Any = await self.redis.xinfo_groups(self.stream)
         for group in groups:
             if text(group["name"]) == self.group:
@@ -313,9 +305,9 @@ class Pool:
         results = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
         failures = [f for f in results if f is not None]
         if not failures:
-            self._complete(entry_id, "processed", ledger_key if attempt > 1 else None)
+            self.acks.complete(entry_id, "processed", ledger_key if attempt > 1 else None)
             return
-        self._counts["failed"] += len(failures)
+        self.acks.count("failed", len(failures))
         permanent = [f for f in failures if f.permanent]
         if permanent or attempt >= config.max_attempts:
             reason = permanent[0].reason if permanent else REASON_MAX_ATTEMPTS
@@ -332,7 +324,6 @@ class Pool:
             if defer_s is not None:
                 pipe.hset(self.keys.retry_at(self.name), entry_id, str(self.now_ms() + int(defer_s * 1000)))
             await pipe.execute()
-        self._dirty.set()
 
     async def dead(
         self, entry_id: str, fields: Fields, reason: str, failures: list[Failure], attempts: int,
@@ -345,70 +336,9 @@ class Pool:
                         event_id=text(fields.get(b"id")), event_type=text(fields.get(b"type")),
                         handler=",".join(f.handler for f in failures),
                         error=failures[0].error if failures else reason)
-        self._complete(entry_id, "dead", ledger_key)
-
-    def _complete(self, entry_id: str, counter: str, ledger_key: str | None) -> None:
-        """Queue the ack; `ledger_key` is given when the entry may have left a ledger or a retry time."""
-        self._acks.append(entry_id)
-        self.unacked.add(entry_id)
-        self._counts[counter] += 1
-        if ledger_key is not None:
-            self._ledger_deletes.append(ledger_key)
-            self._retry_at_deletes.append(entry_id)
-        self._dirty.set()
-
-    def count(self, counter: str, n: int = 1) -> None:
-        self._counts[counter] += n
-        self._dirty.set()
+        self.acks.complete(entry_id, "dead", ledger_key)
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"pool-{self.name}")
         return self._executor
-
-    # --- batched acks and counters ---------------------------------------------------------------
-
-    _closing = False
-
-    async def _flusher(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            try:
-                await self.flush()
-            except RedisError as err:
-                self._log.error("pool.flush_failed", error=f"{type(err).__name__}: {err}")
-                await asyncio.sleep(0.2)
-                self._dirty.set()
-                continue
-            if self._closing and not self._acks and not self._counts:
-                return
-
-    async def flush(self) -> None:
-        """Send the acks and counters gathered so far as one pipeline; on error they are kept."""
-        async with self._flush_lock:
-            if not (self._acks or self._counts or self._ledger_deletes):
-                return
-            acks, self._acks = self._acks, []
-            counts, self._counts = self._counts, Counter()
-            ledgers, self._ledger_deletes = self._ledger_deletes, []
-            retry_ats, self._retry_at_deletes = self._retry_at_deletes, []
-            pipe = self.redis.pipeline(transaction=False)
-            if acks:
-                pipe.xack(self.stream, self.group, *acks)
-            stats = self.keys.pool_stats(self.name)
-            for counter, n in counts.items():
-                pipe.hincrby(stats, counter, n)
-            if ledgers:
-                pipe.delete(*ledgers)
-            if retry_ats:
-                pipe.hdel(self.keys.retry_at(self.name), *retry_ats)
-            try:
-                await pipe.execute()
-                self.unacked.difference_update(acks)
-            except RedisError:
-                self._acks = acks + self._acks
-                self._counts.update(counts)
-                self._ledger_deletes = ledgers + self._ledger_deletes
-                self._retry_at_deletes = retry_ats + self._retry_at_deletes
-                raise

@@ -37,7 +37,7 @@ async def due_entries(pool: Pool, limit: int) -> list[tuple[str, int, int]]:
         )
         for row in rows:
             entry_id = text(row["message_id"])
-            if entry_id in pool.inflight or entry_id in pool.unacked:
+            if entry_id in pool.inflight or entry_id in pool.acks.unacked:
                 continue
             delivered = int(row["times_delivered"])
             if text(row["consumer"]) == pool.consumer:
@@ -91,5 +91,5 @@ async def reclaim_once(pool: Pool) -> int:
             await pool.dead(entry_id, {b"dlq_missing_entry": entry_id.encode()}, REASON_TRIMMED,
                             [failure], delivered)
     if started:
-        pool.count("retried", started)
+        pool.acks.count("retried", started)
     return started
