@@ -170,3 +170,20 @@ async def test_counters_add_up_across_runs_in_redis(
     assert len(await runs(aredis, prefix, "record")) == 50
     # A consumer that leaves with nothing pending removes itself from the group.
     assert await aredis.xinfo_consumers(keys.stream("alpha"), keys.group("alpha")) == []
+
+
+async def test_burst_claims_entries_left_pending_by_a_consumer_that_is_gone_then_exits(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
+) -> None:
+    settings = make_settings(prefix, routing_file=routing)
+    ids = [f"evt_left{i}" for i in range(5)]
+    await publish_many(aredis, keys, load(routing), "test.many", ids)
+    stream = keys.stream("alpha")
+    read = await aredis.xreadgroup("alpha", "gone", {stream: ">"}, count=5)
+    entry_ids = [entry_id for entry_id, _ in read[0][1]]
+    # The consumer that read them died an hour ago.
+    await aredis.xclaim(stream, "alpha", "gone", min_idle_time=0, message_ids=entry_ids,
+                        idle=3_600_000, justid=True)
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "record") == dict.fromkeys(ids, 1)
+    assert await pending(aredis, keys, "alpha") == 0
