@@ -187,3 +187,39 @@ async def test_burst_claims_entries_left_pending_by_a_consumer_that_is_gone_then
     await run_pool(settings, "alpha", redis=aredis, burst=True)
     assert await runs(aredis, prefix, "record") == dict.fromkeys(ids, 1)
     assert await pending(aredis, keys, "alpha") == 0
+
+
+async def test_a_stream_deleted_under_a_running_worker_is_recreated_and_read_again(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
+) -> None:
+    import asyncio
+
+    from bus.envelope import entry_fields
+    from bus.reload import RoutingHolder
+    from ingress.parse import routing_fields
+    from tests.support import event_body, wait_for
+    from workers.pool import Pool
+
+    async def pool_read_failed(pool: Pool) -> bool:
+        return pool.read_failures > 0
+
+    settings = make_settings(prefix, routing_file=routing)
+    pool = Pool(settings, "alpha", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
+    task = asyncio.create_task(pool.run())
+    try:
+        await publish(aredis, keys, load(routing), "test.many", "evt_before")
+
+        async def ran(event_id: str) -> bool:
+            return event_id in await runs(aredis, prefix, "record")
+
+        await wait_for(lambda: ran("evt_before"))
+        await aredis.delete(keys.stream("alpha"))
+        await wait_for(lambda: pool_read_failed(pool))
+        # Written without the publish script, so nothing but the worker can create the group.
+        body = event_body("evt_after", "test.many")
+        await aredis.xadd(keys.stream("alpha"), entry_fields(  # type: ignore[arg-type]
+            routing_fields(body), (H + "record",), "v", 0, body))
+        await wait_for(lambda: ran("evt_after"))
+    finally:
+        pool.request_stop()
+        await task

@@ -113,6 +113,7 @@ class Pool:
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = False
+        self.read_failures = 0
         # Acks and counters gathered by entry tasks, sent by the flusher as one pipeline.
         self.acks = AckBatch(redis, self.keys, name)
 
@@ -148,6 +149,10 @@ class Pool:
                 self._on_routing_change(self.holder.table)
 
     # --- running ---------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def request_stop(self) -> None:
         """Stop reading; in-flight entries finish (within the grace period), are acked, and run() returns."""
@@ -192,8 +197,11 @@ class Pool:
                     self.group, self.consumer, {self.stream: ">"}, count=free, block=self._block_ms
                 )
             except RedisError as err:
+                self.read_failures += 1
                 self._log.error("pool.read_failed", error=f"{type(err).__name__}: {err}")
                 await asyncio.sleep(self._block_ms / 1000)
+                if "NOGROUP" in str(err):  # the stream was deleted by hand: start it again
+                    await ensure_group(self.redis, self.keys, self.name)
                 continue
             if reply:
                 for entry_id, fields in reply[0][1]:

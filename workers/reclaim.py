@@ -67,7 +67,7 @@ async def _not_deferred(pool: Pool, due: list[tuple[str, int, int]]) -> list[tup
 async def reclaim_once(pool: Pool) -> int:
     """Claim and start the due entries, as many as there are free slots; return how many started."""
     free = pool.free_slots()
-    if free <= 0 or pool._stopping:
+    if free <= 0 or pool.stopping:
         return 0
     due = await _not_deferred(pool, await due_entries(pool, free))
     if not due:
