@@ -138,6 +138,7 @@ def rq_noop_per_s(n: int) -> float:
     done = n - queue.count
     for key in client.scan_iter(match=f"rq:*{name}*", count=1000):
         client.delete(key)
+    client.srem("rq:queues", f"rq:queue:{name}")
     client.close()
     return done / elapsed
 
