@@ -28,3 +28,33 @@ LOG_LEVEL = "info"
 # The secret `fanout run` and `fanout send` share when nothing is configured.
 # It only ever signs local test traffic: never use it in production.
 DEV_WEBHOOK_SECRET = "whsec_fanout_local_development_only"
+
+# Workers
+# How long one XREADGROUP waits for new entries; also the worst-case delay before a
+# SIGTERM is noticed by the reading loop.
+BLOCK_MS = 1000
+# How often a pool looks for pending entries ready to retry (capped by backoff_base_s / 2).
+RECLAIM_INTERVAL_S = 1.0
+# How many pending entries one reclaim pass inspects per XPENDING call.
+RECLAIM_PAGE_SIZE = 500
+# A peer's pending entry is claimed once idle for timeout_s + its backoff + this margin:
+# long enough that a live, slow handler is never raced by a second consumer.
+CLAIM_MARGIN_S = 2.0
+# How often a pool trims its stream by age (XTRIM MINID) and prunes long-gone consumers.
+TRIM_INTERVAL_S = 60.0
+# A consumer with nothing pending and idle this long is removed from the group.
+CONSUMER_PRUNE_IDLE_S = 3600.0
+# After SIGTERM, in-flight handler calls get this long to finish before the process exits
+# (what is unfinished stays pending and is claimed by a peer).
+SHUTDOWN_GRACE_S = 25.0
+# Retry backoff when routing.yaml says nothing: exponential from about 1 s, capped at 10 min.
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 600.0
+# The ledger of handlers done for a partly failed entry lives at most this long.
+LEDGER_TTL_S = 7 * 24 * 3600
+# `fanout worker --processes N`: a child that exits unexpectedly is restarted after this.
+RESPAWN_DELAY_S = 1.0
+# The forward: handler's request timeout when the destination sets none.
+FORWARD_TIMEOUT_S = 10.0
+# In --burst mode the reader waits less per XREADGROUP, so it notices "drained" sooner.
+BURST_BLOCK_MS = 100

@@ -64,8 +64,16 @@ def entry_fields(
     }
 
 
+_BYTE_NAMES = {name: name.encode() for name in
+               (F_ID, F_TYPE, F_CREATED, F_LIVEMODE, F_ACCOUNT, F_OBJECT_ID, F_HANDLERS, F_VERSION,
+                F_RECEIVED_MS, F_BODY)}
+
+
 def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str:
-    value = fields.get(name.encode()) if name.encode() in fields else fields.get(name, b"")
+    # Entries read from Redis have bytes keys; look those up first (the worker's hot path).
+    value = fields.get(_BYTE_NAMES.get(name) or name.encode())
+    if value is None:
+        value = fields.get(name, b"")
     return value.decode() if isinstance(value, bytes) else str(value or "")
 
 

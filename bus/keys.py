@@ -38,6 +38,10 @@ class Keys:
         """Handlers that already succeeded for (event, pool), so a retry skips them."""
         return f"{self._base}:done:{pool}:{event_id}"
 
+    def retry_at(self, pool: str) -> str:
+        """Hash: stream entry id -> earliest retry time in ms, for handlers that asked RetryLater(defer_s)."""
+        return f"{self._base}:retry_at:{pool}"
+
     def pool_stats(self, pool: str) -> str:
         """Counters of a pool (processed, failed, retried, dead) that outlive processes."""
         return f"{self._base}:stats:pool:{pool}"

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 
@@ -17,6 +21,7 @@ from bus.routing import load_routing
 from bus.settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
+T = TypeVar("T")
 
 # Commands that serve until stopped; their loggers are cached for speed.
 LONG_RUNNING_COMMANDS = frozenset({"ingress", "run", "worker"})
@@ -112,11 +117,123 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"    .venv/bin/fanout send checkout.session.completed --url {url}\n",
         flush=True,
     )
+    from workers.supervisor import Children, worker_command
+
+    table = load_routing(settings.routing_file)
+    pools = Children([worker_command(pool) for pool in table.pools])
+    pools.start()
+    print(f"  pools:                {', '.join(table.pools)} (one `fanout worker` process each)\n",
+          flush=True)
     try:
         _serve_ingress(args.host, args.port, 1)
     finally:
+        pools.stop()
         store.close()
     return 0
+
+
+# --- workers ---------------------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.processes > 1:
+        from workers.supervisor import Supervisor
+
+        return Supervisor(args.pool, args.processes, burst=args.burst,
+                          concurrency=args.concurrency).run()
+    from workers.runner import serve
+
+    try:
+        return serve(settings, args.pool, burst=args.burst, concurrency=args.concurrency)
+    except ConfigError as err:
+        print(f"fanout worker: {err}", file=sys.stderr)
+        return 2
+
+
+def _with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run one async operation with a Redis client that is closed afterwards."""
+    from bus.connection import async_redis
+
+    async def run() -> T:
+        client = async_redis(settings.redis_url)
+        try:
+            return await action(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bus.keys import Keys
+    from workers.status import collect_status, render_text
+
+    settings = _settings()
+    try:
+        pools = list(load_routing(settings.routing_file).pools)
+    except ConfigError as err:
+        print(f"fanout status: {err}", file=sys.stderr)
+        return 1
+    keys = Keys(settings.key_prefix)
+    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000)))
+    print(orjson.dumps(status).decode() if args.json else render_text(status))
+    return 0
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from bus.keys import Keys
+    from workers.deadletter import list_dead
+
+    settings = _settings()
+    dead = _with_redis(settings, lambda r: list_dead(r, Keys(settings.key_prefix), args.pool))
+    if args.json:
+        print(orjson.dumps([d.as_dict() for d in dead]).decode())
+        return 0
+    if not dead:
+        print(f"{args.pool}: the dead-letter stream is empty")
+    for d in dead:
+        print(f"{d.id}  {d.event_id}  {d.event_type}  attempts={d.attempts}  "
+              f"handlers={','.join(d.handlers) or '-'}  {d.reason}: {d.error}")
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from bus.keys import Keys
+    from workers.deadletter import replay_dead
+
+    if args.all == bool(args.ids):
+        print("fanout dlq replay: give --all or one or more ENTRY_IDs (not both)", file=sys.stderr)
+        return 2
+    settings = _settings()
+    ids = None if args.all else list(args.ids)
+    added, missing = _with_redis(settings, lambda r: replay_dead(r, Keys(settings.key_prefix), args.pool, ids))
+    print(f"{args.pool}: {len(added)} entries put back in the stream")
+    for dead_id in missing:
+        print(f"not found (or nothing to replay): {dead_id}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from bus.keys import Keys
+    from workers.streams import replay_entries
+
+    settings = _settings()
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            print(f"fanout replay: --since {args.since!r} is not an ISO 8601 time", file=sys.stderr)
+            return 2
+        if since.tzinfo is None:
+            print("fanout replay: --since needs a time zone (for example 2026-01-31T12:00:00Z)",
+                  file=sys.stderr)
+            return 2
+    added = _with_redis(settings, lambda r: replay_entries(
+        r, Keys(settings.key_prefix), args.pool, since=since, event_id=args.event))
+    print(f"{args.pool}: {len(added)} entries published again")
+    return 0 if added or args.since else 1
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -201,6 +318,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="default: $ROUTING_FILE or routing.yaml")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_routes_explain)
+
+    p = sub.add_parser("worker", help="run a pool's consumer (one per process; scale with --processes)")
+    p.add_argument("pool")
+    p.add_argument("--concurrency", type=int, help="entries in flight at once (default: the pool's)")
+    p.add_argument("--processes", type=int, default=1, help="consumer processes under this one")
+    p.add_argument("--burst", action="store_true",
+                   help="exit 0 once nothing is new or pending (pending = done or dead-lettered)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("status", help="per pool: length, pending, lag, consumers, counters")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    dlq = sub.add_parser("dlq", help="list or replay a pool's dead-letter stream")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    p = dlq_sub.add_parser("list", help="dead-lettered entries, oldest first")
+    p.add_argument("pool")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dlq_list)
+    p = dlq_sub.add_parser("replay", help="put entries back in the stream with a fresh attempt count")
+    p.add_argument("pool")
+    p.add_argument("ids", nargs="*", metavar="ENTRY_ID")
+    p.add_argument("--all", action="store_true")
+    p.set_defaults(func=cmd_dlq_replay)
+
+    p = sub.add_parser("replay", help="run again events still held in a pool's stream")
+    p.add_argument("pool")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--since", help="ISO 8601 time with zone, e.g. 2026-01-31T12:00:00Z")
+    which.add_argument("--event", help="one Stripe event id (evt_...)")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("send", help="sign and POST a realistic sample event")
     p.add_argument("event_type")

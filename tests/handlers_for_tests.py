@@ -1,0 +1,113 @@
+"""Handlers the tests name in their routing files as `tests.handlers_for_tests:<name>`.
+
+Each run is recorded in Redis under the test's key prefix, so tests (and
+worker subprocesses) can count how often each handler ran for each event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+
+import redis
+
+from bus.envelope import Event
+from bus.errors import PermanentFailure, RetryLater
+from workers.context import Context
+
+
+def runs_key(prefix: str, handler: str) -> str:
+    """Hash: event id -> how many times `handler` ran for it."""
+    return "{" + prefix + "}:test:runs:" + handler
+
+
+def order_key(prefix: str) -> str:
+    """List of "handler event_id" in the order runs started."""
+    return "{" + prefix + "}:test:order"
+
+
+async def _record(event: Event, ctx: Context) -> int:
+    pipe = ctx.redis.pipeline(transaction=False)
+    pipe.hincrby(runs_key(ctx.settings.key_prefix, ctx.handler), event.id, 1)
+    pipe.rpush(order_key(ctx.settings.key_prefix), f"{ctx.handler} {event.id}")
+    count, _ = await pipe.execute()
+    return int(count)
+
+
+async def record(event: Event, ctx: Context) -> None:
+    await _record(event, ctx)
+
+
+async def record_other(event: Event, ctx: Context) -> None:
+    await _record(event, ctx)
+
+
+async def fail_twice(event: Event, ctx: Context) -> None:
+    if await _record(event, ctx) <= 2:
+        raise RuntimeError(f"failing on purpose (attempt {ctx.attempt})")
+
+
+async def always_fail(event: Event, ctx: Context) -> None:
+    await _record(event, ctx)
+    raise RuntimeError("poison event")
+
+
+async def fail_if_poison(event: Event, ctx: Context) -> None:
+    await _record(event, ctx)
+    if event.data_object.get("poison"):
+        raise RuntimeError("poison event")
+
+
+async def permanent(event: Event, ctx: Context) -> None:
+    await _record(event, ctx)
+    raise PermanentFailure("this can never succeed")
+
+
+async def defer_once(event: Event, ctx: Context) -> None:
+    if await _record(event, ctx) == 1:
+        raise RetryLater("not yet", defer_s=0.3)
+
+
+async def too_slow(event: Event, ctx: Context) -> None:
+    await _record(event, ctx)
+    await asyncio.sleep(60)
+
+
+async def slow(event: Event, ctx: Context) -> None:
+    await asyncio.sleep(float(ctx.settings.env.get("TEST_HANDLER_SLEEP_S", "0.005")))
+    await _record(event, ctx)
+
+
+@functools.cache
+def _sync_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+def sync_record(event: Event, ctx: Context) -> None:
+    """A blocking handler: it must run in the thread pool, off the event loop."""
+    time.sleep(0.01)
+    client = _sync_client(ctx.settings.redis_url)
+    client.hincrby(runs_key(ctx.settings.key_prefix, ctx.handler), event.id, 1)
+
+
+def where_key(prefix: str) -> str:
+    """Hash: event id -> the pool that ran `record_where` for it."""
+    return "{" + prefix + "}:test:where"
+
+
+def pids_key(prefix: str) -> str:
+    """Hash: process id -> how many entries `record_pid` ran there."""
+    return "{" + prefix + "}:test:pids"
+
+
+async def record_where(event: Event, ctx: Context) -> None:
+    await ctx.redis.hset(where_key(ctx.settings.key_prefix), event.id, ctx.pool)
+    await _record(event, ctx)
+
+
+async def record_pid(event: Event, ctx: Context) -> None:
+    await asyncio.sleep(float(ctx.settings.env.get("TEST_HANDLER_SLEEP_S", "0.02")))
+    await ctx.redis.hincrby(pids_key(ctx.settings.key_prefix), str(os.getpid()), 1)
+    await _record(event, ctx)

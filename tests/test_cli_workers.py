@@ -1,0 +1,66 @@
+"""The operator commands, run as a user runs them: status, dlq list/replay, replay."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from bus.keys import Keys
+from tests.conftest import make_settings
+from tests.support import FAST_POOL, H, load, publish, runs, worker_env, write_routing
+from workers.runner import run_pool
+
+pytestmark = pytest.mark.anyio
+
+ROUTING = f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+routes:
+  test.ok: {{alpha: ["{H}record"]}}
+  test.poison: {{alpha: ["{H}fail_if_poison"]}}
+"""
+
+
+def fanout(prefix: str, routing: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fanout.cli", *args], env=worker_env(prefix, routing),
+                          capture_output=True, text=True, timeout=30)
+
+
+async def test_status_dlq_and_replay_commands(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, ROUTING)
+    settings = make_settings(prefix, routing_file=routing)
+    table = load(routing)
+    await publish(aredis, keys, table, "test.ok", "evt_ok")
+    await publish(aredis, keys, table, "test.poison", "evt_bad", poison=True)
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+
+    status = orjson.loads(fanout(prefix, routing, "status", "--json").stdout)
+    assert set(status) == {"pools", "unrouted", "duplicates"}
+    assert set(status["pools"]["alpha"]) == {"stream_length", "pending", "lag", "consumers", "processed",
+                                             "failed", "retried", "dead", "oldest_pending_s"}
+    assert (status["pools"]["alpha"]["processed"], status["pools"]["alpha"]["dead"]) == (1, 1)
+    assert "alpha" in fanout(prefix, routing, "status").stdout
+
+    dead = orjson.loads(fanout(prefix, routing, "dlq", "list", "alpha", "--json").stdout)
+    assert [(d["event_id"], d["attempts"], d["reason"]) for d in dead] == [("evt_bad", 3, "max attempts reached")]
+    assert "evt_bad" in fanout(prefix, routing, "dlq", "list", "alpha").stdout
+    assert fanout(prefix, routing, "dlq", "replay", "alpha").returncode == 2  # neither --all nor ids
+    replayed = fanout(prefix, routing, "dlq", "replay", "alpha", dead[0]["id"])
+    assert replayed.returncode == 0, replayed.stderr
+    assert orjson.loads(fanout(prefix, routing, "dlq", "list", "alpha", "--json").stdout) == []
+
+    again = fanout(prefix, routing, "replay", "alpha", "--event", "evt_ok")
+    assert again.returncode == 0 and "1 entries" in again.stdout
+    since = fanout(prefix, routing, "replay", "alpha", "--since", "2000-01-01T00:00:00Z")
+    # evt_ok, evt_bad, the dead-letter replay of evt_bad and the copy of evt_ok just added.
+    assert "4 entries" in since.stdout
+    assert fanout(prefix, routing, "replay", "alpha", "--since", "yesterday").returncode == 2
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert (await runs(aredis, prefix, "record"))["evt_ok"] == 4  # once, then 1 + 2 copies

@@ -1,0 +1,189 @@
+"""`forward:<destination>` against a real local HTTP receiver that verifies with the Stripe SDK."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+import stripe
+import structlog
+from structlog.testing import capture_logs
+
+from bus.envelope import Event
+from bus.errors import PermanentFailure, RetryLater
+from bus.keys import Keys
+from bus.routing import Destination
+from tests.conftest import make_settings
+from tests.support import FAST_POOL, event_body, load, publish, write_routing
+from workers.context import Context, Resources
+from workers.deadletter import list_dead
+from workers.handlers.forward import forward
+from workers.runner import run_pool
+
+DEST_SECRET = "whsec_destination_secret_never_logged"
+DEST = Destination(name="backend", url_env="BACKEND_URL", secret_env="BACKEND_SECRET", timeout_s=0.5)
+
+
+class Receiver(ThreadingHTTPServer):
+    """Answers POST /<status>[/<n>] with <status> for the first n requests (then 200)."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.daemon_threads = True
+        self.received: list[tuple[str, bytes, bool]] = []
+        self.hits: dict[str, int] = {}
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        try:
+            stripe.Webhook.construct_event(body.decode(), self.headers["Stripe-Signature"], DEST_SECRET)
+            verified = True
+        except (stripe.SignatureVerificationError, ValueError):
+            verified = False
+        self.server.received.append((self.path, body, verified))
+        parts = self.path.strip("/").split("/")
+        hits = self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
+        status = int(parts[0]) if parts[0].isdigit() else 200
+        if len(parts) > 1 and parts[1] == "sleep":
+            time.sleep(1)
+        elif len(parts) > 1 and hits > int(parts[1]):
+            status = 200
+        if not verified:
+            status = 400
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _event(event_id: str = "evt_fwd") -> Event:
+    body = event_body(event_id, "charge.refunded")
+    fields = {b"id": event_id.encode(), b"type": b"charge.refunded", b"created": b"1", b"livemode": b"0",
+              b"handlers": b"forward:backend", b"version": b"v", b"received_ms": b"1", b"body": body}
+    return Event.from_entry(fields)
+
+
+def _ctx(aredis: aioredis.Redis, resources: Resources, **env: str) -> Context:
+    settings = make_settings("unused", **env)
+    return Context(pool="admin", handler="forward:backend", attempt=1, log=structlog.get_logger(),
+                   redis=aredis, settings=settings, resources=resources)
+
+
+@pytest.mark.anyio
+async def test_forward_posts_the_original_body_signed_so_the_stripe_sdk_verifies_it(
+    aredis: aioredis.Redis, receiver: Receiver
+) -> None:
+    resources = Resources()
+    event = _event()
+    with capture_logs() as logs:
+        await forward(DEST, event, _ctx(aredis, resources, BACKEND_URL=receiver.base + "/200",
+                                        BACKEND_SECRET=DEST_SECRET))
+    await resources.aclose()
+    [(path, body, verified)] = receiver.received
+    assert (path, body, verified) == ("/200", event.body, True)
+    assert DEST_SECRET not in repr(logs)
+    assert event.body.decode() not in repr(logs)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
+async def test_forward_treats_4xx_as_permanent(aredis: aioredis.Redis, receiver: Receiver, status: int) -> None:
+    resources = Resources()
+    ctx = _ctx(aredis, resources, BACKEND_URL=f"{receiver.base}/{status}", BACKEND_SECRET=DEST_SECRET)
+    with pytest.raises(PermanentFailure, match=str(status)):
+        await forward(DEST, _event(), ctx)
+    await resources.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503])
+async def test_forward_retries_5xx_408_and_429(aredis: aioredis.Redis, receiver: Receiver, status: int) -> None:
+    resources = Resources()
+    ctx = _ctx(aredis, resources, BACKEND_URL=f"{receiver.base}/{status}", BACKEND_SECRET=DEST_SECRET)
+    with pytest.raises(RetryLater, match=str(status)):
+        await forward(DEST, _event(), ctx)
+    await resources.aclose()
+
+
+@pytest.mark.anyio
+async def test_forward_retries_connection_errors_and_timeouts(
+    aredis: aioredis.Redis, receiver: Receiver
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    resources = Resources()
+    ctx = _ctx(aredis, resources, BACKEND_URL=f"http://127.0.0.1:{closed_port}/", BACKEND_SECRET=DEST_SECRET)
+    with pytest.raises(RetryLater, match="ConnectError"):
+        await forward(DEST, _event(), ctx)
+    ctx = _ctx(aredis, resources, BACKEND_URL=f"{receiver.base}/200/sleep", BACKEND_SECRET=DEST_SECRET)
+    with pytest.raises(RetryLater, match="timed out"):
+        await forward(DEST, _event(), ctx)
+    await resources.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("missing", ["BACKEND_URL", "BACKEND_SECRET"])
+async def test_forward_without_its_environment_variable_fails_permanently_naming_it(
+    aredis: aioredis.Redis, receiver: Receiver, missing: str
+) -> None:
+    env = {"BACKEND_URL": receiver.base + "/200", "BACKEND_SECRET": DEST_SECRET}
+    del env[missing]
+    with pytest.raises(PermanentFailure, match=missing):
+        await forward(DEST, _event(), _ctx(aredis, Resources(), **env))
+    assert receiver.received == []
+
+
+@pytest.mark.anyio
+async def test_forward_through_a_pool_retries_a_503_then_delivers_once_acked(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, receiver: Receiver, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, f"""
+pools:
+  admin: {{{FAST_POOL}}}
+destinations:
+  backend: {{url_env: BACKEND_URL, secret_env: BACKEND_SECRET, timeout_s: 1}}
+routes:
+  charge.refunded: {{admin: ["forward:backend"]}}
+  refund.created: {{admin: ["forward:backend"]}}
+""")
+    settings = make_settings(prefix, routing_file=routing, BACKEND_URL=receiver.base + "/503/1",
+                             BACKEND_SECRET=DEST_SECRET)
+    table = load(routing)
+    await publish(aredis, keys, table, "charge.refunded", "evt_r1")
+    await run_pool(settings, "admin", redis=aredis, burst=True)
+    assert [(p, v) for p, _, v in receiver.received] == [("/503/1", True), ("/503/1", True)]
+    assert await list_dead(aredis, keys, "admin") == []
+
+    settings = make_settings(prefix, routing_file=routing, BACKEND_URL=receiver.base + "/404",
+                             BACKEND_SECRET=DEST_SECRET)
+    await publish(aredis, keys, table, "refund.created", "evt_r2")
+    await run_pool(settings, "admin", redis=aredis, burst=True)
+    [dead] = await list_dead(aredis, keys, "admin")
+    assert (dead.event_id, dead.reason, dead.attempts) == ("evt_r2", "permanent failure", 1)

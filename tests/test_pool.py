@@ -1,0 +1,225 @@
+"""The consumer loop against the real Redis: acks, retries, the ledger, dead letters, counters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bus.keys import Keys
+from tests.conftest import make_settings
+from tests.handlers_for_tests import order_key
+from tests.support import FAST_POOL, H, load, publish, publish_many, runs, write_routing
+from workers.deadletter import list_dead
+from workers.runner import run_pool
+
+pytestmark = pytest.mark.anyio
+
+ROUTING = f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+  solo: {{{FAST_POOL.replace("concurrency: 8", "concurrency: 1")}}}
+routes:
+  test.retry: {{alpha: ["{H}fail_twice", "{H}record"]}}
+  test.poison: {{solo: ["{H}fail_if_poison"]}}
+  test.permanent: {{alpha: ["{H}permanent", "{H}record"]}}
+  test.unknown: {{alpha: ["{H}record", "{H}record_other"]}}
+  test.sync: {{alpha: ["{H}sync_record"]}}
+  test.slow: {{alpha: ["{H}too_slow"]}}
+  test.defer: {{alpha: ["{H}defer_once"]}}
+  test.many: {{alpha: ["{H}record"]}}
+"""
+
+
+@pytest.fixture
+def routing(tmp_path: Path) -> Path:
+    return write_routing(tmp_path, ROUTING)
+
+
+async def pending(redis: aioredis.Redis, keys: Keys, pool: str) -> int:
+    summary = await redis.xpending(keys.stream(pool), keys.group(pool))
+    return int(summary["pending"])
+
+
+async def stats(redis: aioredis.Redis, keys: Keys, pool: str) -> dict[str, int]:
+    raw = await redis.hgetall(keys.pool_stats(pool))
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+async def test_handler_failing_twice_runs_three_times_and_its_sibling_once(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
+) -> None:
+    settings = make_settings(prefix, routing_file=routing)
+    await publish(aredis, keys, load(routing), "test.retry", "evt_retry1")
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "fail_twice") == {"evt_retry1": 3}
+    assert await runs(aredis, prefix, "record") == {"evt_retry1": 1}
+    assert await pending(aredis, keys, "alpha") == 0
+    assert await list_dead(aredis, keys, "alpha") == []
+    counters = await stats(aredis, keys, "alpha")
+    assert counters == {"processed": 1, "failed": 2, "retried": 2}
+    # The ledger is removed once the entry is done.
+    assert await aredis.exists(keys.ledger("alpha", "evt_retry1")) == 0
+
+
+async def test_poison_event_is_dead_lettered_after_max_attempts_while_later_events_run(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
+) -> None:
+    settings = make_settings(prefix, routing_file=routing)
+    table = load(routing)
+    await publish(aredis, keys, table, "test.poison", "evt_poison", poison=True)
+    later = [f"evt_later{i}" for i in range(10)]
+    await publish_many(aredis, keys, table, "test.poison", later)
+    await run_pool(settings, "solo", redis=aredis, burst=True)
+
+    assert await runs(aredis, prefix, "fail_if_poison") == {"evt_poison": 3, **dict.fromkeys(later, 1)}
+    dead = await list_dead(aredis, keys, "solo")
+    assert len(dead) == 1
+    assert dead[0].event_id == "evt_poison"
+    assert dead[0].attempts == 3
+    assert dead[0].reason == "max attempts reached"
+    assert dead[0].handlers == (H + "fail_if_poison",)
+    assert "RuntimeError: poison event" in dead[0].error
+    # With one slot, the events behind the poison one ran before its second attempt.
+    order = [x.decode().split()[1] for x in await aredis.lrange(order_key(prefix), 0, -1)]
+    second_poison_run = [i for i, e in enumerate(order) if e == "evt_poison"][1]
+    assert set(order[:second_poison_run]) == {"evt_poison", *later}
+    assert await pending(aredis, keys, "solo") == 0
+    assert (await stats(aredis, keys, "solo"))["dead"] == 1
+
+
+async def test_permanent_failure_is_dead_lettered_at_once_with_its_traceback(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
+) -> None:
+    settings = make_settings(prefix, routing_file=routing)
+    await publish(aredis, keys, load(routing), "test.permanent", "evt_perm")
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "permanent") == {"evt_perm": 1}
+    assert await runs(aredis, prefix, "record") == {"evt_perm": 1}
+    [dead] = await list_dead(aredis, keys, "alpha")
+    assert (dead.reason, dead.attempts, dead.handlers) == ("permanent failure", 1, (H + "permanent",))
+    raw = await aredis.xrange(keys.dead("alpha"))
+    fields = raw[0][1]
+    assert b"PermanentFailure" in fields[b"dlq_traceback"]
+    assert fields[b"body"].startswith(b"{")  # the original entry travels with it
+    assert await pending(aredis, keys, "alpha") == 0
+
+
+async def test_unknown_handler_name_is_dead_lettered_not_dropped(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path, tmp_path: Path
+) -> None:
+    # The entry was published under a table naming a handler this worker cannot import.
+    other = write_routing(tmp_path, ROUTING.replace(f'"{H}record_other"', '"tests.nowhere:handler"'),
+                          name="other.yaml")
+    await publish(aredis, keys, load(other), "test.unknown", "evt_unknown")
+    settings = make_settings(prefix, routing_file=routing)
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    [dead] = await list_dead(aredis, keys, "alpha")
+    assert dead.reason == "unknown handler"
+    assert dead.handlers == ("tests.nowhere:handler",)
+    assert "no module named 'tests.nowhere'" in dead.error
+    assert await runs(aredis, prefix, "record") == {"evt_unknown": 1}
+    assert await pending(aredis, keys, "alpha") == 0
+
+
+async def test_sync_handler_runs_in_the_thread_pool(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
+) -> None:
+    settings = make_settings(prefix, routing_file=routing)
+    await publish_many(aredis, keys, load(routing), "test.sync", [f"evt_s{i}" for i in range(5)])
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "sync_record") == {f"evt_s{i}": 1 for i in range(5)}
+
+
+async def test_handler_over_its_timeout_is_a_failed_attempt(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, ROUTING.replace("alpha: {concurrency: 8, max_attempts: 3, timeout_s: 2",
+                                                      "alpha: {concurrency: 8, max_attempts: 2, timeout_s: 0.1"))
+    settings = make_settings(prefix, routing_file=routing)
+    await publish(aredis, keys, load(routing), "test.slow", "evt_slow")
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    [dead] = await list_dead(aredis, keys, "alpha")
+    assert dead.attempts == 2
+    assert dead.error.startswith("TimeoutError")
+    assert await runs(aredis, prefix, "too_slow") == {"evt_slow": 2}
+
+
+async def test_retry_later_defer_is_respected_then_succeeds(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
+) -> None:
+    settings = make_settings(prefix, routing_file=routing)
+    await publish(aredis, keys, load(routing), "test.defer", "evt_defer")
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "defer_once") == {"evt_defer": 2}
+    assert await aredis.exists(keys.retry_at("alpha")) == 0
+    assert await pending(aredis, keys, "alpha") == 0
+
+
+async def test_counters_add_up_across_runs_in_redis(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
+) -> None:
+    settings = make_settings(prefix, routing_file=routing)
+    table = load(routing)
+    await publish_many(aredis, keys, table, "test.many", [f"evt_a{i}" for i in range(30)])
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    await publish_many(aredis, keys, table, "test.many", [f"evt_b{i}" for i in range(20)])
+    await run_pool(settings, "alpha", redis=aredis, burst=True, concurrency=3)
+    assert (await stats(aredis, keys, "alpha"))["processed"] == 50
+    assert len(await runs(aredis, prefix, "record")) == 50
+    # A consumer that leaves with nothing pending removes itself from the group.
+    assert await aredis.xinfo_consumers(keys.stream("alpha"), keys.group("alpha")) == []
+
+
+async def test_burst_claims_entries_left_pending_by_a_consumer_that_is_gone_then_exits(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
+) -> None:
+    settings = make_settings(prefix, routing_file=routing)
+    ids = [f"evt_left{i}" for i in range(5)]
+    await publish_many(aredis, keys, load(routing), "test.many", ids)
+    stream = keys.stream("alpha")
+    read = await aredis.xreadgroup("alpha", "gone", {stream: ">"}, count=5)
+    entry_ids = [entry_id for entry_id, _ in read[0][1]]
+    # The consumer that read them died an hour ago.
+    await aredis.xclaim(stream, "alpha", "gone", min_idle_time=0, message_ids=entry_ids,
+                        idle=3_600_000, justid=True)
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "record") == dict.fromkeys(ids, 1)
+    assert await pending(aredis, keys, "alpha") == 0
+
+
+async def test_a_stream_deleted_under_a_running_worker_is_recreated_and_read_again(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
+) -> None:
+    import asyncio
+
+    from bus.envelope import entry_fields
+    from bus.reload import RoutingHolder
+    from ingress.parse import routing_fields
+    from tests.support import event_body, wait_for
+    from workers.pool import Pool
+
+    async def pool_read_failed(pool: Pool) -> bool:
+        return pool.read_failures > 0
+
+    settings = make_settings(prefix, routing_file=routing)
+    pool = Pool(settings, "alpha", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
+    task = asyncio.create_task(pool.run())
+    try:
+        await publish(aredis, keys, load(routing), "test.many", "evt_before")
+
+        async def ran(event_id: str) -> bool:
+            return event_id in await runs(aredis, prefix, "record")
+
+        await wait_for(lambda: ran("evt_before"))
+        await aredis.delete(keys.stream("alpha"))
+        await wait_for(lambda: pool_read_failed(pool))
+        # Written without the publish script, so nothing but the worker can create the group.
+        body = event_body("evt_after", "test.many")
+        await aredis.xadd(keys.stream("alpha"), entry_fields(  # type: ignore[arg-type]
+            routing_fields(body), (H + "record",), "v", 0, body))
+        await wait_for(lambda: ran("evt_after"))
+    finally:
+        pool.request_stop()
+        await task

@@ -1,0 +1,64 @@
+"""Moving a handler between pools in routing.yaml while everything runs: none lost, none doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bus.keys import Keys
+from bus.reload import RoutingHolder
+from tests.conftest import make_settings
+from tests.handlers_for_tests import where_key
+from tests.support import FAST_POOL, H, publish_many, runs, wait_for, write_routing
+from workers.pool import Pool
+from workers.runner import run_pool
+
+pytestmark = pytest.mark.anyio
+
+BEFORE = f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+  beta: {{{FAST_POOL}}}
+routes:
+  test.move: {{alpha: ["{H}record_where"]}}
+  test.other: {{beta: ["{H}record"]}}
+"""
+AFTER = BEFORE.replace('test.move: {alpha:', 'test.move: {beta:')
+
+
+async def test_moving_a_handler_to_another_pool_changes_where_new_events_run(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, BEFORE)
+    settings = make_settings(prefix, routing_file=routing)
+    ingress_routes = RoutingHolder.load(routing)  # what the ingress holds
+    consumers = [Pool(settings, name, redis=aredis, holder=RoutingHolder.load(routing))
+                 for name in ("alpha", "beta")]
+    pools = [asyncio.create_task(consumer.run()) for consumer in consumers]
+    old = [f"evt_old{i}" for i in range(50)]
+    new = [f"evt_new{i}" for i in range(50)]
+    try:
+        await publish_many(aredis, keys, ingress_routes.table, "test.move", old)
+        routing.write_text(AFTER)
+        os.utime(routing, ns=(1, 1))  # a different stamp even within the same mtime tick
+        assert ingress_routes.check()
+        await publish_many(aredis, keys, ingress_routes.table, "test.move", new)
+
+        async def all_ran() -> bool:
+            return int(await aredis.hlen(where_key(prefix))) == len(old) + len(new)
+
+        await wait_for(all_ran)
+    finally:
+        for consumer in consumers:
+            consumer.request_stop()
+        await asyncio.gather(*pools)
+    # Burst both pools to be sure nothing is still on its way.
+    for name in ("alpha", "beta"):
+        await run_pool(settings, name, redis=aredis, burst=True)
+    where = {k.decode(): v.decode() for k, v in (await aredis.hgetall(where_key(prefix))).items()}
+    assert where == {**dict.fromkeys(old, "alpha"), **dict.fromkeys(new, "beta")}
+    assert await runs(aredis, prefix, "record_where") == dict.fromkeys(old + new, 1)

@@ -1,0 +1,65 @@
+"""`status`: figures read from Redis in the documented JSON shape."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bus.keys import Keys
+from tests.conftest import make_settings
+from tests.support import FAST_POOL, H, load, publish, publish_many, write_routing
+from workers.runner import run_pool
+from workers.status import collect_status, render_text
+
+pytestmark = pytest.mark.anyio
+
+ROUTING = f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+  beta: {{{FAST_POOL}}}
+routes:
+  test.ok: {{alpha: ["{H}record"]}}
+  test.poison: {{alpha: ["{H}always_fail"]}}
+"""
+
+
+async def test_status_reports_counters_pending_lag_and_ingress_counts(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, ROUTING)
+    table = load(routing)
+    await publish_many(aredis, keys, table, "test.ok", ["evt_1", "evt_2"])
+    await publish(aredis, keys, table, "test.poison", "evt_bad")
+    await publish(aredis, keys, table, "test.ok", "evt_1")  # duplicate
+    await publish(aredis, keys, table, "test.nothing", "evt_unrouted")
+    before = await collect_status(aredis, keys, ["alpha", "beta"], int(time.time() * 1000))
+    assert before["pools"]["alpha"]["lag"] == 3
+    assert before["pools"]["alpha"]["pending"] == 0
+    assert before["duplicates"] == 1
+    assert before["unrouted"] == 1
+
+    await run_pool(make_settings(prefix, routing_file=routing), "alpha", redis=aredis, burst=True)
+    status = await collect_status(aredis, keys, ["alpha", "beta"], int(time.time() * 1000))
+    assert status["pools"]["alpha"] == {
+        "stream_length": 3, "pending": 0, "lag": 0, "consumers": 0,
+        "processed": 2, "failed": 3, "retried": 2, "dead": 1, "oldest_pending_s": None,
+    }
+    assert status["pools"]["beta"]["stream_length"] == 0
+    text = render_text(status)
+    assert "alpha" in text and "unrouted events: 1" in text
+
+
+async def test_status_shows_the_age_of_the_oldest_pending_entry(
+    aredis: aioredis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    table = load(write_routing(tmp_path, ROUTING))
+    await publish(aredis, keys, table, "test.ok", "evt_1")
+    await aredis.xreadgroup("alpha", "someone", {keys.stream("alpha"): ">"}, count=1)
+    now_ms = int(time.time() * 1000) + 60_000
+    status = await collect_status(aredis, keys, ["alpha"], now_ms)
+    assert status["pools"]["alpha"]["pending"] == 1
+    assert status["pools"]["alpha"]["consumers"] == 1
+    assert status["pools"]["alpha"]["oldest_pending_s"] >= 60

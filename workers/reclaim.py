@@ -1,0 +1,95 @@
+"""Claim pending entries that are due for another run.
+
+An entry stays pending after a failed run. It is due once its idle time passes
+the backoff for its delivery count (workers/retry.py). The consumer that owns
+it claims it back then. A peer's entry is claimed only once idle past the
+pool's timeout plus its backoff plus a margin: its owner is then presumed
+dead (SIGKILL, lost machine), and this is how its work is taken over.
+
+XCLAIM increments the delivery count, so the count is the number of runs
+started, the first included, which is exactly what max_attempts counts.
+An entry that is pending but no longer in the stream (trimmed anyway) is
+dropped from the pending list by XCLAIM and dead-lettered here with a reason.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bus import defaults
+from workers.deadletter import REASON_TRIMMED, Failure
+from workers.retry import peer_claim_idle_ms, pool_backoff_ms
+from workers.streams import text
+
+if TYPE_CHECKING:
+    from workers.pool import Pool
+
+
+async def due_entries(pool: Pool, limit: int) -> list[tuple[str, int, int]]:
+    """Up to `limit` pending entries due for a run: (entry id, times delivered, idle needed in ms)."""
+    config = pool.config
+    min_idle_ms = max(1, int(config.backoff_base_s * 1000 / 2))
+    due: list[tuple[str, int, int]] = []
+    start = "-"
+    while len(due) < limit:
+        rows: Any = await pool.redis.xpending_range(
+            pool.stream, pool.group, min=start, max="+", count=defaults.RECLAIM_PAGE_SIZE, idle=min_idle_ms
+        )
+        for row in rows:
+            entry_id = text(row["message_id"])
+            if entry_id in pool.inflight or entry_id in pool.acks.unacked:
+                continue
+            delivered = int(row["times_delivered"])
+            if text(row["consumer"]) == pool.consumer:
+                needed = pool_backoff_ms(config, delivered, entry_id)
+            else:
+                needed = peer_claim_idle_ms(config, delivered, entry_id, pool.claim_margin_s)
+            if int(row["time_since_delivered"]) >= needed:
+                due.append((entry_id, delivered, needed))
+                if len(due) >= limit:
+                    break
+        if len(rows) < defaults.RECLAIM_PAGE_SIZE:
+            break
+        start = "(" + text(rows[-1]["message_id"])
+    return due
+
+
+async def _not_deferred(pool: Pool, due: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """Drop entries whose handler asked, with RetryLater(defer_s), to wait longer than the backoff."""
+    key = pool.keys.retry_at(pool.name)
+    if not due or not await pool.redis.exists(key):
+        return due
+    retry_at: Any = await pool.redis.hmget(key, [entry_id for entry_id, _, _ in due])
+    now_ms = pool.now_ms()
+    return [d for d, at in zip(due, retry_at, strict=True) if at is None or int(at) <= now_ms]
+
+
+async def reclaim_once(pool: Pool) -> int:
+    """Claim and start the due entries, as many as there are free slots; return how many started."""
+    free = pool.free_slots()
+    if free <= 0 or pool.stopping:
+        return 0
+    due = await _not_deferred(pool, await due_entries(pool, free))
+    if not due:
+        return 0
+    ids: list[Any] = [entry_id for entry_id, _, _ in due]
+    # The smallest idle any of them needed: an entry another consumer claimed meanwhile
+    # has an idle time near zero, so it is not taken twice.
+    claimed: Any = await pool.redis.xclaim(
+        pool.stream, pool.group, pool.consumer, min_idle_time=min(n for _, _, n in due), message_ids=ids
+    )
+    fields_by_id = {text(entry_id): fields for entry_id, fields in claimed if fields is not None}
+    started = 0
+    for entry_id, delivered, _ in due:
+        fields = fields_by_id.get(entry_id)
+        if fields is not None:
+            pool.start(entry_id, fields, attempt=delivered + 1)
+            started += 1
+        elif not await pool.redis.xrange(pool.stream, min=entry_id, max=entry_id):
+            # Pending, yet gone from the stream: say so in the dead-letter stream rather than lose it.
+            failure = Failure("", f"entry {entry_id} was pending but is no longer in {pool.stream}", "")
+            await pool.dead(entry_id, {b"dlq_missing_entry": entry_id.encode()}, REASON_TRIMMED,
+                            [failure], delivered)
+    if started:
+        pool.acks.count("retried", started)
+    return started

@@ -1,0 +1,70 @@
+"""`fanout status`: per pool stream length, pending, lag, consumers, counters; ingress counters.
+
+Everything is read from Redis, so the figures hold across processes and restarts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from bus.keys import Keys
+from workers.streams import id_ms, text
+
+COUNTERS = ("processed", "failed", "retried", "dead")
+
+
+async def pool_status(redis: aioredis.Redis, keys: Keys, pool: str, now_ms: int) -> dict[str, Any]:
+    """The status of one pool; a pool whose stream does not exist yet shows zeros."""
+    stream, group = keys.stream(pool), keys.group(pool)
+    out: dict[str, Any] = {"stream_length": 0, "pending": 0, "lag": 0, "consumers": 0}
+    counters: Any = await redis.hgetall(keys.pool_stats(pool))
+    for name in COUNTERS:
+        out[name] = int(counters.get(name.encode(), 0))
+    out["oldest_pending_s"] = None
+    try:
+        groups: Any = await redis.xinfo_groups(stream)
+    except ResponseError:  # no such stream yet
+        return out
+    out["stream_length"] = int(await redis.xlen(stream))
+    ours = next((g for g in groups if text(g["name"]) == group), None)
+    if ours is None:
+        out["lag"] = out["stream_length"]
+        return out
+    out["pending"] = int(ours["pending"])
+    out["consumers"] = int(ours["consumers"])
+    lag = ours.get("lag")
+    out["lag"] = int(lag) if lag is not None else None
+    if out["pending"]:
+        summary: Any = await redis.xpending(stream, group)
+        out["oldest_pending_s"] = round(max(0, now_ms - id_ms(summary["min"])) / 1000, 3)
+    return out
+
+
+async def collect_status(redis: aioredis.Redis, keys: Keys, pools: list[str], now_ms: int) -> dict[str, Any]:
+    """The `status --json` document: {"pools": {name: {...}}, "unrouted", "duplicates"}."""
+    ingress: Any = await redis.hgetall(keys.ingress_stats)
+    return {
+        "pools": {pool: await pool_status(redis, keys, pool, now_ms) for pool in pools},
+        "unrouted": int(ingress.get(b"unrouted", 0)),
+        "duplicates": int(ingress.get(b"duplicates", 0)),
+    }
+
+
+def render_text(status: dict[str, Any]) -> str:
+    """A table for people."""
+    columns = ("stream_length", "pending", "lag", "consumers", *COUNTERS, "oldest_pending_s")
+    headers = ("pool", "length", "pending", "lag", "consumers", *COUNTERS, "oldest pending")
+    rows = [headers]
+    for name, pool in status["pools"].items():
+        cells = [name]
+        for column in columns:
+            value = pool[column]
+            cells.append("-" if value is None else f"{value}s" if column == "oldest_pending_s" else str(value))
+        rows.append(tuple(cells))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.append(f"unrouted events: {status['unrouted']}    duplicate deliveries: {status['duplicates']}")
+    return "\n".join(lines)

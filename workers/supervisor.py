@@ -1,0 +1,103 @@
+"""`fanout worker POOL --processes N`: N consumer processes under one parent, like `rq worker-pool`.
+
+The parent forwards SIGTERM and SIGINT to its children and waits for them to
+drain. A child that exits on its own is started again, except in burst mode,
+where exiting is how a child says the pool is drained. `fanout run` uses the
+same child handling for the pools it starts beside the ingress.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+import structlog
+
+from bus import defaults
+
+log = structlog.get_logger("fanout.supervisor")
+
+POLL_S = 0.2
+
+
+def worker_command(pool: str, *, burst: bool = False, concurrency: int | None = None) -> list[str]:
+    """The command line of one consumer process of `pool`."""
+    command = [sys.executable, "-m", "fanout.cli", "worker", pool]
+    if burst:
+        command.append("--burst")
+    if concurrency:
+        command += ["--concurrency", str(concurrency)]
+    return command
+
+
+@dataclass
+class Children:
+    """Child processes started from commands; `stop()` sends SIGTERM and waits, then kills."""
+
+    commands: Sequence[Sequence[str]]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.procs = [subprocess.Popen(list(command)) for command in self.commands]
+
+    def respawn(self, index: int) -> None:
+        self.procs[index] = subprocess.Popen(list(self.commands[index]))
+
+    def signal_all(self, signum: int) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    def stop(self, grace_s: float = defaults.SHUTDOWN_GRACE_S + 5) -> list[int]:
+        """SIGTERM every child, wait up to `grace_s`, SIGKILL what is left; return exit codes."""
+        self.signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return [proc.returncode for proc in self.procs]
+
+
+class Supervisor:
+    def __init__(self, pool: str, processes: int, *, burst: bool = False,
+                 concurrency: int | None = None) -> None:
+        self.pool = pool
+        self.burst = burst
+        self.children = Children([worker_command(pool, burst=burst, concurrency=concurrency)] * processes)
+        self._stopping = False
+
+    def _on_signal(self, signum: int, _: FrameType | None) -> None:
+        self._stopping = True
+        self.children.signal_all(signal.SIGTERM)
+
+    def run(self) -> int:
+        """Run until every child has exited (burst) or until SIGTERM/SIGINT; the exit status."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.children.start()
+            log.info("supervisor.started", pool=self.pool, processes=len(self.children.procs))
+            while True:
+                codes = [proc.poll() for proc in self.children.procs]
+                if all(code is not None for code in codes):
+                    break
+                if not (self._stopping or self.burst):
+                    for index, code in enumerate(codes):
+                        if code is not None:
+                            log.warning("supervisor.child_exited", pool=self.pool, code=code)
+                            time.sleep(defaults.RESPAWN_DELAY_S)
+                            self.children.respawn(index)
+                time.sleep(POLL_S)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        failed = [code for code in codes if code != 0]
+        log.info("supervisor.stopped", pool=self.pool, exit_codes=codes)
+        return 1 if failed else 0
