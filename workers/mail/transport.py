@@ -1,13 +1,19 @@
 """Delivering a message: SMTP when SMTP_URL is set, else .eml files in a local outbox folder.
 
 SMTP runs on smtplib in a worker thread (asyncio.to_thread), so the event loop
-never blocks. A rejected recipient is permanent (PermanentFailure); every
+never blocks.
+
+SMTP_URL's user name and password are percent-decoded: a password with
+characters that delimit a URL (`#`, `/`, `?`, `@`, `:`, `%`) must be
+percent-encoded in SMTP_URL (`urllib.parse.quote(password, safe="")`). A URL
+that does not parse raises SmtpUrlError, which never quotes any part of it. A rejected recipient is permanent (PermanentFailure); every
 other SMTP or network failure is transient (RetryLater).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import smtplib
@@ -30,6 +36,12 @@ RESOURCE_NAME = "mail_transport"
 DEFAULT_PORTS = {"smtp": 25, "smtps": 465, "starttls": 587}
 
 Mode = Literal["smtp", "smtps", "starttls"]
+URL_SHAPE = ("SMTP_URL must look like smtp[s]://user:pass@host:port or smtp+starttls://...; "
+             "percent-encode special characters (# / ? @ : %) in the user name and password")
+
+
+class SmtpUrlError(ConfigError, PermanentFailure):
+    """SMTP_URL is unusable; retrying cannot help. The message never quotes the URL."""
 
 
 class Transport(Protocol):
@@ -52,20 +64,33 @@ class SmtpConfig:
 
     @classmethod
     def from_url(cls, url: str) -> SmtpConfig:
-        parts = urlsplit(url)
+        """Parse SMTP_URL; SmtpUrlError (no part of the URL in it, no chained cause) if it is bad."""
+        config: SmtpConfig | None = None
+        # Raised below, outside the suppressed block, so the parse error is not even __context__.
+        with contextlib.suppress(ValueError, TypeError, UnicodeError):
+            config = cls._parse(url)
+        if config is None:
+            # Never echo the URL or the parser's message: both may carry the password.
+            raise SmtpUrlError(URL_SHAPE) from None
+        return config
+
+    @classmethod
+    def _parse(cls, url: str) -> SmtpConfig | None:
+        parts = urlsplit(url.strip())
         scheme = parts.scheme.lower()
         modes: dict[str, Mode] = {"smtp": "smtp", "smtps": "smtps", "smtp+starttls": "starttls"}
-        if scheme not in modes or not parts.hostname:
-            # Never echo the URL: it may carry the password.
-            raise ConfigError("SMTP_URL must look like smtp[s]://user:pass@host:port "
-                              "or smtp+starttls://...")
+        # A path, query or fragment means an unencoded '/', '?' or '#' cut the userinfo short.
+        if (scheme not in modes or not parts.hostname or parts.path not in ("", "/")
+                or parts.query or parts.fragment or "#" in url or "?" in url):
+            return None
         mode = modes[scheme]
         return cls(
             host=parts.hostname,
             port=parts.port or DEFAULT_PORTS[mode],
             mode=mode,
-            username=unquote(parts.username) if parts.username else None,
-            password=Secret(unquote(parts.password)) if parts.password else None,
+            username=unquote(parts.username, errors="strict") if parts.username else None,
+            password=(Secret(unquote(parts.password, errors="strict"))
+                      if parts.password else None),
         )
 
 
