@@ -21,12 +21,16 @@ class Inbox:
     messages: list[Envelope] = field(default_factory=list)
     rejected: set[str] = field(default_factory=set)
     defer_data_times: int = 0
+    defer_rcpt_times: int = 0  # answer RCPT with 450 (greylisting) this many times
     logins: list[str] = field(default_factory=list)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if address in self.rejected:
             return "550 5.1.1 mailbox unavailable"
+        if self.defer_rcpt_times > 0:
+            self.defer_rcpt_times -= 1
+            return "450 4.2.0 greylisted, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

@@ -92,7 +92,7 @@ async def test_confirmation_is_sent_once_over_smtp_with_headers_recipient_and_bo
     assert PASSWORD not in repr(logs)
 
 
-async def test_rejected_recipient_is_permanent_and_later_deliveries_send_nothing(
+async def test_rejected_recipient_is_permanent_and_a_replay_after_the_fix_sends_it(
         store: Store, store_env: dict[str, str], prefix: str, inbox: tuple[Inbox, str]) -> None:
     server, url = inbox
     server.rejected.add("jenny.rosen@example.com")
@@ -101,12 +101,38 @@ async def test_rejected_recipient_is_permanent_and_later_deliveries_send_nothing
 
     with pytest.raises(PermanentFailure):
         await email_handler.order_confirmation(event, await factory())
-    server.rejected.clear()
-    await email_handler.order_confirmation(event, await factory())
-
     assert server.messages == []
     row = await store.outbox_get(event.id, "order_confirmation")
-    assert row is not None and row.status == "failed" and row.last_error
+    assert row is not None and row.status == "failed" and "550" in (row.last_error or "")
+
+    # The entry was dead-lettered; `dlq replay` (or a redelivery) after the mailbox is fixed
+    # re-claims the failed row and sends: only "sent" means done.
+    server.rejected.clear()
+    await email_handler.order_confirmation(event, await factory())
+    await email_handler.order_confirmation(event, await factory())
+
+    assert len(server.messages) == 1
+    row = await store.outbox_get(event.id, "order_confirmation")
+    assert row is not None and row.status == "sent" and row.attempts == 2
+
+
+async def test_greylisted_recipient_450_is_retried_then_sent_once(
+        store: Store, store_env: dict[str, str], prefix: str, inbox: tuple[Inbox, str]) -> None:
+    server, url = inbox
+    server.defer_rcpt_times = 1
+    factory = smtp_ctx(prefix, store_env, store, url)
+    _, event = await placed_order(factory)
+
+    with pytest.raises(RetryLater) as raised:
+        await email_handler.order_confirmation(event, await factory())
+    assert not isinstance(raised.value, PermanentFailure)
+    row = await store.outbox_get(event.id, "order_confirmation")
+    assert row is not None and row.status == "pending" and "450" in (row.last_error or "")
+
+    await email_handler.order_confirmation(event, await factory())
+    assert len(server.messages) == 1
+    row = await store.outbox_get(event.id, "order_confirmation")
+    assert row is not None and row.status == "sent" and row.attempts == 2
 
 
 async def test_smtp_transient_failure_retries_then_sends_once(

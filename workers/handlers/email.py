@@ -34,7 +34,7 @@ async def order_confirmation(event: Event, ctx: Context) -> None:
     if held == "busy":
         raise RetryLater("another worker is sending this email", defer_s=outbox.CLAIM_LEASE_S)
     if not isinstance(held, outbox.Claim):
-        ctx.log.info("confirmation already handled", order_id=session_id, outbox_status=held)
+        ctx.log.info("confirmation already sent", order_id=session_id, outbox_status=held)
         return
     message = render_confirmation(order, sender=sender(ctx.settings),
                                   message_id=f"<{event.id}.{TEMPLATE}@stripe-fanout>")

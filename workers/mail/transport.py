@@ -124,7 +124,10 @@ class SmtpTransport:
             await asyncio.to_thread(self._send_blocking, message)
         except smtplib.SMTPRecipientsRefused as err:
             codes = sorted({code for code, _ in err.recipients.values()})
-            raise PermanentFailure(f"SMTP server rejected the recipient (codes {codes})") from err
+            # smtplib raises this for 4xx (greylisting, mailbox busy) as well as 5xx.
+            if codes and all(500 <= code < 600 for code in codes):
+                raise PermanentFailure(f"SMTP server rejected the recipient (codes {codes})") from err
+            raise RetryLater(f"SMTP server deferred the recipient (codes {codes})") from err
         except smtplib.SMTPResponseException as err:
             raise RetryLater(f"SMTP error {err.smtp_code}") from err
         except (smtplib.SMTPException, OSError) as err:
