@@ -173,12 +173,23 @@ async def test_without_smtp_url_the_confirmation_is_written_once_to_the_mail_dir
     assert message["To"] == "Jenny Rosen <jenny.rosen@example.com>"
 
 
-async def test_confirmation_before_the_order_is_stored_asks_for_a_retry(
-        make_ctx: ContextFactory, mail_dir: Path) -> None:
-    event = make_event("checkout.session.completed", ids=checkout_ids())
-    with pytest.raises(RetryLater):
-        await email_handler.order_confirmation(event, await make_ctx())
-    assert eml_files(mail_dir) == []
+async def test_confirmation_on_a_fresh_store_is_built_from_the_event_and_sent(
+        store: Store, make_ctx: ContextFactory, mail_dir: Path) -> None:
+    # The pool runs the entry's handlers concurrently: the order row may not exist yet.
+    ids = checkout_ids()
+    event = make_event("checkout.session.completed", ids=ids)
+    await email_handler.order_confirmation(event, await make_ctx())
+
+    assert await store.find_order(checkout_session_id=ids["session"]) is None
+    files = eml_files(mail_dir)
+    assert len(files) == 1
+    message = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    assert message["To"] == "Jenny Rosen <jenny.rosen@example.com>"
+    plain = message.get_body(("plain",))
+    assert plain is not None
+    text = plain.get_content()
+    assert "Total:    49.99 USD" in text and ids["session"] in text and "4.99" in text
 
 
 async def test_only_one_of_two_concurrent_claims_wins(store: Store) -> None:

@@ -1,19 +1,26 @@
-"""email.order_confirmation: one confirmation per order event, through the outbox."""
+"""email.order_confirmation: one confirmation per order event, through the outbox.
+
+For checkout.session.completed the order is built from the event itself
+(orders.order_from_session, as orders.create_from_checkout does), because the
+pool runs an entry's handlers concurrently and the order row may not be
+written yet. Only an event that does not carry the order reads it from the store.
+"""
 
 from __future__ import annotations
 
 from bus.envelope import Event
 from bus.errors import PermanentFailure, RetryLater
 from workers.context import Context
+from workers.handlers.orders import order_from_session
 from workers.handlers.stripe_fields import ref
 from workers.mail import outbox
 from workers.mail.render import order_confirmation as render_confirmation
 from workers.mail.transport import sender, transport_for
-from workers.store.rows import OutboxRow
+from workers.store.rows import Order, OutboxRow
 from workers.store.select import store_for
 
 TEMPLATE = "order_confirmation"
-# orders.create_from_checkout for the same event may still be running.
+# For an event that does not carry the order: its row may not be stored yet.
 MISSING_ORDER_RETRY_S = 5.0
 
 
@@ -21,7 +28,13 @@ async def order_confirmation(event: Event, ctx: Context) -> None:
     """Send the order confirmation once; a redelivered event finds the outbox row sent."""
     store = await store_for(ctx)
     session_id = ref(event.data_object.get("id"))
-    order = await store.find_order(checkout_session_id=session_id)
+    order: Order | None
+    if event.data_object.get("object") == "checkout.session":
+        # The event carries the order; orders.create_from_checkout may run concurrently
+        # (the pool gathers an entry's handlers), so do not wait for its row.
+        order = order_from_session(event)
+    else:
+        order = await store.find_order(checkout_session_id=session_id)
     if order is None:
         raise RetryLater(f"order {session_id} not stored yet", defer_s=MISSING_ORDER_RETRY_S)
     if not order.customer_email:
