@@ -197,3 +197,38 @@ async def test_checkout_linked_payment_intent_retries_even_past_the_window(
     paid.data_object["created"] = int(time.time()) - orders.CHECKOUT_ORDER_WINDOW_S - 60
     with pytest.raises(RetryLater):
         await orders.mark_paid(paid, await make_ctx())
+
+
+# --- same-second ties -------------------------------------------------------------------------
+
+
+async def test_redelivered_pending_checkout_in_the_same_second_does_not_undo_a_failure(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    completed = make_event("checkout.session.completed", ids=ids, created=T0,
+                           payment_status="unpaid")
+    failed = make_event("checkout.session.async_payment_failed", ids=ids, created=T0)
+    await orders.create_from_checkout(completed, ctx)
+    await orders.mark_failed(failed, ctx)
+
+    await orders.create_from_checkout(completed, ctx)  # Stripe redelivers, same `created` second
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "failed"
+    assert order.last_event_id == failed.id
+
+
+async def test_a_newer_pending_checkout_still_updates_a_pending_order_and_ties_apply(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    first = make_event("checkout.session.completed", ids=ids, created=T0, payment_status="unpaid")
+    again = make_event("checkout.session.completed", ids=ids, created=T0, payment_status="unpaid",
+                       amount_total=5999)
+    await orders.create_from_checkout(first, ctx)
+    await orders.create_from_checkout(again, ctx)  # pending over pending on a tie: applied
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "pending" and order.amount_total == 5999
+    assert order.last_event_id == again.id
