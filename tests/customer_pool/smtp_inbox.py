@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ class Inbox:
     rejected: set[str] = field(default_factory=set)
     defer_data_times: int = 0
     defer_rcpt_times: int = 0  # answer RCPT with 450 (greylisting) this many times
+    data_delay_s: float = 0.0  # a slow server: wait this long before accepting DATA
     logins: list[str] = field(default_factory=list)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
@@ -38,6 +40,8 @@ class Inbox:
         if self.defer_data_times > 0:
             self.defer_data_times -= 1
             return "451 4.3.0 try again later"
+        if self.data_delay_s:
+            await asyncio.sleep(self.data_delay_s)
         self.messages.append(envelope)
         return "250 Message accepted"
 

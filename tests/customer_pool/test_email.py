@@ -221,3 +221,50 @@ def test_smtp_password_stays_out_of_repr_and_config_errors() -> None:
     with pytest.raises(ConfigError) as raised:
         SmtpConfig.from_url(f"http://mailer:{PASSWORD}@mail.test")
     assert PASSWORD not in str(raised.value)
+
+
+async def test_a_pool_timeout_during_smtp_waits_for_the_send_and_records_it_sent(
+        store: Store, store_env: dict[str, str], prefix: str, inbox: tuple[Inbox, str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workers.execute import Resolved, call_handler
+
+    server, url = inbox
+    server.data_delay_s = 1.0  # the server is slower than the handler's timeout
+    factory = smtp_ctx(prefix, store_env, store, url)
+    _, event = await placed_order(factory)
+    ctx = await factory()
+    handler = Resolved("email.order_confirmation", email_handler.order_confirmation, True)
+
+    with ThreadPoolExecutor(1) as pool:
+        failure = await call_handler(handler, handler.name, event, lambda _: ctx, 0.3,
+                                     lambda: pool)
+    assert failure is not None and "TimeoutError" in failure.error  # the pool retries it
+
+    # The send that was in flight finished and was recorded: a later delivery sends nothing.
+    assert len(server.messages) == 1
+    row = await store.outbox_get(event.id, "order_confirmation")
+    assert row is not None and row.status == "sent"
+    server.data_delay_s = 0.0
+    await email_handler.order_confirmation(event, await factory())
+    assert len(server.messages) == 1
+
+
+async def test_the_whole_smtp_exchange_is_capped_by_a_total_timeout(
+        inbox: tuple[Inbox, str]) -> None:
+    from workers.mail.render import order_confirmation as render
+    from workers.mail.transport import SMTP_TOTAL_TIMEOUT_S
+    from workers.store.rows import Order
+
+    assert SMTP_TOTAL_TIMEOUT_S <= 15  # well below the customer pool's timeout_s (30)
+    server, url = inbox
+    server.data_delay_s = 3.0
+    transport = SmtpTransport(SmtpConfig.from_url(url), total_timeout_s=0.5)
+    order = Order(checkout_session_id="cs_test_slow", payment_status="paid", status="paid",
+                  last_event_id="evt_slow", last_event_created=1,
+                  customer_email="jenny.rosen@example.com")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(RetryLater):
+        await transport.send(render(order, sender=SENDER, message_id="<slow@test>"))
+    assert loop.time() - started < 2.0

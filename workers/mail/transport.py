@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 from bus.errors import ConfigError, PermanentFailure, RetryLater
@@ -31,7 +31,11 @@ from workers.context import Context
 
 DEFAULT_MAIL_DIR = "var/mail"
 DEFAULT_FROM = "stripe-fanout <orders@localhost>"
-SMTP_TIMEOUT_S = 20.0
+SMTP_TIMEOUT_S = 20.0  # one socket step (connect, one reply) at most
+# The whole exchange (connect, TLS, login, MAIL/RCPT/DATA) at most: well below the customer
+# pool's timeout_s (30 s), so a send finishes, or fails, before the pool gives up on the
+# handler. Override with SMTP_TOTAL_TIMEOUT_S; keep it below the pool's timeout_s.
+SMTP_TOTAL_TIMEOUT_S = 15.0
 RESOURCE_NAME = "mail_transport"
 DEFAULT_PORTS = {"smtp": 25, "smtps": 465, "starttls": 587}
 
@@ -94,24 +98,60 @@ class SmtpConfig:
         )
 
 
+class _DeadlineSMTP(smtplib.SMTP):
+    """smtplib.SMTP whose every socket step gets only the time left before `deadline`."""
+
+    deadline = float("inf")  # time.monotonic() value; set before connect()
+    step_s = SMTP_TIMEOUT_S
+
+    def _arm(self) -> None:
+        left = min(self.deadline - time.monotonic(), self.step_s)
+        if left <= 0:
+            raise TimeoutError("SMTP exchange exceeded its total timeout")
+        self.timeout = left  # used by connect()
+        if self.sock is not None:
+            self.sock.settimeout(left)
+
+    def connect(self, host: str = "localhost", port: int = 0,
+                source_address: Any = None) -> tuple[int, bytes]:
+        self._arm()
+        return super().connect(host, port, source_address)
+
+    def send(self, s: Any) -> None:
+        self._arm()
+        super().send(s)
+
+    def getreply(self) -> tuple[int, bytes]:
+        self._arm()
+        return super().getreply()
+
+
+class _DeadlineSMTPSSL(_DeadlineSMTP, smtplib.SMTP_SSL):
+    pass
+
+
 class SmtpTransport:
     name = "smtp"
 
-    def __init__(self, config: SmtpConfig, timeout_s: float = SMTP_TIMEOUT_S) -> None:
+    def __init__(self, config: SmtpConfig, timeout_s: float = SMTP_TIMEOUT_S,
+                 total_timeout_s: float = SMTP_TOTAL_TIMEOUT_S) -> None:
         self.config = config
         self.timeout_s = timeout_s
+        self.total_timeout_s = total_timeout_s
 
     def __repr__(self) -> str:
         return f"SmtpTransport({self.config!r})"
 
     def _send_blocking(self, message: EmailMessage) -> None:
         cfg = self.config
-        smtp: smtplib.SMTP
+        smtp: _DeadlineSMTP
         if cfg.mode == "smtps":
-            smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=self.timeout_s,
-                                    context=ssl.create_default_context())
+            smtp = _DeadlineSMTPSSL(context=ssl.create_default_context())
         else:
-            smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=self.timeout_s)
+            smtp = _DeadlineSMTP()
+        smtp.deadline = time.monotonic() + self.total_timeout_s
+        smtp.step_s = self.timeout_s
+        smtp.connect(cfg.host, cfg.port)
         with smtp:
             if cfg.mode == "starttls":
                 smtp.starttls(context=ssl.create_default_context())
@@ -158,7 +198,12 @@ class FileTransport:
 def transport_from_settings(settings: Settings) -> Transport:
     url = settings.secret("SMTP_URL")
     if url:
-        return SmtpTransport(SmtpConfig.from_url(url.reveal()))
+        total = settings.env.get("SMTP_TOTAL_TIMEOUT_S", "").strip()
+        try:
+            total_s = float(total) if total else SMTP_TOTAL_TIMEOUT_S
+        except ValueError:
+            raise ConfigError("SMTP_TOTAL_TIMEOUT_S must be a number of seconds") from None
+        return SmtpTransport(SmtpConfig.from_url(url.reveal()), total_timeout_s=total_s)
     return FileTransport(settings.env.get("FANOUT_MAIL_DIR") or DEFAULT_MAIL_DIR)
 
 
