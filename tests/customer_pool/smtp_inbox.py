@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,12 +22,17 @@ class Inbox:
     messages: list[Envelope] = field(default_factory=list)
     rejected: set[str] = field(default_factory=set)
     defer_data_times: int = 0
+    defer_rcpt_times: int = 0  # answer RCPT with 450 (greylisting) this many times
+    data_delay_s: float = 0.0  # a slow server: wait this long before accepting DATA
     logins: list[str] = field(default_factory=list)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if address in self.rejected:
             return "550 5.1.1 mailbox unavailable"
+        if self.defer_rcpt_times > 0:
+            self.defer_rcpt_times -= 1
+            return "450 4.2.0 greylisted, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -34,6 +40,8 @@ class Inbox:
         if self.defer_data_times > 0:
             self.defer_data_times -= 1
             return "451 4.3.0 try again later"
+        if self.data_delay_s:
+            await asyncio.sleep(self.data_delay_s)
         self.messages.append(envelope)
         return "250 Message accepted"
 

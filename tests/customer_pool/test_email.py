@@ -92,7 +92,7 @@ async def test_confirmation_is_sent_once_over_smtp_with_headers_recipient_and_bo
     assert PASSWORD not in repr(logs)
 
 
-async def test_rejected_recipient_is_permanent_and_later_deliveries_send_nothing(
+async def test_rejected_recipient_is_permanent_and_a_replay_after_the_fix_sends_it(
         store: Store, store_env: dict[str, str], prefix: str, inbox: tuple[Inbox, str]) -> None:
     server, url = inbox
     server.rejected.add("jenny.rosen@example.com")
@@ -101,12 +101,38 @@ async def test_rejected_recipient_is_permanent_and_later_deliveries_send_nothing
 
     with pytest.raises(PermanentFailure):
         await email_handler.order_confirmation(event, await factory())
-    server.rejected.clear()
-    await email_handler.order_confirmation(event, await factory())
-
     assert server.messages == []
     row = await store.outbox_get(event.id, "order_confirmation")
-    assert row is not None and row.status == "failed" and row.last_error
+    assert row is not None and row.status == "failed" and "550" in (row.last_error or "")
+
+    # The entry was dead-lettered; `dlq replay` (or a redelivery) after the mailbox is fixed
+    # re-claims the failed row and sends: only "sent" means done.
+    server.rejected.clear()
+    await email_handler.order_confirmation(event, await factory())
+    await email_handler.order_confirmation(event, await factory())
+
+    assert len(server.messages) == 1
+    row = await store.outbox_get(event.id, "order_confirmation")
+    assert row is not None and row.status == "sent" and row.attempts == 2
+
+
+async def test_greylisted_recipient_450_is_retried_then_sent_once(
+        store: Store, store_env: dict[str, str], prefix: str, inbox: tuple[Inbox, str]) -> None:
+    server, url = inbox
+    server.defer_rcpt_times = 1
+    factory = smtp_ctx(prefix, store_env, store, url)
+    _, event = await placed_order(factory)
+
+    with pytest.raises(RetryLater) as raised:
+        await email_handler.order_confirmation(event, await factory())
+    assert not isinstance(raised.value, PermanentFailure)
+    row = await store.outbox_get(event.id, "order_confirmation")
+    assert row is not None and row.status == "pending" and "450" in (row.last_error or "")
+
+    await email_handler.order_confirmation(event, await factory())
+    assert len(server.messages) == 1
+    row = await store.outbox_get(event.id, "order_confirmation")
+    assert row is not None and row.status == "sent" and row.attempts == 2
 
 
 async def test_smtp_transient_failure_retries_then_sends_once(
@@ -147,12 +173,23 @@ async def test_without_smtp_url_the_confirmation_is_written_once_to_the_mail_dir
     assert message["To"] == "Jenny Rosen <jenny.rosen@example.com>"
 
 
-async def test_confirmation_before_the_order_is_stored_asks_for_a_retry(
-        make_ctx: ContextFactory, mail_dir: Path) -> None:
-    event = make_event("checkout.session.completed", ids=checkout_ids())
-    with pytest.raises(RetryLater):
-        await email_handler.order_confirmation(event, await make_ctx())
-    assert eml_files(mail_dir) == []
+async def test_confirmation_on_a_fresh_store_is_built_from_the_event_and_sent(
+        store: Store, make_ctx: ContextFactory, mail_dir: Path) -> None:
+    # The pool runs the entry's handlers concurrently: the order row may not exist yet.
+    ids = checkout_ids()
+    event = make_event("checkout.session.completed", ids=ids)
+    await email_handler.order_confirmation(event, await make_ctx())
+
+    assert await store.find_order(checkout_session_id=ids["session"]) is None
+    files = eml_files(mail_dir)
+    assert len(files) == 1
+    message = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    assert message["To"] == "Jenny Rosen <jenny.rosen@example.com>"
+    plain = message.get_body(("plain",))
+    assert plain is not None
+    text = plain.get_content()
+    assert "Total:    49.99 USD" in text and ids["session"] in text and "4.99" in text
 
 
 async def test_only_one_of_two_concurrent_claims_wins(store: Store) -> None:
@@ -184,3 +221,50 @@ def test_smtp_password_stays_out_of_repr_and_config_errors() -> None:
     with pytest.raises(ConfigError) as raised:
         SmtpConfig.from_url(f"http://mailer:{PASSWORD}@mail.test")
     assert PASSWORD not in str(raised.value)
+
+
+async def test_a_pool_timeout_during_smtp_waits_for_the_send_and_records_it_sent(
+        store: Store, store_env: dict[str, str], prefix: str, inbox: tuple[Inbox, str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workers.execute import Resolved, call_handler
+
+    server, url = inbox
+    server.data_delay_s = 1.0  # the server is slower than the handler's timeout
+    factory = smtp_ctx(prefix, store_env, store, url)
+    _, event = await placed_order(factory)
+    ctx = await factory()
+    handler = Resolved("email.order_confirmation", email_handler.order_confirmation, True)
+
+    with ThreadPoolExecutor(1) as pool:
+        failure = await call_handler(handler, handler.name, event, lambda _: ctx, 0.3,
+                                     lambda: pool)
+    assert failure is not None and "TimeoutError" in failure.error  # the pool retries it
+
+    # The send that was in flight finished and was recorded: a later delivery sends nothing.
+    assert len(server.messages) == 1
+    row = await store.outbox_get(event.id, "order_confirmation")
+    assert row is not None and row.status == "sent"
+    server.data_delay_s = 0.0
+    await email_handler.order_confirmation(event, await factory())
+    assert len(server.messages) == 1
+
+
+async def test_the_whole_smtp_exchange_is_capped_by_a_total_timeout(
+        inbox: tuple[Inbox, str]) -> None:
+    from workers.mail.render import order_confirmation as render
+    from workers.mail.transport import SMTP_TOTAL_TIMEOUT_S
+    from workers.store.rows import Order
+
+    assert SMTP_TOTAL_TIMEOUT_S <= 15  # well below the customer pool's timeout_s (30)
+    server, url = inbox
+    server.data_delay_s = 3.0
+    transport = SmtpTransport(SmtpConfig.from_url(url), total_timeout_s=0.5)
+    order = Order(checkout_session_id="cs_test_slow", payment_status="paid", status="paid",
+                  last_event_id="evt_slow", last_event_created=1,
+                  customer_email="jenny.rosen@example.com")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(RetryLater):
+        await transport.send(render(order, sender=SENDER, message_id="<slow@test>"))
+    assert loop.time() - started < 2.0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from structlog.testing import capture_logs
 
 from bus.errors import RetryLater
 from tests.customer_pool.conftest import ContextFactory
@@ -77,8 +80,9 @@ async def test_payment_intent_succeeded_before_checkout_completed_ends_paid(
         store: Store, make_ctx: ContextFactory) -> None:
     ids = checkout_ids()
     ctx = await make_ctx()
-    paid = make_event("payment_intent.succeeded", ids=ids, created=T0 + 1, metadata={})
-    completed = make_event("checkout.session.completed", ids=ids, created=T0,
+    now = int(time.time())  # a payment intent created just now: its order may be in flight
+    paid = make_event("payment_intent.succeeded", ids=ids, created=now + 1, metadata={})
+    completed = make_event("checkout.session.completed", ids=ids, created=now,
                            payment_status="unpaid")
 
     with pytest.raises(RetryLater) as raised:
@@ -151,3 +155,80 @@ async def test_async_payment_failed_before_its_order_asks_for_a_retry(
     with pytest.raises(RetryLater):
         await orders.mark_failed(make_event("checkout.session.async_payment_failed",
                                             ids=checkout_ids()), await make_ctx())
+
+
+# --- payment intents that are not Checkout's -----------------------------------------------------
+
+
+async def test_invoice_payment_intent_without_an_order_is_skipped_not_retried(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    paid = make_event("payment_intent.succeeded", ids=ids, created=int(time.time()),
+                      metadata={}, invoice=f"in_{ids['session']}")
+    with capture_logs() as logs:
+        await orders.mark_paid(paid, await make_ctx())
+    assert [e for e in logs if e["event"] == "payment intent is not a checkout order; skipped"]
+    assert await store.find_order(payment_intent_id=ids["payment_intent"]) is None
+
+
+async def test_direct_payment_intent_past_the_checkout_window_is_skipped(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    created = int(time.time()) - orders.CHECKOUT_ORDER_WINDOW_S - 60
+    paid = make_event("payment_intent.succeeded", ids=ids, metadata={})
+    paid.data_object["created"] = created
+    await orders.mark_paid(paid, await make_ctx())  # no RetryLater: nothing will ever come
+    assert await store.find_order(payment_intent_id=ids["payment_intent"]) is None
+
+
+async def test_direct_payment_intent_inside_the_checkout_window_still_retries(
+        make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    paid = make_event("payment_intent.succeeded", ids=ids, metadata={})
+    paid.data_object["created"] = int(time.time()) - 60
+    with pytest.raises(RetryLater):
+        await orders.mark_paid(paid, await make_ctx())
+
+
+async def test_checkout_linked_payment_intent_retries_even_past_the_window(
+        make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    paid = make_event("payment_intent.succeeded", ids=ids)  # metadata.checkout_session is set
+    paid.data_object["created"] = int(time.time()) - orders.CHECKOUT_ORDER_WINDOW_S - 60
+    with pytest.raises(RetryLater):
+        await orders.mark_paid(paid, await make_ctx())
+
+
+# --- same-second ties -------------------------------------------------------------------------
+
+
+async def test_redelivered_pending_checkout_in_the_same_second_does_not_undo_a_failure(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    completed = make_event("checkout.session.completed", ids=ids, created=T0,
+                           payment_status="unpaid")
+    failed = make_event("checkout.session.async_payment_failed", ids=ids, created=T0)
+    await orders.create_from_checkout(completed, ctx)
+    await orders.mark_failed(failed, ctx)
+
+    await orders.create_from_checkout(completed, ctx)  # Stripe redelivers, same `created` second
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "failed"
+    assert order.last_event_id == failed.id
+
+
+async def test_a_newer_pending_checkout_still_updates_a_pending_order_and_ties_apply(
+        store: Store, make_ctx: ContextFactory) -> None:
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    first = make_event("checkout.session.completed", ids=ids, created=T0, payment_status="unpaid")
+    again = make_event("checkout.session.completed", ids=ids, created=T0, payment_status="unpaid",
+                       amount_total=5999)
+    await orders.create_from_checkout(first, ctx)
+    await orders.create_from_checkout(again, ctx)  # pending over pending on a tie: applied
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "pending" and order.amount_total == 5999
+    assert order.last_event_id == again.id

@@ -62,3 +62,44 @@ def test_run_banner_names_the_sqlite_file_and_mail_dir_but_never_the_smtp_passwo
     hosted = describe(make_settings(prefix, SUPABASE_URL="https://p.supabase.co",
                                     SMTP_URL="smtp://u:hunter2@mail.test"))
     assert "hunter2" not in repr(hosted) and "Supabase at https://p.supabase.co" in repr(hosted)
+
+
+@pytest.mark.parametrize("key", [None, "", "   "])
+async def test_supabase_url_without_service_role_key_fails_handlers_permanently_naming_it(
+        prefix: str, key: str | None) -> None:
+    from bus.errors import PermanentFailure
+    from tests.customer_pool.helpers import checkout_ids, make_event
+    from workers.handlers import orders
+
+    env = {"SUPABASE_URL": "http://127.0.0.1:9"}
+    if key is not None:
+        env["SUPABASE_SERVICE_ROLE_KEY"] = key
+    ctx = make_context(make_settings(prefix, **env))
+    event = make_event("checkout.session.completed", ids=checkout_ids())
+    with pytest.raises(PermanentFailure) as raised:  # dead-lettered at once, not retried
+        await orders.create_from_checkout(event, ctx)
+    assert isinstance(raised.value, ConfigError)
+    assert "SUPABASE_SERVICE_ROLE_KEY" in str(raised.value)
+
+
+def test_check_configuration_accepts_good_settings_and_names_the_missing_key(
+        prefix: str, tmp_path: Path) -> None:
+    from bus.errors import PermanentFailure
+    from workers.store.select import check_configuration
+
+    check_configuration(make_settings(prefix, FANOUT_SQLITE_PATH=str(tmp_path / "x.sqlite3")))
+    check_configuration(make_settings(prefix, SUPABASE_URL="http://127.0.0.1:9",
+                                      SUPABASE_SERVICE_ROLE_KEY=SERVICE_KEY,
+                                      SMTP_URL="smtp://u:p%23w@127.0.0.1:25"))
+    with pytest.raises(ConfigError) as raised:
+        check_configuration(make_settings(prefix, SUPABASE_URL="http://127.0.0.1:9"))
+    assert isinstance(raised.value, PermanentFailure)
+    assert "SUPABASE_SERVICE_ROLE_KEY" in str(raised.value)
+
+
+def test_check_configuration_rejects_a_bad_smtp_url_without_quoting_it(prefix: str) -> None:
+    from workers.store.select import check_configuration
+
+    with pytest.raises(ConfigError) as raised:
+        check_configuration(make_settings(prefix, SMTP_URL="smtp://u:hunter#42@127.0.0.1:25"))
+    assert "hunter" not in str(raised.value) and "SMTP_URL" in str(raised.value)

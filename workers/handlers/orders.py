@@ -4,10 +4,25 @@ Stripe does not order its events. A payment event that arrives before its
 order exists asks to be retried (RetryLater with a short delay) rather than
 dropped; the store keeps a paid order paid and ignores events older than the
 last one applied.
+
+Not every payment_intent.succeeded is a Checkout payment. Subscriptions,
+invoices and PaymentIntents created directly never get an order, so waiting
+for one would retry until max_attempts and dead-letter every such payment.
+When no order is found for a payment intent, mark_paid skips it (info log,
+no retry) if it cannot belong to a Checkout order:
+
+- its `invoice` is set (subscription and invoice payments), or
+- it carries no Checkout linkage (`metadata.checkout_session`) and was created
+  more than CHECKOUT_ORDER_WINDOW_S (1 hour) ago: a Checkout order would have
+  been stored by then.
+
+A payment intent linked to a Checkout session, or one younger than the
+window, still asks to be retried, since its order may be in flight.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bus.envelope import Event
@@ -19,6 +34,8 @@ from workers.store.select import store_for
 
 # Long enough for the checkout.session.completed worker to commit, short enough to feel instant.
 MISSING_ORDER_RETRY_S = 5.0
+# How long after a payment intent's creation its Checkout order may still be in flight.
+CHECKOUT_ORDER_WINDOW_S = 3600
 # Checkout's payment_status values that mean the money is in.
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
 
@@ -64,6 +81,22 @@ def _keys(event: Event) -> tuple[str | None, str | None]:
     return ref(metadata.get("checkout_session")), ref(obj.get("id"))
 
 
+def _not_from_checkout(obj: dict[str, Any], event: Event, now: float) -> str | None:
+    """Why a payment intent with no order cannot belong to a Checkout order; None if it may."""
+    if obj.get("object") != "payment_intent":
+        return None
+    if obj.get("invoice"):
+        return "invoice payment"
+    metadata: dict[str, Any] = obj.get("metadata") or {}
+    if metadata.get("checkout_session"):
+        return None
+    created = obj.get("created")
+    created_s = created if isinstance(created, int) else event.created
+    if now - created_s > CHECKOUT_ORDER_WINDOW_S:
+        return "no checkout linkage and no order within the checkout window"
+    return None
+
+
 async def create_from_checkout(event: Event, ctx: Context) -> None:
     """checkout.session.completed: upsert the order."""
     order = order_from_session(event)
@@ -79,6 +112,11 @@ async def mark_paid(event: Event, ctx: Context) -> None:
     session_id, intent_id = _keys(event)
     order = await store.find_order(checkout_session_id=session_id, payment_intent_id=intent_id)
     if order is None:
+        reason = _not_from_checkout(event.data_object, event, time.time())
+        if reason is not None:
+            ctx.log.info("payment intent is not a checkout order; skipped",
+                         payment_intent=intent_id, reason=reason)
+            return
         raise RetryLater(
             f"no order yet for session {session_id} / payment intent {intent_id}",
             defer_s=MISSING_ORDER_RETRY_S,

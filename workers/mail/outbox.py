@@ -4,7 +4,9 @@ Every step is a compare-and-set on the row (`outbox_transition`), so two
 workers holding the same event cannot both claim it: the claim bumps
 `attempts`, and only the worker whose expected (status, attempts) still
 matches wins. A claim whose worker died mid-send can be taken over after
-`lease_s`; that is the one case where a message may go out twice.
+`lease_s`; that is the one case where a message may go out twice. Only
+`sent` is final: a `failed` row (permanent SMTP refusal, entry dead-lettered)
+is claimed again when the event is replayed or redelivered.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from workers.store.rows import OutboxRow
 CLAIM_LEASE_S = 120.0
 MAX_ERROR_CHARS = 500
 
-Refusal = Literal["sent", "failed", "busy"]
+Refusal = Literal["sent", "busy"]
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,8 @@ async def claim(store: Store, item: OutboxRow, *, lease_s: float = CLAIM_LEASE_S
     row = await store.outbox_get(item.event_id, item.template)
     if row is None:  # enqueue just made sure it exists; rows are never deleted
         raise RuntimeError(f"outbox row {item.event_id}/{item.template} vanished")
-    if row.status in ("sent", "failed"):
-        return row.status
+    if row.status == "sent":  # only "sent" is done: a failed row is re-claimed by a replay
+        return "sent"
     if row.status == "sending" and not _expired(row.claimed_at, now, lease_s):
         return "busy"
     token = uuid.uuid4().hex
@@ -79,5 +81,5 @@ async def release(store: Store, held: Claim, error: str) -> bool:
 
 
 async def fail(store: Store, held: Claim, error: str) -> bool:
-    """Record a permanent failure: later deliveries of the event send nothing."""
+    """Record a permanent failure. The entry is dead-lettered; a replay re-claims the row."""
     return await _finish(store, held, {"status": "failed", "last_error": error[:MAX_ERROR_CHARS]})

@@ -1,13 +1,19 @@
 """Delivering a message: SMTP when SMTP_URL is set, else .eml files in a local outbox folder.
 
 SMTP runs on smtplib in a worker thread (asyncio.to_thread), so the event loop
-never blocks. A rejected recipient is permanent (PermanentFailure); every
+never blocks.
+
+SMTP_URL's user name and password are percent-decoded: a password with
+characters that delimit a URL (`#`, `/`, `?`, `@`, `:`, `%`) must be
+percent-encoded in SMTP_URL (`urllib.parse.quote(password, safe="")`). A URL
+that does not parse raises SmtpUrlError, which never quotes any part of it. A rejected recipient is permanent (PermanentFailure); every
 other SMTP or network failure is transient (RetryLater).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import smtplib
@@ -16,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 from bus.errors import ConfigError, PermanentFailure, RetryLater
@@ -25,11 +31,21 @@ from workers.context import Context
 
 DEFAULT_MAIL_DIR = "var/mail"
 DEFAULT_FROM = "stripe-fanout <orders@localhost>"
-SMTP_TIMEOUT_S = 20.0
+SMTP_TIMEOUT_S = 20.0  # one socket step (connect, one reply) at most
+# The whole exchange (connect, TLS, login, MAIL/RCPT/DATA) at most: well below the customer
+# pool's timeout_s (30 s), so a send finishes, or fails, before the pool gives up on the
+# handler. Override with SMTP_TOTAL_TIMEOUT_S; keep it below the pool's timeout_s.
+SMTP_TOTAL_TIMEOUT_S = 15.0
 RESOURCE_NAME = "mail_transport"
 DEFAULT_PORTS = {"smtp": 25, "smtps": 465, "starttls": 587}
 
 Mode = Literal["smtp", "smtps", "starttls"]
+URL_SHAPE = ("SMTP_URL must look like smtp[s]://user:pass@host:port or smtp+starttls://...; "
+             "percent-encode special characters (# / ? @ : %) in the user name and password")
+
+
+class SmtpUrlError(ConfigError, PermanentFailure):
+    """SMTP_URL is unusable; retrying cannot help. The message never quotes the URL."""
 
 
 class Transport(Protocol):
@@ -52,41 +68,90 @@ class SmtpConfig:
 
     @classmethod
     def from_url(cls, url: str) -> SmtpConfig:
-        parts = urlsplit(url)
+        """Parse SMTP_URL; SmtpUrlError (no part of the URL in it, no chained cause) if it is bad."""
+        config: SmtpConfig | None = None
+        # Raised below, outside the suppressed block, so the parse error is not even __context__.
+        with contextlib.suppress(ValueError, TypeError, UnicodeError):
+            config = cls._parse(url)
+        if config is None:
+            # Never echo the URL or the parser's message: both may carry the password.
+            raise SmtpUrlError(URL_SHAPE) from None
+        return config
+
+    @classmethod
+    def _parse(cls, url: str) -> SmtpConfig | None:
+        parts = urlsplit(url.strip())
         scheme = parts.scheme.lower()
         modes: dict[str, Mode] = {"smtp": "smtp", "smtps": "smtps", "smtp+starttls": "starttls"}
-        if scheme not in modes or not parts.hostname:
-            # Never echo the URL: it may carry the password.
-            raise ConfigError("SMTP_URL must look like smtp[s]://user:pass@host:port "
-                              "or smtp+starttls://...")
+        # A path, query or fragment means an unencoded '/', '?' or '#' cut the userinfo short.
+        if (scheme not in modes or not parts.hostname or parts.path not in ("", "/")
+                or parts.query or parts.fragment or "#" in url or "?" in url):
+            return None
         mode = modes[scheme]
         return cls(
             host=parts.hostname,
             port=parts.port or DEFAULT_PORTS[mode],
             mode=mode,
-            username=unquote(parts.username) if parts.username else None,
-            password=Secret(unquote(parts.password)) if parts.password else None,
+            username=unquote(parts.username, errors="strict") if parts.username else None,
+            password=(Secret(unquote(parts.password, errors="strict"))
+                      if parts.password else None),
         )
+
+
+class _DeadlineSMTP(smtplib.SMTP):
+    """smtplib.SMTP whose every socket step gets only the time left before `deadline`."""
+
+    deadline = float("inf")  # time.monotonic() value; set before connect()
+    step_s = SMTP_TIMEOUT_S
+
+    def _arm(self) -> None:
+        left = min(self.deadline - time.monotonic(), self.step_s)
+        if left <= 0:
+            raise TimeoutError("SMTP exchange exceeded its total timeout")
+        self.timeout = left  # used by connect()
+        if self.sock is not None:
+            self.sock.settimeout(left)
+
+    def connect(self, host: str = "localhost", port: int = 0,
+                source_address: Any = None) -> tuple[int, bytes]:
+        self._arm()
+        return super().connect(host, port, source_address)
+
+    def send(self, s: Any) -> None:
+        self._arm()
+        super().send(s)
+
+    def getreply(self) -> tuple[int, bytes]:
+        self._arm()
+        return super().getreply()
+
+
+class _DeadlineSMTPSSL(_DeadlineSMTP, smtplib.SMTP_SSL):
+    pass
 
 
 class SmtpTransport:
     name = "smtp"
 
-    def __init__(self, config: SmtpConfig, timeout_s: float = SMTP_TIMEOUT_S) -> None:
+    def __init__(self, config: SmtpConfig, timeout_s: float = SMTP_TIMEOUT_S,
+                 total_timeout_s: float = SMTP_TOTAL_TIMEOUT_S) -> None:
         self.config = config
         self.timeout_s = timeout_s
+        self.total_timeout_s = total_timeout_s
 
     def __repr__(self) -> str:
         return f"SmtpTransport({self.config!r})"
 
     def _send_blocking(self, message: EmailMessage) -> None:
         cfg = self.config
-        smtp: smtplib.SMTP
+        smtp: _DeadlineSMTP
         if cfg.mode == "smtps":
-            smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=self.timeout_s,
-                                    context=ssl.create_default_context())
+            smtp = _DeadlineSMTPSSL(context=ssl.create_default_context())
         else:
-            smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=self.timeout_s)
+            smtp = _DeadlineSMTP()
+        smtp.deadline = time.monotonic() + self.total_timeout_s
+        smtp.step_s = self.timeout_s
+        smtp.connect(cfg.host, cfg.port)
         with smtp:
             if cfg.mode == "starttls":
                 smtp.starttls(context=ssl.create_default_context())
@@ -99,7 +164,10 @@ class SmtpTransport:
             await asyncio.to_thread(self._send_blocking, message)
         except smtplib.SMTPRecipientsRefused as err:
             codes = sorted({code for code, _ in err.recipients.values()})
-            raise PermanentFailure(f"SMTP server rejected the recipient (codes {codes})") from err
+            # smtplib raises this for 4xx (greylisting, mailbox busy) as well as 5xx.
+            if codes and all(500 <= code < 600 for code in codes):
+                raise PermanentFailure(f"SMTP server rejected the recipient (codes {codes})") from err
+            raise RetryLater(f"SMTP server deferred the recipient (codes {codes})") from err
         except smtplib.SMTPResponseException as err:
             raise RetryLater(f"SMTP error {err.smtp_code}") from err
         except (smtplib.SMTPException, OSError) as err:
@@ -130,7 +198,12 @@ class FileTransport:
 def transport_from_settings(settings: Settings) -> Transport:
     url = settings.secret("SMTP_URL")
     if url:
-        return SmtpTransport(SmtpConfig.from_url(url.reveal()))
+        total = settings.env.get("SMTP_TOTAL_TIMEOUT_S", "").strip()
+        try:
+            total_s = float(total) if total else SMTP_TOTAL_TIMEOUT_S
+        except ValueError:
+            raise ConfigError("SMTP_TOTAL_TIMEOUT_S must be a number of seconds") from None
+        return SmtpTransport(SmtpConfig.from_url(url.reveal()), total_timeout_s=total_s)
     return FileTransport(settings.env.get("FANOUT_MAIL_DIR") or DEFAULT_MAIL_DIR)
 
 

@@ -21,6 +21,10 @@ class Store(Protocol):
     async def upsert_order(self, order: Order) -> bool:
         """Insert, or update if `order` is not older than the stored row; a paid order stays paid.
 
+        On a same-second tie (equal `last_event_created`) a terminal status
+        (paid, failed) is not downgraded by a pending order: a redelivered
+        checkout.session.completed does not undo an async_payment_failed.
+
         True when the row was written.
         """
         ...

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bus.errors import ConfigError
-from bus.settings import Settings
+from bus.errors import ConfigError, PermanentFailure
+from bus.settings import Secret, Settings
 from workers.context import Context
 from workers.store.base import Store
 from workers.store.sqlite_store import DEFAULT_PATH, SqliteStore
@@ -11,13 +11,36 @@ from workers.store.sqlite_store import DEFAULT_PATH, SqliteStore
 RESOURCE_NAME = "customer_store"
 
 
+class StoreConfigError(ConfigError, PermanentFailure):
+    """The store's settings are unusable: retrying cannot help. Names variables, never values."""
+
+
+def _service_role_key(settings: Settings) -> Secret:
+    key = settings.secret("SUPABASE_SERVICE_ROLE_KEY")
+    if key is None or not key.reveal().strip():
+        raise StoreConfigError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not "
+                               "(set it to the project's service-role key)")
+    return key
+
+
+def check_configuration(settings: Settings) -> None:
+    """Raise ConfigError (also a PermanentFailure) if the customer pool cannot run as configured.
+
+    For a worker to call at start: SUPABASE_URL needs SUPABASE_SERVICE_ROLE_KEY,
+    and SMTP_URL must parse. Messages name the variable, never its value.
+    """
+    if settings.env.get("SUPABASE_URL", "").strip():
+        _service_role_key(settings)
+    from workers.mail.transport import transport_from_settings
+
+    transport_from_settings(settings)  # SMTP_URL: SmtpUrlError, which quotes none of it
+
+
 async def open_store(settings: Settings) -> Store:
     """The configured store, opened: SupabaseStore or the embedded SqliteStore."""
     url = settings.env.get("SUPABASE_URL", "").strip()
     if url:
-        key = settings.secret("SUPABASE_SERVICE_ROLE_KEY")
-        if key is None:
-            raise ConfigError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not")
+        key = _service_role_key(settings)
         from workers.store.supabase_store import SupabaseStore
 
         return await SupabaseStore.open(url, key)

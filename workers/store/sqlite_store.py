@@ -187,6 +187,9 @@ class SqliteStore:
             f"on conflict (checkout_session_id) do update set {updates}, updated_at = :now "
             "where excluded.last_event_created >= orders.last_event_created "
             "and not (orders.status = 'paid' and excluded.status <> 'paid') "
+            # Same-second tie: a terminal status (paid/failed) is not downgraded to pending.
+            "and not (excluded.last_event_created = orders.last_event_created "
+            "and excluded.status = 'pending' and orders.status in ('paid', 'failed')) "
             "returning checkout_session_id"
         )
         return bool(await self._rows(sql, row))

@@ -97,9 +97,20 @@ class SupabaseStore:
             return True
         changes = {k: v for k, v in row.items() if k != "checkout_session_id"}
         changes["updated_at"] = _now()
+        key, created_at = order.checkout_session_id, order.last_event_created
+        if order.status == "pending":
+            # Same-second tie: a terminal status (paid/failed) is not downgraded to pending,
+            # so a tie applies only over a pending row; a strictly newer event over any unpaid one.
+            newer = (self._table("orders").update(changes).eq("checkout_session_id", key)
+                     .lt("last_event_created", created_at).neq("status", "paid"))
+            if await self._run(newer):
+                return True
+            tie = (self._table("orders").update(changes).eq("checkout_session_id", key)
+                   .eq("last_event_created", created_at).eq("status", "pending"))
+            return bool(await self._run(tie))
         query = (self._table("orders").update(changes)
-                 .eq("checkout_session_id", order.checkout_session_id)
-                 .lte("last_event_created", order.last_event_created))
+                 .eq("checkout_session_id", key)
+                 .lte("last_event_created", created_at))
         if order.status != "paid":
             query = query.neq("status", "paid")
         return bool(await self._run(query))
