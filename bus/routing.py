@@ -1,8 +1,8 @@
-"""routing.yaml: load and validate once into frozen dataclasses, then match event types.
+"""routing.yaml: load and validate once into the frozen table of bus/routing_table.py.
 
-Validation names the file, the line and the problem. Code that runs the table
-trusts it. Matching: an exact event type wins, then the longest wildcard
-prefix (``customer.*`` matches ``customer.subscription.created``), then ``*``.
+Validation names the file, the line and the problem, and reports every problem
+at once. Code that runs the table trusts it. The table's names are re-exported
+here, so callers import everything routing-related from this module.
 """
 
 from __future__ import annotations
@@ -12,101 +12,39 @@ import hashlib
 import re
 import typing
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 import yaml
 
 from bus.errors import ConfigError
 from bus.handler_names import DESTINATION_NAME, handler_name_problem
+from bus.routing_table import (
+    Destination,
+    MatchKind,
+    PoolConfig,
+    Route,
+    RouteMatch,
+    RoutingTable,
+)
+
+__all__ = [
+    "Destination",
+    "MatchKind",
+    "PoolConfig",
+    "Route",
+    "RouteMatch",
+    "RoutingTable",
+    "known_event_types",
+    "load_routing",
+    "parse_routing",
+]
 
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 EVENT_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 EXECUTORS = ("async", "rq")
-
-MatchKind = Literal["exact", "wildcard", "catch-all"]
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    name: str
-    concurrency: int = 16
-    max_attempts: int = 10
-    timeout_s: float = 30.0
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 600.0
-    retention_s: int = 7 * 24 * 3600
-    executor: str = "async"
-
-
-@dataclass(frozen=True)
-class Destination:
-    name: str
-    url_env: str
-    secret_env: str
-    timeout_s: float = 10.0
-
-
-@dataclass(frozen=True)
-class Route:
-    pattern: str
-    kind: MatchKind
-    # (pool, handlers) pairs, in the order they are written.
-    targets: tuple[tuple[str, tuple[str, ...]], ...]
-    line: int
-
-
-@dataclass(frozen=True)
-class RouteMatch:
-    event_type: str
-    route: Route | None
-
-    @property
-    def targets(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        return self.route.targets if self.route else ()
-
-    @property
-    def pools(self) -> tuple[str, ...]:
-        return tuple(pool for pool, _ in self.targets)
-
-
-@dataclass(frozen=True)
-class RoutingTable:
-    pools: dict[str, PoolConfig]
-    destinations: dict[str, Destination]
-    routes: tuple[Route, ...]
-    version: str
-    source: str
-    warnings: tuple[str, ...] = ()
-    _exact: dict[str, Route] = field(default_factory=dict, repr=False, compare=False)
-    # Longest prefix first, so the first hit is the most specific wildcard.
-    _wildcards: tuple[tuple[str, Route], ...] = field(default=(), repr=False, compare=False)
-    _catch_all: Route | None = field(default=None, repr=False, compare=False)
-    _cache: dict[str, RouteMatch] = field(default_factory=dict, repr=False, compare=False)
-
-    def match(self, event_type: str) -> RouteMatch:
-        """The route that wins for `event_type` (route is None when nothing matches)."""
-        hit = self._cache.get(event_type)
-        if hit is not None:
-            return hit
-        route = self._exact.get(event_type)
-        if route is None:
-            for prefix, candidate in self._wildcards:
-                if event_type.startswith(prefix):
-                    route = candidate
-                    break
-            else:
-                route = self._catch_all
-        hit = RouteMatch(event_type, route)
-        # Only verified Stripe events reach here, so the set of types is small;
-        # the bound is a guard, not a tuning knob.
-        if len(self._cache) < 4096:
-            self._cache[event_type] = hit
-        return hit
-
 
 @cache
 def known_event_types() -> frozenset[str]:
