@@ -287,7 +287,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     secret = args.secret or os.environ.get("STRIPE_WEBHOOK_SECRET", "").split(",")[0].strip()
     return send_sample(args.event_type, url=args.url, secret=secret or defaults.DEV_WEBHOOK_SECRET,
-                       event_id=args.id)
+                       event_id=args.id, objects=args.object)
 
 
 # --- parser ----------------------------------------------------------------------------------------
@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=f"http://{defaults.HOST}:{defaults.PORT}{defaults.WEBHOOK_PATH}")
     p.add_argument("--secret", help="default: first of $STRIPE_WEBHOOK_SECRET, else the dev secret")
     p.add_argument("--id", help="event id to use (send it twice to see deduplication)")
+    p.add_argument("--object", action="append", default=[], metavar="KIND=ID",
+                   help="pin an object's id so several sends describe the same object, "
+                        "e.g. customer=cus_123 (repeatable)")
     p.set_defaults(func=cmd_send)
     return parser
 
