@@ -1,9 +1,10 @@
 """`fanout run` as `make run` starts it: ingress, both pools and the admin stand-in, then SIGTERM.
 
-Nothing is configured but Redis (the test database, under this test's key
-prefix), so the customer pool uses its embedded defaults, relative to the
-working directory: var/fanout.sqlite3, var/mail/, and the admin stand-in's
-var/admin-backend.jsonl.
+Nothing is configured but, in one case, Redis (the test database, under this
+test's key prefix); in the other, no Redis answers, as on a fresh machine, and
+`fanout run` serves an in-process one. The customer pool uses its embedded
+defaults, relative to the working directory: var/fanout.sqlite3, var/mail/,
+and the admin stand-in's var/admin-backend.jsonl.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ FANOUT = Path(sys.executable).parent / "fanout"  # the console script `make inst
 UNSET = ("STRIPE_WEBHOOK_SECRET", "ADMIN_BACKEND_URL", "ADMIN_BACKEND_SECRET", "SUPABASE_URL",
          "SMTP_URL", "FANOUT_SQLITE_PATH", "FANOUT_MAIL_DIR", "ROUTING_FILE")
 WAIT_S = 10.0
+# `fanout run` on a machine where nothing answers on the local Redis port.
+NO_LOCAL_REDIS = """
+import sys
+from fanout import embedded
+from fanout.cli import main
+embedded.LOCAL_REDIS_URL = "redis://127.0.0.1:1/0"
+raise SystemExit(main(sys.argv[1:]))
+"""
 
 
 def children_of(pid: int) -> list[int]:
@@ -52,11 +61,13 @@ def children_of(pid: int) -> list[int]:
 
 
 def alive(pid: int) -> bool:
+    """`pid` still runs fanout (a reaped PID may already belong to something else)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return state != "Z"
+    return state != "Z" and b"fanout" in command
 
 
 def wait_until(what: str, condition: Callable[[], bool], run: subprocess.Popen[bytes], log: Path) -> None:
@@ -83,18 +94,42 @@ def stand_in_log(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
+def environ_of(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+
+
+def settled(redis_url: str, prefix: str) -> Callable[[], bool]:
+    """True once both pools hold nothing pending and nothing was dead-lettered."""
+    def check() -> bool:
+        client = redis.Redis.from_url(redis_url)
+        try:
+            keys = Keys(prefix)
+            return all(client.xpending(keys.stream(pool), keys.group(pool))["pending"] == 0
+                       and client.xlen(keys.dead(pool)) == 0 for pool in ("customer", "admin"))
+        finally:
+            client.close()
+    return check
+
+
+@pytest.mark.parametrize("redis_kind", ["local Redis", "in-process Redis"])
 def test_fanout_run_takes_a_sent_checkout_to_an_order_an_email_and_the_admin_stand_in_then_stops_on_sigterm(
-        prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        redis_kind: str, prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     assert FANOUT.exists(), f"{FANOUT} is missing: run `make install`"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in UNSET}
-    env.update({"REDIS_URL": TEST_REDIS_URL, "FANOUT_PREFIX": prefix, "LOG_LEVEL": "info"})
+    env = {k: v for k, v in os.environ.items() if k not in UNSET and k != "REDIS_URL"}
+    env.update({"FANOUT_PREFIX": prefix, "LOG_LEVEL": "info"})
+    command = [str(FANOUT)]
+    if redis_kind == "local Redis":
+        env["REDIS_URL"] = TEST_REDIS_URL
+    else:
+        command = [sys.executable, "-c", NO_LOCAL_REDIS]
     # The shipped routing.yaml, found in the working directory as under `make run`.
     (tmp_path / "routing.yaml").write_bytes((REPO / "routing.yaml").read_bytes())
     log = tmp_path / "run.log"
     with log.open("wb") as out:
-        run = subprocess.Popen([str(FANOUT), "run", "--port", str(port)], cwd=tmp_path, env=env,
+        run = subprocess.Popen([*command, "run", "--port", str(port)], cwd=tmp_path, env=env,
                                stdout=out, stderr=subprocess.STDOUT)
     pools: list[int] = []
     try:
@@ -125,10 +160,12 @@ def test_fanout_run_takes_a_sent_checkout_to_an_order_an_email_and_the_admin_sta
             {"id": event_id, "type": "checkout.session.completed", "verified": True}]
         [eml] = (var / "mail").glob("*.eml")
         assert event_id in eml.name and "To: Jenny Rosen <jenny.rosen@example.com>" in eml.read_text()
+        # Every entry was acked, none dead-lettered, in the Redis the pools were given.
+        [redis_url] = {environ_of(pid)["REDIS_URL"] for pid in pools}
+        assert (redis_url == TEST_REDIS_URL) == (redis_kind == "local Redis")
+        wait_until("acks", settled(redis_url, prefix), run, log)
         # The generated stand-in secret reached the pools through their environment only.
-        [secret] = {line.split(b"=", 1)[1] for pid in pools
-                    for line in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                    if line.startswith(b"ADMIN_BACKEND_SECRET=")}
+        [secret] = {environ_of(pid)["ADMIN_BACKEND_SECRET"] for pid in pools}
 
         run.send_signal(signal.SIGTERM)
         assert run.wait(timeout=20) == 0, log.read_text()
@@ -141,16 +178,9 @@ def test_fanout_run_takes_a_sent_checkout_to_an_order_an_email_and_the_admin_sta
 
     output = log.read_text()
     banner = output.split("\n\n", 1)[0]
-    assert "events are stored in: " + TEST_REDIS_URL in banner
+    where = TEST_REDIS_URL if redis_kind == "local Redis" else "in-process Redis (nothing is kept)"
+    assert "events are stored in: " + where in banner
     assert "sqlite3 var/fanout.sqlite3 'select checkout_session_id," in banner
     assert ".eml files in var/mail/" in banner
     assert "admin_backend:        a local STAND-IN" in banner and "var/admin-backend.jsonl" in banner
-    assert secret.decode() not in output and defaults.DEV_WEBHOOK_SECRET not in output
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    try:
-        keys = Keys(prefix)
-        for pool in ("customer", "admin"):
-            assert client.xpending(keys.stream(pool), keys.group(pool))["pending"] == 0
-            assert client.xlen(keys.dead(pool)) == 0
-    finally:
-        client.close()
+    assert secret not in output and defaults.DEV_WEBHOOK_SECRET not in output
