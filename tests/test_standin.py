@@ -9,10 +9,13 @@ import httpx
 import orjson
 import pytest
 
-from bus.routing import Destination
+from bus.routing import Destination, load_routing
 from bus.signing import stripe_signature
 from fanout import standin
+from fanout.cli import _run_banner
 from fanout.samples import sample_event
+
+from .conftest import make_settings
 
 ADMIN = Destination("admin_backend", url_env="ADMIN_BACKEND_URL", secret_env="ADMIN_BACKEND_SECRET")
 OTHER = Destination("erp", url_env="ERP_URL", secret_env="ERP_SECRET")
@@ -77,3 +80,16 @@ def test_a_generated_secret_is_fresh_per_run_and_never_in_a_repr(server: standin
         assert again.environ()["ADMIN_BACKEND_SECRET"] != secret
     finally:
         again.stop()
+
+
+def test_with_admin_backend_url_set_run_starts_no_stand_in_and_its_banner_names_only_the_variable(
+        prefix: str, tmp_path: Path) -> None:
+    settings = make_settings(prefix, ADMIN_BACKEND_URL="https://admin.internal/stripe?token=t0k3n",
+                             ADMIN_BACKEND_SECRET="whsec_admin_own")
+    table = load_routing(settings.routing_file)
+    assert standin.start(table.destinations.values(), settings.env, log_dir=tmp_path) is None
+    banner = _run_banner(settings, table, "http://127.0.0.1:8000/webhooks/stripe", "redis://127.0.0.1:6379/0",
+                         None, using_dev_secret=False)
+    assert "  admin_backend:        forward: posts to the URL in ADMIN_BACKEND_URL\n" in banner
+    assert "STAND-IN" not in banner and "t0k3n" not in banner and "whsec_admin_own" not in banner
+    assert not list(tmp_path.iterdir())
