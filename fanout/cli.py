@@ -137,10 +137,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     # uvicorn re-raises the signal it caught once it has shut down, and the default action
     # would end this process with the pools still running.
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    store = embedded.resolve(os.environ.get("REDIS_URL"))
+    store: embedded.EmbeddedRedis | None = None
     stand_ins: StandInServer | None = None
     pools: Children | None = None
     try:
+        store = embedded.resolve(os.environ.get("REDIS_URL"))
         os.environ["REDIS_URL"] = store.url
         using_dev_secret = not os.environ.get("STRIPE_WEBHOOK_SECRET")
         if using_dev_secret:
@@ -168,7 +169,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             pools.stop()
         if stand_ins is not None:
             stand_ins.stop()
-        store.close()
+        if store is not None:
+            store.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
