@@ -8,7 +8,7 @@
    handler's start, at 500 events/s, with the worker in its own process:
    p50 and p99 (target: p99 at most 10 ms).
 
-Uses BENCH_REDIS_URL (default redis://127.0.0.1:6379/14) under a fresh key
+Uses BENCH_REDIS_URL (default redis://127.0.0.1:6379/12) under a fresh key
 prefix, and deletes what it wrote.
 """
 
@@ -34,7 +34,7 @@ from bus.keys import Keys
 from bus.routing import load_routing
 from bus.settings import Settings
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 REPO = Path(__file__).resolve().parent.parent
 NOOP_JOBS = int(os.environ.get("BENCH_NOOP_JOBS", "10000"))
 IO_EVENTS = int(os.environ.get("BENCH_IO_EVENTS", "9600"))

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from bus import defaults
 from bus.connection import async_redis
+from bus.durability import check_durability
 from bus.errors import StoreUnavailable
 from bus.keys import Keys
 from bus.reload import RoutingHolder
@@ -69,6 +70,7 @@ class Ingress:
         self._watch_routing = watch_routing
         self._freeze_gc = freeze_gc
         self._watcher: asyncio.Task[None] | None = None
+        self._durability_check: asyncio.Task[None] | None = None
         self._site = Starlette(
             routes=[
                 Route("/healthz", self.healthz),
@@ -81,6 +83,7 @@ class Ingress:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._durability_check = asyncio.create_task(self._warn_if_not_durable())
         if self._watch_routing and self._watcher is None:
             self._watcher = asyncio.create_task(self.holder.watch(), name="routing-watch")
         # Everything allocated so far (the SDK, the routing table) lives for the whole
@@ -89,7 +92,17 @@ class Ingress:
             gc.collect()
             gc.freeze()
 
+    async def _warn_if_not_durable(self) -> None:
+        try:
+            durability = await check_durability(self.redis)
+        except Exception:  # Redis down at start: /readyz says so; nothing to add here
+            return
+        for warning in durability.warnings:
+            log.warning("redis.not_durable", problem=warning)
+
     async def stop(self) -> None:
+        if self._durability_check is not None:
+            self._durability_check.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -174,6 +187,9 @@ class Ingress:
         except Exception as err:  # any failure to answer means "not ready"
             checks["redis"] = f"unreachable ({type(err).__name__})"
             ready = False
+        if ready:
+            # Shown, not enforced: development Redis often runs without AOF.
+            checks["durability"] = (await check_durability(self.redis)).as_dict()
         checks["status"] = "ready" if ready else "not_ready"
         return JSONResponse(checks, status_code=200 if ready else 503)
 

@@ -28,19 +28,32 @@ _SHARED = len(SHARED_FIELDS)
 _FIELD_LIST = ", ".join(f"'{name}', ARGV[{i + 2}]" for i, name in enumerate(SHARED_FIELDS))
 
 PUBLISH_LUA = f"""
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
   return 0
 end
 local base = {_SHARED + 1}
 local n = #KEYS - 2
+-- Check every target before writing anything: Redis does not undo a script
+-- that fails halfway, and a half publish must never be marked as seen.
+local missing = {{}}
+for i = 1, n do
+  local kind = redis.call('TYPE', KEYS[2 + i])['ok']
+  if kind == 'none' then
+    missing[i] = true
+  elseif kind ~= 'stream' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[2 + i] .. ' is a ' .. kind .. ', not a stream')
+  end
+end
 for i = 1, n do
   local stream = KEYS[2 + i]
-  if redis.call('EXISTS', stream) == 0 then
+  if missing[i] then
     redis.call('XGROUP', 'CREATE', stream, ARGV[base + 2 * i - 1], '0', 'MKSTREAM')
   end
   redis.call('XADD', stream, '*', '{F_HANDLERS}', ARGV[base + 2 * i], {_FIELD_LIST})
 end
+-- Marked seen last, so nothing before this line can leave an event deduped but unpublished.
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'published', 1)
 if n == 0 then redis.call('HINCRBY', KEYS[2], 'unrouted', 1) end
 return 1
@@ -123,10 +136,14 @@ class Publisher:
         try:
             async with asyncio.timeout(self._budget_s):
                 results = await self._run(batch)
-                if any(isinstance(r, NoScriptError) for r in results):
-                    # Redis restarted or its script cache was flushed: load once and retry.
+                unloaded = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                if unloaded:
+                    # Redis restarted or its script cache was flushed: load it, then re-run only
+                    # the calls that did not run (the others may have stored their event already).
                     await self._redis.script_load(PUBLISH_LUA)
-                    results = await self._run(batch)
+                    retried = await self._run([batch[i] for i in unloaded])
+                    for i, result in zip(unloaded, retried, strict=True):
+                        results[i] = result
         except (RedisError, OSError, TimeoutError) as err:
             results = [err] * len(batch)
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -62,11 +63,12 @@ def test_send_posts_a_signed_sample_that_the_ingress_stores(prefix: str, capsys:
     with serve(create_app(settings)) as base:
         url = base + defaults.WEBHOOK_PATH
         assert main(["send", "charge.refunded", "--url", url, "--id", "evt_cli_1"]) == 0
-        first = capsys.readouterr().out
+        # The in-thread server may log to stdout too; `send` prints its answer last.
+        first = capsys.readouterr().out.splitlines()[-1]
         assert main(["send", "charge.refunded", "--url", url, "--id", "evt_cli_1"]) == 0
-        second = capsys.readouterr().out
+        second = capsys.readouterr().out.splitlines()[-1]
         assert main(["send", "charge.refunded", "--url", url, "--secret", "whsec_wrong"]) == 1
-        wrong = capsys.readouterr().out
+        wrong = capsys.readouterr().out.splitlines()[-1]
     assert first.startswith("200 ") and '"duplicate":false' in first and '"pools":["admin"]' in first
     assert '"duplicate":true' in second
     assert wrong.startswith("400 ") and "bad_signature" in wrong
@@ -120,3 +122,29 @@ def test_ingress_refuses_to_start_without_a_webhook_secret(tmp_path: Path) -> No
         env={"PATH": "/usr/bin:/bin", "ROUTING_FILE": str(REPO / "routing.yaml")}, cwd=tmp_path, timeout=30,
     )
     assert result.returncode == 2 and "STRIPE_WEBHOOK_SECRET is not set" in result.stderr
+
+
+def test_ingress_command_serves_with_two_server_processes(prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import httpx
+
+    from .live import free_port
+
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": make_settings(prefix).redis_url, "FANOUT_PREFIX": prefix,
+           "STRIPE_WEBHOOK_SECRET": "whsec_cli_test", "ROUTING_FILE": str(REPO / "routing.yaml")}
+    server = subprocess.Popen([sys.executable, "-m", "fanout.cli", "ingress", "--port", str(port), "--workers", "2"],
+                              env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}{defaults.WEBHOOK_PATH}"
+        assert main(["send", "refund.created", "--url", url, "--secret", "whsec_cli_test"]) == 0
+        assert '"pools":["admin"]' in capsys.readouterr().out
+    finally:
+        server.terminate()
+        assert server.wait(timeout=20) == 0

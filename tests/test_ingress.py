@@ -312,11 +312,11 @@ def test_settings_repr_hides_every_secret(prefix: str) -> None:
 
 
 async def test_a_database_number_in_redis_url_is_honoured(prefix: str, aredis: aioredis.Redis) -> None:
-    settings = make_settings(prefix, redis_url="redis://127.0.0.1:6379/14")
+    settings = make_settings(prefix, redis_url="redis://127.0.0.1:6379/15")
     body, headers = delivery("charge.refunded")
     async with running(settings) as (_, client):
         await client.post(WEBHOOK, content=body, headers=headers)
-    other_db = redis.Redis.from_url("redis://127.0.0.1:6379/14")
+    other_db = redis.Redis.from_url("redis://127.0.0.1:6379/15")
     try:
         assert other_db.xlen(Keys(prefix).stream("admin")) == 1
         assert await aredis.exists(Keys(prefix).stream("admin")) == 0
@@ -327,3 +327,32 @@ async def test_a_database_number_in_redis_url_is_honoured(prefix: str, aredis: a
 
 def test_the_repo_routing_file_is_used_by_default() -> None:
     assert Settings.from_env({}).routing_file == Path("routing.yaml") and (REPO / "routing.yaml").exists()
+
+
+async def test_a_publish_that_cannot_write_every_stream_writes_nothing_and_a_retry_stores_it(
+    settings: Settings, sredis: redis.Redis, keys: Keys
+) -> None:
+    body, headers = delivery("checkout.session.completed")
+    sredis.set(keys.stream("admin"), "not a stream")  # an operator's mistake, or a key clash
+    async with running(settings) as (_, client):
+        refused = await client.post(WEBHOOK, content=body, headers=headers)
+        assert refused.status_code == 503
+        assert not sredis.exists(keys.stream("customer")), "no half publish"
+        assert list(sredis.scan_iter(match=keys.seen("*"))) == [], "a failed publish is not marked seen"
+        sredis.delete(keys.stream("admin"))
+        accepted = await client.post(WEBHOOK, content=body, headers=headers)
+    assert accepted.status_code == 200 and accepted.json()["duplicate"] is False
+    assert sredis.xlen(keys.stream("customer")) == 1 and sredis.xlen(keys.stream("admin")) == 1
+
+
+async def test_readyz_reports_whether_redis_keeps_what_we_acknowledge(settings: Settings, sredis: redis.Redis) -> None:
+    aof = sredis.config_get("appendonly")["appendonly"] == "yes"
+    policy = sredis.config_get("maxmemory-policy")["maxmemory-policy"]
+    with capture_logs() as logs:
+        async with running(settings) as (_, client):
+            durability = (await client.get("/readyz")).json()["durability"]
+            await asyncio.sleep(0.1)  # let the start-up check log
+    assert durability["aof"] is aof and durability["maxmemory_policy"] == policy
+    assert any("appendonly is off" in w for w in durability["warnings"]) is (not aof)
+    warned = [e for e in logs if e["event"] == "redis.not_durable"]
+    assert len(warned) == len(durability["warnings"])
