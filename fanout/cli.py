@@ -5,20 +5,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from bus import defaults
 from bus.errors import ConfigError
 from bus.logs import configure_logging
-from bus.routing import load_routing
+from bus.routing import RoutingTable, load_routing
 from bus.settings import Settings
+
+if TYPE_CHECKING:
+    from fanout.standin import StandInServer
 
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
@@ -85,50 +90,89 @@ def cmd_ingress(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from fanout import embedded
+class StopRequested(BaseException):
+    """SIGTERM or SIGINT reached `fanout run`: stop the ingress, then the pools, then exit 0."""
 
-    store = embedded.resolve(os.environ.get("REDIS_URL"))
-    os.environ["REDIS_URL"] = store.url
-    using_dev_secret = not os.environ.get("STRIPE_WEBHOOK_SECRET")
-    if using_dev_secret:
-        os.environ["STRIPE_WEBHOOK_SECRET"] = defaults.DEV_WEBHOOK_SECRET
-    settings = _settings()
-    if not _check_routing(settings):
-        return 1
-    url = f"http://{args.host}:{args.port}{defaults.WEBHOOK_PATH}"
-    where = "in-process Redis (nothing is kept)" if store.in_process else store.url
+
+def _request_stop(signum: int, _: FrameType | None) -> None:
+    raise StopRequested(signum)
+
+
+def _run_banner(settings: Settings, table: RoutingTable, url: str, where: str,
+                stand_ins: StandInServer | None, using_dev_secret: bool) -> str:
     from workers.store.select import describe
 
-    customer_pool = "".join(f"  {label + ':':<22}{place}\n" for label, place in describe(settings))
-    print(
-        f"stripe-fanout is running.\n"
-        f"  events are stored in: {where}\n"
-        f"{customer_pool}"
-        f"  point Stripe at:      {url}\n"
-        f"    e.g.  stripe listen --forward-to {args.host}:{args.port}{defaults.WEBHOOK_PATH}\n"
-        f"          and set STRIPE_WEBHOOK_SECRET to the whsec_... secret it prints\n"
-        + (
-            "  signing secret:       the development secret (STRIPE_WEBHOOK_SECRET is unset)\n"
-            if using_dev_secret
-            else "  signing secret:       from STRIPE_WEBHOOK_SECRET\n"
-        )
-        + "  try it, in another terminal:\n"
-        f"    .venv/bin/fanout send checkout.session.completed --url {url}\n",
-        flush=True,
-    )
+    lines = ["stripe-fanout is running.", f"  events are stored in: {where}",
+             f"  pools:                {', '.join(table.pools)} (one `fanout worker` process each)"]
+    lines += [f"  {label + ':':<22}{place}" for label, place in describe(settings)]
+    for destination in table.destinations.values():
+        stand_in = stand_ins.stand_ins.get(destination.name) if stand_ins else None
+        label = f"  {destination.name + ':':<22}"
+        if stand_in is None:
+            lines.append(f"{label}forward: posts to the URL in {destination.url_env}")
+            continue
+        # Never the secret: it only reaches the pools through their environment.
+        lines += [
+            f"{label}a local STAND-IN, not your backend ({destination.url_env} is unset):",
+            f"  {'':<22}it verifies each forwarded event with stripe.Webhook.construct_event",
+            f"  {'':<22}and logs it to {stand_in.log_path}   (tail -f {stand_in.log_path})",
+        ]
+    lines += [
+        f"  point Stripe at:      {url}",
+        f"    e.g.  stripe listen --forward-to {url.removeprefix('http://')}",
+        "          and set STRIPE_WEBHOOK_SECRET to the whsec_... secret it prints",
+        "  signing secret:       " + ("the development secret (STRIPE_WEBHOOK_SECRET is unset)"
+                                     if using_dev_secret else "from STRIPE_WEBHOOK_SECRET"),
+        "  try it, in another terminal:",
+        f"    .venv/bin/fanout send checkout.session.completed --url {url}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fanout import embedded, standin
     from workers.supervisor import Children, worker_command
 
-    table = load_routing(settings.routing_file)
-    pools = Children([worker_command(pool) for pool in table.pools])
-    pools.start()
-    print(f"  pools:                {', '.join(table.pools)} (one `fanout worker` process each)\n",
-          flush=True)
+    # Until the pools are stopped, a signal must unwind to the cleanup below, whatever is running:
+    # uvicorn re-raises the signal it caught once it has shut down, and the default action
+    # would end this process with the pools still running.
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    store: embedded.EmbeddedRedis | None = None
+    stand_ins: StandInServer | None = None
+    pools: Children | None = None
     try:
+        store = embedded.resolve(os.environ.get("REDIS_URL"))
+        os.environ["REDIS_URL"] = store.url
+        using_dev_secret = not os.environ.get("STRIPE_WEBHOOK_SECRET")
+        if using_dev_secret:
+            os.environ["STRIPE_WEBHOOK_SECRET"] = defaults.DEV_WEBHOOK_SECRET
+        settings = _settings()
+        if not _check_routing(settings):
+            return 1
+        table = load_routing(settings.routing_file)
+        stand_ins = standin.start(table.destinations.values(), os.environ)
+        if stand_ins is not None:
+            os.environ.update(stand_ins.environ())  # for the pools started below
+        url = f"http://{args.host}:{args.port}{defaults.WEBHOOK_PATH}"
+        where = "in-process Redis (nothing is kept)" if store.in_process else store.url
+        print(_run_banner(settings, table, url, where, stand_ins, using_dev_secret), flush=True)
+        pools = Children([worker_command(pool) for pool in table.pools])
+        pools.start()
         _serve_ingress(args.host, args.port, 1)
+    except StopRequested:
+        pass
     finally:
-        pools.stop()
-        store.close()
+        # Cleanup is bounded (the pools' grace period, then SIGKILL); a second signal waits for it.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        if pools is not None:
+            pools.stop()
+        if stand_ins is not None:
+            stand_ins.stop()
+        if store is not None:
+            store.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
@@ -287,7 +331,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     secret = args.secret or os.environ.get("STRIPE_WEBHOOK_SECRET", "").split(",")[0].strip()
     return send_sample(args.event_type, url=args.url, secret=secret or defaults.DEV_WEBHOOK_SECRET,
-                       event_id=args.id)
+                       event_id=args.id, objects=args.object)
 
 
 # --- parser ----------------------------------------------------------------------------------------
@@ -355,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=f"http://{defaults.HOST}:{defaults.PORT}{defaults.WEBHOOK_PATH}")
     p.add_argument("--secret", help="default: first of $STRIPE_WEBHOOK_SECRET, else the dev secret")
     p.add_argument("--id", help="event id to use (send it twice to see deduplication)")
+    p.add_argument("--object", action="append", default=[], metavar="KIND=ID",
+                   help="pin an object's id so several sends describe the same object, "
+                        "e.g. customer=cus_123 (repeatable)")
     p.set_defaults(func=cmd_send)
     return parser
 

@@ -123,6 +123,12 @@ SAMPLES: dict[str, Builder] = {
     "price.updated": _price,
 }
 
+# The objects a sample names, with the prefix of their fresh ids; `ids` may pin any of them.
+OBJECT_KINDS: dict[str, str] = {
+    "customer": "cus", "session": "cs_test", "payment_intent": "pi", "charge": "ch",
+    "refund": "re", "product": "prod", "price": "price",
+}
+
 PREVIOUS_ATTRIBUTES: dict[str, Object] = {
     "customer.updated": {"name": "Jenny R."},
     "product.updated": {"metadata": {"sku": "SUIT-CHAR-40R", "inventory": "13"}},
@@ -144,9 +150,7 @@ def sample_event(
     """
     builder = SAMPLES[event_type]
     now = int(time.time()) if created is None else created
-    all_ids = {name: _id(prefix) for name, prefix in (
-        ("customer", "cus"), ("session", "cs_test"), ("payment_intent", "pi"), ("charge", "ch"),
-        ("refund", "re"), ("product", "prod"), ("price", "price"))}
+    all_ids = {name: _id(prefix) for name, prefix in OBJECT_KINDS.items()}
     all_ids.update(ids or {})
     data: Object = {"object": builder(all_ids, now)}
     if event_type in PREVIOUS_ATTRIBUTES:

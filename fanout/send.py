@@ -8,10 +8,24 @@ import httpx
 import orjson
 
 from bus.signing import stripe_signature
-from fanout.samples import SAMPLES, sample_event
+from fanout.samples import OBJECT_KINDS, SAMPLES, sample_event
 
 
-def send_sample(event_type: str, *, url: str, secret: str, event_id: str | None = None) -> int:
+def parse_objects(pairs: list[str]) -> dict[str, str]:
+    """`--object KIND=ID` arguments as sample_event's `ids`; ValueError names what is wrong."""
+    ids: dict[str, str] = {}
+    for pair in pairs:
+        kind, sep, object_id = pair.partition("=")
+        if not sep or not object_id:
+            raise ValueError(f"--object {pair!r}: expected KIND=ID, e.g. customer=cus_123")
+        if kind not in OBJECT_KINDS:
+            raise ValueError(f"--object {pair!r}: KIND is one of {', '.join(OBJECT_KINDS)}")
+        ids[kind] = object_id
+    return ids
+
+
+def send_sample(event_type: str, *, url: str, secret: str, event_id: str | None = None,
+                objects: list[str] | None = None) -> int:
     """Exit status 0 when the ingress answered 2xx."""
     if event_type not in SAMPLES:
         print(f"fanout send: no sample for {event_type!r}; samples exist for:\n  "
@@ -20,8 +34,14 @@ def send_sample(event_type: str, *, url: str, secret: str, event_id: str | None 
     if event_id is not None and not event_id.startswith("evt_"):
         print("fanout send: --id must start with 'evt_'", file=sys.stderr)
         return 2
+    try:
+        ids = parse_objects(objects or [])
+    except ValueError as err:
+        print(f"fanout send: {err}", file=sys.stderr)
+        return 2
     # Stripe sends pretty-printed JSON; the signature covers these exact bytes.
-    body = orjson.dumps(sample_event(event_type, event_id=event_id), option=orjson.OPT_INDENT_2)
+    body = orjson.dumps(sample_event(event_type, event_id=event_id, ids=ids),
+                        option=orjson.OPT_INDENT_2)
     headers = {
         "Content-Type": "application/json; charset=utf-8",
         "Stripe-Signature": stripe_signature(body, secret),

@@ -16,6 +16,7 @@ from bus.keys import Keys
 from fanout import embedded
 from fanout.cli import main
 from fanout.samples import SAMPLES, sample_event
+from fanout.send import parse_objects
 from ingress.app import create_app
 
 from .conftest import REPO, make_settings
@@ -81,6 +82,15 @@ def test_send_posts_a_signed_sample_that_the_ingress_stores(prefix: str, capsys:
 def test_send_refuses_an_event_type_without_a_sample(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["send", "invoice.nonexistent", "--url", "http://127.0.0.1:9/"]) == 2
     assert "no sample for 'invoice.nonexistent'" in capsys.readouterr().err
+
+
+def test_send_object_pins_an_object_id_and_refuses_an_unknown_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    assert sample_event("customer.updated", ids=parse_objects(["customer=cus_pinned"]))[
+        "data"]["object"]["id"] == "cus_pinned"
+    assert main(["send", "customer.updated", "--url", "http://127.0.0.1:9/", "--object", "invoice=in_1"]) == 2
+    assert "KIND is one of customer, session," in capsys.readouterr().err
+    assert main(["send", "customer.updated", "--url", "http://127.0.0.1:9/", "--object", "cus_1"]) == 2
+    assert "expected KIND=ID" in capsys.readouterr().err
 
 
 def test_with_no_local_redis_run_falls_back_to_an_in_process_one(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:

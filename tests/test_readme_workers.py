@@ -1,4 +1,4 @@
-"""Every `fanout` command the README's worker sections show is one the CLI accepts."""
+"""Every `fanout` command the README's "Two commands" and worker sections show is one the CLI accepts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fanout.cli import build_parser
 
 from .conftest import REPO
 
-SECTIONS = ("## Running and scaling a pool", "## Operating")
+SECTIONS = ("## Two commands", "## Running and scaling a pool", "## Operating")
 
 
 def commands() -> list[str]:

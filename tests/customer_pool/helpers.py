@@ -52,19 +52,6 @@ def checkout_ids(tag: str = "") -> dict[str, str]:
             "payment_intent": f"pi_{suffix}", "charge": f"ch_{suffix}"}
 
 
-# --- end to end (for when the pool runtime lands) ----------------------------------------------
-#
-# E2E: once `workers/pool.py` exists, an end-to-end test needs only:
-#   1. settings = make_settings(prefix, SUPABASE_URL=<double url>, SUPABASE_SERVICE_ROLE_KEY=...,
-#      FANOUT_MAIL_DIR=<tmp>) (tests/conftest.py), an ingress app on those settings;
-#   2. `fanout.send.send_sample("checkout.session.completed", url=..., secret=TEST_SECRET)`;
-#   3. run the customer pool in burst mode on the same settings;
-#   4. open the store with `workers.store.select.open_store(settings)` and assert with
-#      `find_order(...)` / `get_customer(...)`, and count .eml files in FANOUT_MAIL_DIR (or the
-#      loopback SMTP server's inbox from the `smtp_server` fixture).
-# customer_pool_env() below gives the environment for step 1.
-
-
 def customer_pool_env(*, supabase_url: str | None, sqlite_path: str | None,
                       mail_dir: str | None = None, smtp_url: str | None = None) -> dict[str, str]:
     """Environment variables that point the customer pool at a test store and mail sink."""
@@ -83,26 +70,10 @@ def customer_pool_env(*, supabase_url: str | None, sqlite_path: str | None,
 
 
 def resolve_handler(name: str) -> Any:
-    """The callable behind a built-in handler name (as the pool runtime will resolve it)."""
+    """The callable behind a built-in handler name (as the pool runtime resolves it)."""
     import importlib
 
     from bus.handler_names import BUILTIN_HANDLERS
 
     module, _, attr = BUILTIN_HANDLERS[name].partition(":")
     return getattr(importlib.import_module(module), attr)
-
-
-async def drain_once(redis: aioredis.Redis, stream: str, ctx_for: Any) -> list[Event]:
-    """STAND-IN for a burst customer pool until workers/pool.py lands: run every entry's handlers.
-
-    Reads the whole stream once (XRANGE, no consumer group, no retries) and
-    runs each entry's handlers in order; a RetryLater propagates. Replace the
-    calls with the real burst pool when it exists; the assertions stay.
-    """
-    events = []
-    for _, fields in await redis.xrange(stream):
-        event = Event.from_entry(fields)
-        for name in event.handlers:
-            await resolve_handler(name)(event, await ctx_for(handler=name))
-        events.append(event)
-    return events

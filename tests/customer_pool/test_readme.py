@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import REPO, make_settings
 from tests.customer_pool.helpers import checkout_ids, make_context, make_event
 from workers.handlers import orders
-from workers.store.sqlite_store import DEFAULT_PATH
+from workers.store.sqlite_store import DEFAULT_PATH, ORDERS_QUERY
 
 
 def readme_sqlite_command() -> list[str]:
@@ -30,6 +30,7 @@ def test_readme_sqlite3_command_lists_orders_of_the_embedded_store(
         pytest.skip("the sqlite3 command-line shell is not installed")
     command = readme_sqlite_command()
     assert command[1] == DEFAULT_PATH
+    assert command[2] == ORDERS_QUERY  # what `fanout run` prints, too
     db = tmp_path / "fanout.sqlite3"
     ids = checkout_ids()
 

@@ -13,7 +13,7 @@ from tests.conftest import make_settings
 from tests.customer_pool.conftest import DoubleServer
 from tests.customer_pool.helpers import make_context
 from workers.store.select import describe, open_store, store_for
-from workers.store.sqlite_store import SqliteStore
+from workers.store.sqlite_store import ORDERS_QUERY, SqliteStore
 from workers.store.supabase_store import SupabaseStore
 
 pytestmark = pytest.mark.anyio
@@ -58,7 +58,10 @@ def test_run_banner_names_the_sqlite_file_and_mail_dir_but_never_the_smtp_passwo
         prefix: str) -> None:
     embedded = dict(describe(make_settings(prefix)))
     assert embedded == {"orders are stored in": "SQLite file var/fanout.sqlite3 (table orders)",
+                        "  look at them with": f"sqlite3 var/fanout.sqlite3 '{ORDERS_QUERY}'",
                         "emails go to": ".eml files in var/mail/"}
+    spaced = dict(describe(make_settings(prefix, FANOUT_SQLITE_PATH="my data/o.db")))
+    assert spaced["  look at them with"].startswith("sqlite3 'my data/o.db' 'select ")
     hosted = describe(make_settings(prefix, SUPABASE_URL="https://p.supabase.co",
                                     SMTP_URL="smtp://u:hunter2@mail.test"))
     assert "hunter2" not in repr(hosted) and "Supabase at https://p.supabase.co" in repr(hosted)

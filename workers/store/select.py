@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
+
 from bus.errors import ConfigError, PermanentFailure
 from bus.settings import Secret, Settings
 from workers.context import Context
 from workers.store.base import Store
-from workers.store.sqlite_store import DEFAULT_PATH, SqliteStore
+from workers.store.sqlite_store import DEFAULT_PATH, ORDERS_QUERY, SqliteStore
 
 RESOURCE_NAME = "customer_store"
 
@@ -68,8 +70,11 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
 
     url = settings.env.get("SUPABASE_URL", "").strip()
     sqlite_path = settings.env.get("FANOUT_SQLITE_PATH") or DEFAULT_PATH
-    orders = f"Supabase at {url}" if url else f"SQLite file {sqlite_path} (table orders)"
+    places = [("orders are stored in", f"Supabase at {url}")] if url else [
+        ("orders are stored in", f"SQLite file {sqlite_path} (table orders)"),
+        ("  look at them with", f"sqlite3 {shlex.quote(sqlite_path)} {shlex.quote(ORDERS_QUERY)}"),
+    ]
     mail_dir = settings.env.get("FANOUT_MAIL_DIR") or DEFAULT_MAIL_DIR
     # SMTP_URL may carry a password: say only that it is used.
     mail = "SMTP (SMTP_URL)" if settings.env.get("SMTP_URL") else f".eml files in {mail_dir}/"
-    return [("orders are stored in", orders), ("emails go to", mail)]
+    return [*places, ("emails go to", mail)]

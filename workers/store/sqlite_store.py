@@ -38,6 +38,8 @@ from workers.store.rows import (
 )
 
 DEFAULT_PATH = "var/fanout.sqlite3"
+# What `fanout run` and the README suggest to look at the orders with the sqlite3 shell.
+ORDERS_QUERY = "select checkout_session_id, status, amount_total, currency, customer_email from orders"
 BUSY_TIMEOUT_MS = 5000
 
 SCHEMA = """
