@@ -356,3 +356,37 @@ async def test_readyz_reports_whether_redis_keeps_what_we_acknowledge(settings: 
     assert any("appendonly is off" in w for w in durability["warnings"]) is (not aof)
     warned = [e for e in logs if e["event"] == "redis.not_durable"]
     assert len(warned) == len(durability["warnings"])
+
+
+async def test_a_redis_that_accepts_but_never_answers_gives_503_within_two_seconds(prefix: str) -> None:
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+
+    def accept_and_say_nothing() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    port = listener.getsockname()[1]
+    settings = make_settings(prefix, redis_url=f"redis://127.0.0.1:{port}/0")
+    body, headers = delivery()
+    try:
+        async with running(settings) as (_, client):
+            started = time.monotonic()
+            response = await client.post(WEBHOOK, content=body, headers=headers)
+            elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert response.status_code == 503 and response.json()["error"] == "store_unavailable"
+    assert elapsed < 2.0, f"answered after {elapsed:.2f} s"
