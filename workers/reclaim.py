@@ -14,6 +14,7 @@ dropped from the pending list by XCLAIM and dead-lettered here with a reason.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from bus import defaults
@@ -25,16 +26,26 @@ if TYPE_CHECKING:
     from workers.pool import Pool
 
 
-async def due_entries(pool: Pool, limit: int) -> list[tuple[str, int, int]]:
-    """Up to `limit` pending entries due for a run: (entry id, times delivered, idle needed in ms)."""
+Due = tuple[str, int, int]
+
+
+async def due_entries(
+    pool: Pool, limit: int, select: Callable[[list[Due]], Awaitable[list[Due]]] | None = None
+) -> list[Due]:
+    """Up to `limit` pending entries due for a run: (entry id, times delivered, idle needed in ms).
+
+    `select`, when given, filters each page's candidates (the RQ executor drops entries
+    whose job is still queued or running), so those never hide due entries behind them.
+    """
     config = pool.config
     min_idle_ms = max(1, int(config.backoff_base_s * 1000 / 2))
-    due: list[tuple[str, int, int]] = []
+    due: list[Due] = []
     start = "-"
     while len(due) < limit:
         rows: Any = await pool.redis.xpending_range(
             pool.stream, pool.group, min=start, max="+", count=defaults.RECLAIM_PAGE_SIZE, idle=min_idle_ms
         )
+        page: list[Due] = []
         for row in rows:
             entry_id = text(row["message_id"])
             if entry_id in pool.inflight or entry_id in pool.acks.unacked:
@@ -45,16 +56,19 @@ async def due_entries(pool: Pool, limit: int) -> list[tuple[str, int, int]]:
             else:
                 needed = peer_claim_idle_ms(config, delivered, entry_id, pool.claim_margin_s)
             if int(row["time_since_delivered"]) >= needed:
-                due.append((entry_id, delivered, needed))
-                if len(due) >= limit:
+                page.append((entry_id, delivered, needed))
+                if select is None and len(due) + len(page) >= limit:
                     break
+        if select is not None and page:
+            page = await select(page)
+        due.extend(page[: limit - len(due)])
         if len(rows) < defaults.RECLAIM_PAGE_SIZE:
             break
         start = "(" + text(rows[-1]["message_id"])
     return due
 
 
-async def _not_deferred(pool: Pool, due: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+async def not_deferred(pool: Pool, due: list[Due]) -> list[Due]:
     """Drop entries whose handler asked, with RetryLater(defer_s), to wait longer than the backoff."""
     key = pool.keys.retry_at(pool.name)
     if not due or not await pool.redis.exists(key):
@@ -69,7 +83,7 @@ async def reclaim_once(pool: Pool) -> int:
     free = pool.free_slots()
     if free <= 0 or pool.stopping:
         return 0
-    due = await _not_deferred(pool, await due_entries(pool, free))
+    due = await not_deferred(pool, await due_entries(pool, free))
     if not due:
         return 0
     ids: list[Any] = [entry_id for entry_id, _, _ in due]
