@@ -170,13 +170,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     from workers.status import collect_status, render_text
 
     settings = _settings()
+    from workers.rq_queue import queue_name
+
     try:
-        pools = list(load_routing(settings.routing_file).pools)
+        table = load_routing(settings.routing_file)
     except ConfigError as err:
         print(f"fanout status: {err}", file=sys.stderr)
         return 1
+    pools = list(table.pools)
+    rq_queues = {p: queue_name(settings.key_prefix, p) for p, c in table.pools.items() if c.executor == "rq"}
     keys = Keys(settings.key_prefix)
-    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000)))
+    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues))
     print(orjson.dumps(status).decode() if args.json else render_text(status))
     return 0
 
