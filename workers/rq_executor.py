@@ -120,6 +120,19 @@ def _runtime(settings: Settings) -> _Runtime:
     return found
 
 
+def warm_up() -> None:
+    """Load the routing table and resolve every handler it names, before RQ forks work horses.
+
+    `rq worker -c workers.rq_settings` calls it in the worker's main process, so each
+    forked horse starts with them loaded instead of importing them for its one job.
+    """
+    runtime = _runtime(Settings.from_env())
+    table = runtime.holder.table
+    names = {h for route in table.routes for _, handlers in route.targets for h in handlers}
+    for err in runtime.handlers.load(names, table, strict=False):
+        log.warning("handler.unresolved", error=str(err))
+
+
 def _connection(settings: Settings) -> redis.Redis:
     """The RQ worker's own connection: the Redis that holds the queue, and so the pool's stream."""
     job = get_current_job()
