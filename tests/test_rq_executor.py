@@ -283,3 +283,41 @@ def test_queue_and_job_names_are_deterministic_and_isolated_by_prefix() -> None:
     assert queue_name("staging", "customer") == "staging-customer"
     assert job_id("fanout", "customer", "1700000000000-0", 2) == "fanout-customer-1700000000000-0-a2"
     assert job_id("a.b", "customer", "1-0", 1) == "a_b-customer-1-0-a1"
+
+
+def readme_rq_commands() -> list[str]:
+    from tests.conftest import REPO
+
+    section = (REPO / "README.md").read_text().split("## Running a pool on RQ", 1)[1].split("\n## ", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in section.splitlines() if line.startswith(".venv/bin/rq ")]
+
+
+def test_the_readme_shows_both_rq_worker_commands() -> None:
+    assert [c.split()[1] for c in readme_rq_commands()] == ["worker", "worker-pool"]
+
+
+@pytest.mark.parametrize("command", readme_rq_commands())
+def test_a_readme_rq_worker_command_runs_the_pools_jobs(
+    command: str, sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.support import worker_env
+
+    routing = routing_file(tmp_path, monkeypatch, ROUTING.replace("iso", "reports"))
+    ids = [f"evt_{i}" for i in range(12)]
+    publish(keys, load(routing), "test.many", ids)
+    asyncio.run(run_pool(make_settings(prefix, routing_file=routing), "reports", burst=True))
+    argv = command.split()
+    argv[0] = str(Path(sys.executable).parent / "rq")
+    argv[argv.index("reports")] = queue_name(prefix, "reports")
+    done = subprocess.run([*argv, "--burst"], cwd=REPO, env=worker_env(prefix, routing), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert runs(sync_client, prefix, "record") == dict.fromkeys(ids, 1)
+    assert runs(sync_client, prefix, "sync_record") == dict.fromkeys(ids, 1)
+    assert pending(sync_client, keys, "reports") == 0
+    assert stats(sync_client, keys, "reports") == {"processed": len(ids)}
