@@ -117,12 +117,17 @@ def test_every_event_runs_exactly_once_as_one_json_job_and_is_acked(
 
 
 def test_a_failed_job_is_retried_as_a_new_attempt_running_only_the_failed_handler(
-    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     routing = routing_file(tmp_path, monkeypatch)
     settings = make_settings(prefix, routing_file=routing)
     publish(keys, load(routing), "test.retry", ["evt_retry"])
+    started = time.monotonic()
     drain_rq(settings, "iso", sync_client)
+    # Each round's consumer is new, yet a failed job's entry is retried after its backoff
+    # (at most 0.2 s), not after a takeover's wait (timeout_s + 2 s): nobody is running it.
+    assert time.monotonic() - started < 5
     assert runs(sync_client, prefix, "fail_twice") == {"evt_retry": 3}
     assert runs(sync_client, prefix, "record") == {"evt_retry": 1}  # the completion ledger
     assert stats(sync_client, keys, "iso") == {"processed": 1, "failed": 2, "retried": 2}
@@ -132,6 +137,10 @@ def test_a_failed_job_is_retried_as_a_new_attempt_running_only_the_failed_handle
         job_id(prefix, "iso", entry_id, 1), job_id(prefix, "iso", entry_id, 2)]
     assert queue.finished_job_registry.get_job_ids() == [job_id(prefix, "iso", entry_id, 3)]
     assert sync_client.exists(keys.ledger("iso", "evt_retry"), keys.retry_at("iso")) == 0
+    # RQ logs each failure with the job's arguments attached to the record: never the raw body.
+    failures = [r for r in caplog.records if r.name == "rq.worker" and hasattr(r, "kwargs")]
+    assert len(failures) == 2
+    assert all(r.kwargs == "[redacted]" for r in failures)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("event_type", "handler"), [("test.slow", "too_slow"), ("test.block", "sync_too_slow")])

@@ -14,7 +14,6 @@ dropped from the pending list by XCLAIM and dead-lettered here with a reason.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from bus import defaults
@@ -29,14 +28,8 @@ if TYPE_CHECKING:
 Due = tuple[str, int, int]
 
 
-async def due_entries(
-    pool: Pool, limit: int, select: Callable[[list[Due]], Awaitable[list[Due]]] | None = None
-) -> list[Due]:
-    """Up to `limit` pending entries due for a run: (entry id, times delivered, idle needed in ms).
-
-    `select`, when given, filters each page's candidates (the RQ executor drops entries
-    whose job is still queued or running), so those never hide due entries behind them.
-    """
+async def due_entries(pool: Pool, limit: int) -> list[Due]:
+    """Up to `limit` pending entries due for a run: (entry id, times delivered, idle needed in ms)."""
     config = pool.config
     min_idle_ms = max(1, int(config.backoff_base_s * 1000 / 2))
     due: list[Due] = []
@@ -45,7 +38,6 @@ async def due_entries(
         rows: Any = await pool.redis.xpending_range(
             pool.stream, pool.group, min=start, max="+", count=defaults.RECLAIM_PAGE_SIZE, idle=min_idle_ms
         )
-        page: list[Due] = []
         for row in rows:
             entry_id = text(row["message_id"])
             if entry_id in pool.inflight or entry_id in pool.acks.unacked:
@@ -56,12 +48,9 @@ async def due_entries(
             else:
                 needed = peer_claim_idle_ms(config, delivered, entry_id, pool.claim_margin_s)
             if int(row["time_since_delivered"]) >= needed:
-                page.append((entry_id, delivered, needed))
-                if select is None and len(due) + len(page) >= limit:
+                due.append((entry_id, delivered, needed))
+                if len(due) >= limit:
                     break
-        if select is not None and page:
-            page = await select(page)
-        due.extend(page[: limit - len(due)])
         if len(rows) < defaults.RECLAIM_PAGE_SIZE:
             break
         start = "(" + text(rows[-1]["message_id"])

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from bus import defaults
 from bus.connection import sync_redis
 from bus.envelope import Event
 from workers.deadletter import REASON_MALFORMED, REASON_MAX_ATTEMPTS, REASON_TRIMMED, Failure
-from workers.reclaim import Due, due_entries, not_deferred
+from workers.reclaim import Due, not_deferred
+from workers.retry import peer_claim_idle_ms, pool_backoff_ms
 from workers.rq_queue import (
     ACK_SCRIPT,
     FINISHED,
@@ -100,18 +102,8 @@ class RqBridge:
         free = pool.free_slots()
         if free <= 0 or pool.stopping:
             return 0
-        states: dict[str, str | None] = {}
-
-        async def not_in_rq_hands(page: list[Due]) -> list[Due]:
-            found = await job_states(pool.redis, [self.job_id(e, d) for e, d, _ in page])
-            keep = []
-            for candidate, state in zip(page, found, strict=True):
-                if state not in LIVE_STATES:
-                    states[candidate[0]] = state
-                    keep.append(candidate)
-            return keep
-
-        due = await not_deferred(pool, await due_entries(pool, free, not_in_rq_hands))
+        due, states = await self._due(free)
+        due = await not_deferred(pool, due)
         for entry_id, _, _ in (d for d in due if states[d[0]] == FINISHED):
             await self._ack_finished(entry_id)
         failed = [d for d in due if states[d[0]] not in (None, FINISHED)]
@@ -120,6 +112,42 @@ class RqBridge:
         if started:
             pool.acks.count("retried", started)
         return started
+
+    async def _due(self, limit: int) -> tuple[list[Due], dict[str, str | None]]:
+        """Up to `limit` pending entries whose job is not queued or running, and are due; with job states.
+
+        A job that ended (failed, stopped, finished) is nobody's to wait for: its entry is due
+        after its backoff, whichever consumer holds it (and, for a failure, once the retry time
+        the job recorded has passed). A missing job may be a live consumer's enqueue in progress,
+        so a peer waits for it as long as for a takeover.
+        """
+        pool, config = self.pool, self.pool.config
+        min_idle_ms = max(1, int(config.backoff_base_s * 1000 / 2))
+        due: list[Due] = []
+        states: dict[str, str | None] = {}
+        start = "-"
+        while len(due) < limit:
+            rows: Any = await pool.redis.xpending_range(pool.stream, pool.group, min=start, max="+",
+                                                        count=defaults.RECLAIM_PAGE_SIZE, idle=min_idle_ms)
+            page = [(text(r["message_id"]), int(r["times_delivered"]), int(r["time_since_delivered"]),
+                     text(r["consumer"]) != pool.consumer) for r in rows]
+            page = [p for p in page if p[0] not in pool.inflight and p[0] not in pool.acks.unacked]
+            found = await job_states(pool.redis, [self.job_id(e, d) for e, d, _, _ in page])
+            for (entry_id, delivered, idle_ms, peer), state in zip(page, found, strict=True):
+                if state in LIVE_STATES:
+                    continue
+                needed = pool_backoff_ms(config, delivered, entry_id)
+                if state is None and peer:
+                    needed = peer_claim_idle_ms(config, delivered, entry_id, pool.claim_margin_s)
+                if idle_ms >= needed:
+                    due.append((entry_id, delivered, needed))
+                    states[entry_id] = state
+                    if len(due) >= limit:
+                        break
+            if len(rows) < defaults.RECLAIM_PAGE_SIZE:
+                break
+            start = "(" + text(rows[-1]["message_id"])
+        return due, states
 
     async def _claim(self, due: list[Due], *, next_attempt: bool) -> int:
         """Claim and submit; XCLAIM counts a delivery, unless JUSTID (an attempt whose job was lost)."""
