@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 import traceback
 from collections.abc import Callable
@@ -97,6 +98,17 @@ class _Inline(Executor):
 _INLINE = _Inline()
 
 
+class _HideJobArguments(logging.Filter):
+    """RQ attaches a failed job's arguments (the raw body) to its log record; a JSON log handler
+    would print them. Raw bodies never reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name in ("arguments", "kwargs"):
+            if hasattr(record, name):
+                setattr(record, name, "[redacted]")
+        return True
+
+
 @dataclass
 class _Runtime:
     """What an RQ worker process keeps between jobs: the routing table (followed) and resolved handlers."""
@@ -111,8 +123,12 @@ _runtimes: dict[Path, _Runtime] = {}
 def _runtime(settings: Settings) -> _Runtime:
     found = _runtimes.get(settings.routing_file)
     if found is None:
+        # The first job (or warm_up) is the RQ worker process's entry into our code.
         if not structlog.is_configured():
-            configure_logging(settings.log_level)  # this job is the RQ worker's entry into our code
+            configure_logging(settings.log_level)
+        rq_log = logging.getLogger("rq.worker")
+        if not any(isinstance(f, _HideJobArguments) for f in rq_log.filters):
+            rq_log.addFilter(_HideJobArguments())
         found = _runtimes[settings.routing_file] = _Runtime(
             RoutingHolder.load(settings.routing_file), HandlerSet())
     else:
