@@ -117,12 +117,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"    .venv/bin/fanout send checkout.session.completed --url {url}\n",
         flush=True,
     )
-    from workers.supervisor import Children, worker_command
+    from workers.supervisor import Children, rq_worker_command, worker_command
 
     table = load_routing(settings.routing_file)
-    pools = Children([worker_command(pool) for pool in table.pools])
+    rq_pools = [pool for pool, config in table.pools.items() if config.executor == "rq"]
+    pools = Children([worker_command(pool) for pool in table.pools]
+                     + [rq_worker_command(settings.key_prefix, pool) for pool in rq_pools])
     pools.start()
-    print(f"  pools:                {', '.join(table.pools)} (one `fanout worker` process each)\n",
+    on_rq = f"; an `rq worker` for {', '.join(rq_pools)}" if rq_pools else ""
+    print(f"  pools:                {', '.join(table.pools)} (one `fanout worker` process each{on_rq})\n",
           flush=True)
     try:
         _serve_ingress(args.host, args.port, 1)
