@@ -330,3 +330,46 @@ def test_a_readme_rq_worker_command_runs_the_pools_jobs(
     assert runs(sync_client, prefix, "sync_record") == dict.fromkeys(ids, 1)
     assert pending(sync_client, keys, "reports") == 0
     assert stats(sync_client, keys, "reports") == {"processed": len(ids)}
+
+
+def test_a_job_that_failed_without_recording_counts_as_an_attempt_and_is_dead_lettered_past_max(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its work horse was SIGKILLed, say: RQ marks the job failed, and nothing else happened.
+    routing = routing_file(tmp_path, monkeypatch, ROUTING.replace("max_attempts: 3", "max_attempts: 2"))
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.many", ["evt_killed"])
+    entry_id = sync_client.xrange(keys.stream("iso"))[0][0].decode()
+    queue = rq_queue_of(sync_client, prefix, "iso")
+    for attempt in (1, 2):
+        asyncio.run(run_pool(settings, "iso", burst=True))
+        job = queue.fetch_job(job_id(prefix, "iso", entry_id, attempt))
+        assert job is not None and queue.count == 1
+        queue.remove(job)
+        job.set_status("failed")
+    drain_rq(settings, "iso", sync_client)
+    assert runs(sync_client, prefix, "record") == {}
+    [dead] = asyncio.run(_list_dead(keys, "iso"))
+    assert (dead.event_id, dead.attempts, dead.reason) == ("evt_killed", 2, "max attempts reached")
+    assert "attempt 2 did not finish" in dead.error
+    assert pending(sync_client, keys, "iso") == 0
+    assert stats(sync_client, keys, "iso") == {"retried": 2, "dead": 1}
+
+
+def test_a_finished_job_whose_ack_was_lost_is_acked_by_the_consumer_and_not_run_again(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.many", ["evt_done"])
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    entry_id = sync_client.xrange(keys.stream("iso"))[0][0].decode()
+    queue = rq_queue_of(sync_client, prefix, "iso")
+    job = queue.fetch_job(job_id(prefix, "iso", entry_id, 1))
+    assert job is not None
+    queue.remove(job)
+    job.set_status("finished")  # it ran; its success callback never acked
+    assert drain_rq(settings, "iso", sync_client) == 1
+    assert pending(sync_client, keys, "iso") == 0
+    assert stats(sync_client, keys, "iso") == {"processed": 1}
+    assert runs(sync_client, prefix, "record") == {}
