@@ -373,3 +373,28 @@ def test_a_finished_job_whose_ack_was_lost_is_acked_by_the_consumer_and_not_run_
     assert pending(sync_client, keys, "iso") == 0
     assert stats(sync_client, keys, "iso") == {"processed": 1}
     assert runs(sync_client, prefix, "record") == {}
+
+
+def test_a_running_consumer_enqueues_the_next_attempt_once_the_failed_ones_backoff_has_passed(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    publish(keys, load(routing), "test.retry", ["evt_retry"])
+    consumer = start_worker(prefix, routing, tmp_path / "consumer.log", "iso")
+    started = time.monotonic()
+    try:
+        while stats(sync_client, keys, "iso").get("processed") != 1 and time.monotonic() - started < 20:
+            work_burst(sync_client, prefix, "iso")
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        consumer.send_signal(signal.SIGTERM)
+        assert consumer.wait(timeout=30) == 0, (tmp_path / "consumer.log").read_text()
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait()
+    assert runs(sync_client, prefix, "fail_twice") == {"evt_retry": 3}
+    assert runs(sync_client, prefix, "record") == {"evt_retry": 1}
+    assert pending(sync_client, keys, "iso") == 0
+    # Well within the 10 s between full scans of the pending list: retries come from the retry times.
+    assert elapsed < 8

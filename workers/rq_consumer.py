@@ -13,7 +13,11 @@ they live here:
   counts the delivery) and enqueues the next attempt, or dead-letters it past
   `max_attempts`; missing (its consumer died before enqueueing), it takes the
   entry without counting a delivery and enqueues that attempt's job; finished
-  but still pending (the ack was lost), it acks it;
+  but still pending (the ack was lost), it acks it. Entries waiting in RQ can be
+  many, so a pass reads the whole pending list only every
+  RQ_FULL_SCAN_INTERVAL_S (those last cases, and jobs killed before recording a
+  failure); failed attempts, which record their retry time, are looked up from
+  the retry-time hash on every pass;
 * in burst mode the consumer is done once nothing is new and every pending
   entry's job is queued or running in RQ.
 """
@@ -21,6 +25,7 @@ they live here:
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -59,6 +64,7 @@ class RqBridge:
         self.prefix = pool.settings.key_prefix
         self.client = sync_redis(pool.settings.redis_url)
         self.queue = rq_queue(self.client, self.prefix, pool.name)
+        self._next_full_scan_s = 0.0
 
     def close(self) -> None:
         self.client.close()
@@ -102,7 +108,14 @@ class RqBridge:
         free = pool.free_slots()
         if free <= 0 or pool.stopping:
             return 0
-        due, states = await self._due(free)
+        # Every pass looks at the entries whose job recorded a failure (the retry-time hash);
+        # the whole pending list, where entries waiting in RQ can be many, only now and then.
+        now_s = time.monotonic()
+        if pool.burst or now_s >= self._next_full_scan_s:
+            self._next_full_scan_s = now_s + defaults.RQ_FULL_SCAN_INTERVAL_S
+            due, states = await self._due(free)
+        else:
+            due, states = await self._due_retries(free)
         due = await not_deferred(pool, due)
         for entry_id, _, _ in (d for d in due if states[d[0]] == FINISHED):
             await self._ack_finished(entry_id)
@@ -121,33 +134,52 @@ class RqBridge:
         the job recorded has passed). A missing job may be a live consumer's enqueue in progress,
         so a peer waits for it as long as for a takeover.
         """
-        pool, config = self.pool, self.pool.config
-        min_idle_ms = max(1, int(config.backoff_base_s * 1000 / 2))
+        pool = self.pool
+        min_idle_ms = max(1, int(pool.config.backoff_base_s * 1000 / 2))
         due: list[Due] = []
         states: dict[str, str | None] = {}
         start = "-"
         while len(due) < limit:
             rows: Any = await pool.redis.xpending_range(pool.stream, pool.group, min=start, max="+",
                                                         count=defaults.RECLAIM_PAGE_SIZE, idle=min_idle_ms)
-            page = [(text(r["message_id"]), int(r["times_delivered"]), int(r["time_since_delivered"]),
-                     text(r["consumer"]) != pool.consumer) for r in rows]
-            page = [p for p in page if p[0] not in pool.inflight and p[0] not in pool.acks.unacked]
-            found = await job_states(pool.redis, [self.job_id(e, d) for e, d, _, _ in page])
-            for (entry_id, delivered, idle_ms, peer), state in zip(page, found, strict=True):
-                if state in LIVE_STATES:
-                    continue
-                needed = pool_backoff_ms(config, delivered, entry_id)
-                if state is None and peer:
-                    needed = peer_claim_idle_ms(config, delivered, entry_id, pool.claim_margin_s)
-                if idle_ms >= needed:
-                    due.append((entry_id, delivered, needed))
-                    states[entry_id] = state
-                    if len(due) >= limit:
-                        break
+            await self._select(rows, limit, due, states)
             if len(rows) < defaults.RECLAIM_PAGE_SIZE:
                 break
             start = "(" + text(rows[-1]["message_id"])
         return due, states
+
+    async def _due_retries(self, limit: int) -> tuple[list[Due], dict[str, str | None]]:
+        """As `_due`, among the entries whose retry time has passed only."""
+        pool = self.pool
+        retry_at: Any = await pool.redis.hgetall(pool.keys.retry_at(pool.name))
+        now_ms = pool.now_ms()
+        ready = [text(e) for e, at in retry_at.items() if int(at) <= now_ms]
+        due: list[Due] = []
+        states: dict[str, str | None] = {}
+        if ready:
+            pipe = pool.redis.pipeline(transaction=False)
+            for entry_id in ready:
+                pipe.xpending_range(pool.stream, pool.group, min=entry_id, max=entry_id, count=1)
+            rows = [row for found in await pipe.execute() for row in found]
+            await self._select(rows, limit, due, states)
+        return due, states
+
+    async def _select(self, rows: Any, limit: int, due: list[Due], states: dict[str, str | None]) -> None:
+        """Add the XPENDING rows that are due (see `_due`) to `due`, up to `limit`, and their job states."""
+        pool, config = self.pool, self.pool.config
+        page = [(text(r["message_id"]), int(r["times_delivered"]), int(r["time_since_delivered"]),
+                 text(r["consumer"]) != pool.consumer) for r in rows]
+        page = [p for p in page if p[0] not in pool.inflight and p[0] not in pool.acks.unacked]
+        found = await job_states(pool.redis, [self.job_id(e, d) for e, d, _, _ in page])
+        for (entry_id, delivered, idle_ms, peer), state in zip(page, found, strict=True):
+            if state in LIVE_STATES or len(due) >= limit:
+                continue
+            needed = pool_backoff_ms(config, delivered, entry_id)
+            if state is None and peer:
+                needed = peer_claim_idle_ms(config, delivered, entry_id, pool.claim_margin_s)
+            if idle_ms >= needed:
+                due.append((entry_id, delivered, needed))
+                states[entry_id] = state
 
     async def _claim(self, due: list[Due], *, next_attempt: bool) -> int:
         """Claim and submit; XCLAIM counts a delivery, unless JUSTID (an attempt whose job was lost)."""

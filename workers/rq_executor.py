@@ -34,8 +34,9 @@ How one entry flows, and why nothing is lost or run twice:
    that same attempt's job enqueued; unique ids make a race a no-op.
 
 A job killed before it could record anything (the work horse was SIGKILLed, say)
-ends failed in RQ without a retry time, so it is retried at once, and it counts
-as an attempt: after `max_attempts` the reclaimer dead-letters the entry.
+ends failed in RQ without a retry time; the reclaimer's next full scan of the
+pending list (at most RQ_FULL_SCAN_INTERVAL_S later) retries it, and it counts as
+an attempt: after `max_attempts` the reclaimer dead-letters the entry.
 """
 
 from __future__ import annotations
