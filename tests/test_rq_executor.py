@@ -43,6 +43,8 @@ routes:
   test.retry: {{iso: ["{H}fail_twice", "{H}record"]}}
   test.slow: {{iso: ["{H}too_slow"]}}
   test.block: {{iso: ["{H}sync_too_slow"]}}
+  test.defer: {{iso: ["{H}defer_once"]}}
+  test.permanent: {{iso: ["{H}permanent", "{H}record"]}}
 """
 
 
@@ -398,3 +400,24 @@ def test_a_running_consumer_enqueues_the_next_attempt_once_the_failed_ones_backo
     assert pending(sync_client, keys, "iso") == 0
     # Well within the 10 s between full scans of the pending list: retries come from the retry times.
     assert elapsed < 8
+
+
+def test_retry_later_defers_the_next_attempt_and_permanent_failure_dead_letters_at_once(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.defer", ["evt_defer"])
+    publish(keys, load(routing), "test.permanent", ["evt_perm"])
+    started = time.monotonic()
+    drain_rq(settings, "iso", sync_client)
+    assert time.monotonic() - started >= 0.3  # defer_s, longer than the backoff (at most 0.2 s)
+    assert runs(sync_client, prefix, "defer_once") == {"evt_defer": 2}
+    assert runs(sync_client, prefix, "permanent") == {"evt_perm": 1}
+    assert runs(sync_client, prefix, "record") == {"evt_perm": 1}
+    [dead] = asyncio.run(_list_dead(keys, "iso"))
+    assert (dead.event_id, dead.attempts, dead.reason, dead.handlers) == (
+        "evt_perm", 1, "permanent failure", (H + "permanent",))
+    assert stats(sync_client, keys, "iso") == {"processed": 1, "failed": 2, "retried": 1, "dead": 1}
+    assert pending(sync_client, keys, "iso") == 0
+    assert sync_client.exists(keys.retry_at("iso"), keys.ledger("iso", "evt_perm")) == 0
