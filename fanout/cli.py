@@ -170,11 +170,10 @@ def _with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from bus.keys import Keys
+    from workers.rq_queue import queue_name
     from workers.status import collect_status, render_text
 
     settings = _settings()
-    from workers.rq_queue import queue_name
-
     try:
         table = load_routing(settings.routing_file)
     except ConfigError as err:

@@ -160,8 +160,11 @@ class RqBridge:
             pipe = pool.redis.pipeline(transaction=False)
             for entry_id in ready:
                 pipe.xpending_range(pool.stream, pool.group, min=entry_id, max=entry_id, count=1)
-            rows = [row for found in await pipe.execute() for row in found]
-            await self._select(rows, limit, due, states)
+            found: list[Any] = await pipe.execute()
+            gone = [entry_id for entry_id, rows in zip(ready, found, strict=True) if not rows]
+            if gone:  # acked or dead-lettered without its retry time being removed
+                await pool.redis.hdel(pool.keys.retry_at(pool.name), *gone)
+            await self._select([row for rows in found for row in rows], limit, due, states)
         return due, states
 
     async def _select(self, rows: Any, limit: int, due: list[Due], states: dict[str, str | None]) -> None:
