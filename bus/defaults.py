@@ -35,6 +35,10 @@ DEV_WEBHOOK_SECRET = "whsec_fanout_local_development_only"
 BLOCK_MS = 1000
 # How often a pool looks for pending entries ready to retry (capped by backoff_base_s / 2).
 RECLAIM_INTERVAL_S = 1.0
+# An `executor: rq` pool's reclaim pass looks at every pending entry (their jobs may wait in
+# RQ by the thousand) only this often, for jobs lost or killed before recording a failure;
+# failed attempts that recorded their retry time are looked at on every pass.
+RQ_FULL_SCAN_INTERVAL_S = 10.0
 # How many pending entries one reclaim pass inspects per XPENDING call.
 RECLAIM_PAGE_SIZE = 500
 # A peer's pending entry is claimed once idle for timeout_s + its backoff + this margin:

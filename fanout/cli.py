@@ -102,8 +102,10 @@ def _run_banner(settings: Settings, table: RoutingTable, url: str, where: str,
                 stand_ins: StandInServer | None, using_dev_secret: bool) -> str:
     from workers.store.select import describe
 
+    rq_pools = [pool for pool, config in table.pools.items() if config.executor == "rq"]
+    on_rq = f"; an `rq worker` for {', '.join(rq_pools)}" if rq_pools else ""
     lines = ["stripe-fanout is running.", f"  events are stored in: {where}",
-             f"  pools:                {', '.join(table.pools)} (one `fanout worker` process each)"]
+             f"  pools:                {', '.join(table.pools)} (one `fanout worker` process each{on_rq})"]
     lines += [f"  {label + ':':<22}{place}" for label, place in describe(settings)]
     for destination in table.destinations.values():
         stand_in = stand_ins.stand_ins.get(destination.name) if stand_ins else None
@@ -131,7 +133,7 @@ def _run_banner(settings: Settings, table: RoutingTable, url: str, where: str,
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fanout import embedded, standin
-    from workers.supervisor import Children, worker_command
+    from workers.supervisor import Children, rq_worker_command, worker_command
 
     # Until the pools are stopped, a signal must unwind to the cleanup below, whatever is running:
     # uvicorn re-raises the signal it caught once it has shut down, and the default action
@@ -156,7 +158,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         url = f"http://{args.host}:{args.port}{defaults.WEBHOOK_PATH}"
         where = "in-process Redis (nothing is kept)" if store.in_process else store.url
         print(_run_banner(settings, table, url, where, stand_ins, using_dev_secret), flush=True)
-        pools = Children([worker_command(pool) for pool in table.pools])
+        rq_pools = [pool for pool, config in table.pools.items() if config.executor == "rq"]
+        pools = Children([worker_command(pool) for pool in table.pools]
+                         + [rq_worker_command(settings.key_prefix, pool) for pool in rq_pools])
         pools.start()
         _serve_ingress(args.host, args.port, 1)
     except StopRequested:
@@ -211,16 +215,19 @@ def _with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from bus.keys import Keys
+    from workers.rq_queue import queue_name
     from workers.status import collect_status, render_text
 
     settings = _settings()
     try:
-        pools = list(load_routing(settings.routing_file).pools)
+        table = load_routing(settings.routing_file)
     except ConfigError as err:
         print(f"fanout status: {err}", file=sys.stderr)
         return 1
+    pools = list(table.pools)
+    rq_queues = {p: queue_name(settings.key_prefix, p) for p, c in table.pools.items() if c.executor == "rq"}
     keys = Keys(settings.key_prefix)
-    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000)))
+    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues))
     print(orjson.dumps(status).decode() if args.json else render_text(status))
     return 0
 

@@ -111,3 +111,9 @@ async def record_pid(event: Event, ctx: Context) -> None:
     await asyncio.sleep(float(ctx.settings.env.get("TEST_HANDLER_SLEEP_S", "0.02")))
     await ctx.redis.hincrby(pids_key(ctx.settings.key_prefix), str(os.getpid()), 1)
     await _record(event, ctx)
+
+
+def sync_too_slow(event: Event, ctx: Context) -> None:
+    """A blocking call that never returns in time: only a hard timeout (RQ's) can stop it."""
+    _sync_client(ctx.settings.redis_url).hincrby(runs_key(ctx.settings.key_prefix, ctx.handler), event.id, 1)
+    time.sleep(30)

@@ -10,7 +10,7 @@ from fanout.cli import build_parser
 
 from .conftest import REPO
 
-SECTIONS = ("## Two commands", "## Running and scaling a pool", "## Operating")
+SECTIONS = ("## Two commands", "## Running and scaling a pool", "## Running a pool on RQ", "## Operating")
 
 
 def commands() -> list[str]:

@@ -12,7 +12,7 @@ import functools
 import inspect
 import traceback
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import structlog
@@ -75,9 +75,15 @@ async def call_handler(
     event: Event,
     make_ctx: Callable[[str], Context],
     timeout_s: float,
-    executor: Callable[[], ThreadPoolExecutor],
+    executor: Callable[[], Executor],
+    *,
+    passthrough: tuple[type[BaseException], ...] = (),
 ) -> Failure | None:
-    """Run one handler once; None on success, else the failure to record."""
+    """Run one handler once; None on success, else the failure to record.
+
+    Exceptions of a `passthrough` type are not a handler's failure but the caller's
+    (the RQ executor's hard job timeout): they are raised, not recorded.
+    """
     if isinstance(handler, ConfigError):
         return Failure(name, f"unknown handler: {handler}", "", permanent=True, reason=REASON_UNKNOWN_HANDLER)
     ctx = make_ctx(name)
@@ -90,6 +96,8 @@ async def call_handler(
             else:
                 call = functools.partial(contextvars.copy_context().run, handler.func, event, ctx)
                 await asyncio.get_running_loop().run_in_executor(executor(), call)
+    except passthrough:
+        raise
     except PermanentFailure as err:
         ctx.log.warning("handler.permanent_failure", error=str(err))
         return Failure(name, _error_line(err), traceback.format_exc(), permanent=True, reason=REASON_PERMANENT)

@@ -46,6 +46,7 @@ from workers.deadletter import (
     dead_letter,
 )
 from workers.execute import HandlerSet, call_handler, pool_handler_names
+from workers.rq_consumer import RqBridge
 from workers.streams import Fields, ensure_group, text
 
 log = structlog.get_logger("fanout.worker")
@@ -84,9 +85,6 @@ class Pool:
         if name not in holder.table.pools:
             known = ", ".join(sorted(holder.table.pools)) or "none"
             raise ConfigError(f"pool {name!r} is not declared in {holder.path} (pools: {known})")
-        if holder.table.pools[name].executor != "async":
-            raise ConfigError(f"pool {name!r}: executor {holder.table.pools[name].executor!r} is not "
-                              "supported by `fanout worker` (use 'async'; sync handlers run in threads)")
         self.settings = settings
         self.name = name
         self.redis = redis
@@ -116,6 +114,9 @@ class Pool:
         self.read_failures = 0
         # Acks and counters gathered by entry tasks, sent by the flusher as one pipeline.
         self.acks = AckBatch(redis, self.keys, name)
+        # The executor is fixed for the life of the process: `rq` enqueues jobs, `async` runs here.
+        self.executor = self._config.executor
+        self.rq = RqBridge(self) if self.executor == "rq" else None
 
     # --- configuration ---------------------------------------------------------------------------
 
@@ -138,6 +139,10 @@ class Pool:
         return int(self.clock() * 1000)
 
     def _on_routing_change(self, table: RoutingTable) -> None:
+        new = table.pools.get(self.name)
+        if new is not None and new.executor != self.executor:
+            self._log.warning("pool.executor_changed", executor=self.executor, new_executor=new.executor,
+                              action="restart this pool's workers to switch")
         for err in self._handlers.load(pool_handler_names(table, self.name), table, strict=False):
             self._log.error("handler.unresolved", error=str(err))
 
@@ -182,6 +187,8 @@ class Pool:
             await self._leave_group()
             if self._executor is not None:
                 self._executor.shutdown(wait=False)
+            if self.rq is not None:
+                self.rq.close()
             await self.resources.aclose()
             self._log.info("pool.stopped")
 
@@ -214,6 +221,8 @@ class Pool:
         if self.inflight:
             return False
         await self.acks.flush()
+        if self.rq is not None:
+            return await self.rq.drained()
         groups: Any = await self.redis.xinfo_groups(self.stream)
         for group in groups:
             if text(group["name"]) == self.group:
@@ -258,7 +267,10 @@ class Pool:
         return max(0.01, min(defaults.RECLAIM_INTERVAL_S, self.config.backoff_base_s / 2))
 
     async def _reclaim(self) -> None:
-        await reclaim.reclaim_once(self)
+        if self.rq is not None:
+            await self.rq.reclaim_once()
+        else:
+            await reclaim.reclaim_once(self)
 
     async def _trim(self) -> None:
         await retention.trim_once(self)
@@ -280,6 +292,9 @@ class Pool:
             self._slot_freed.set()
 
     async def _run_entry(self, entry_id: str, fields: Fields, attempt: int) -> None:
+        if self.rq is not None:
+            await self.rq.submit(entry_id, fields, attempt)
+            return
         config = self.config
         try:
             event = Event.from_entry(fields)
@@ -306,7 +321,7 @@ class Pool:
                            redis=self.redis, settings=self.settings, resources=self.resources)
 
         calls = [
-            call_handler(self._handlers.get(h, table), h, event, make_ctx, config.timeout_s, self._thread_pool)
+            call_handler(self._handlers.get(h, table), h, event, make_ctx, config.timeout_s, self.thread_pool)
             for h in todo
         ]
         # One handler (the common case) is awaited directly: gather would wrap it in another task.
@@ -346,7 +361,8 @@ class Pool:
                         error=failures[0].error if failures else reason)
         self.acks.complete(entry_id, "dead", ledger_key)
 
-    def _thread_pool(self) -> ThreadPoolExecutor:
+    def thread_pool(self) -> ThreadPoolExecutor:
+        """Threads for sync handlers (async executor) and for RQ's blocking enqueue (rq executor)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"pool-{self.name}")
         return self._executor

@@ -25,11 +25,14 @@ if TYPE_CHECKING:
     from workers.pool import Pool
 
 
-async def due_entries(pool: Pool, limit: int) -> list[tuple[str, int, int]]:
+Due = tuple[str, int, int]
+
+
+async def due_entries(pool: Pool, limit: int) -> list[Due]:
     """Up to `limit` pending entries due for a run: (entry id, times delivered, idle needed in ms)."""
     config = pool.config
     min_idle_ms = max(1, int(config.backoff_base_s * 1000 / 2))
-    due: list[tuple[str, int, int]] = []
+    due: list[Due] = []
     start = "-"
     while len(due) < limit:
         rows: Any = await pool.redis.xpending_range(
@@ -54,7 +57,7 @@ async def due_entries(pool: Pool, limit: int) -> list[tuple[str, int, int]]:
     return due
 
 
-async def _not_deferred(pool: Pool, due: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+async def not_deferred(pool: Pool, due: list[Due]) -> list[Due]:
     """Drop entries whose handler asked, with RetryLater(defer_s), to wait longer than the backoff."""
     key = pool.keys.retry_at(pool.name)
     if not due or not await pool.redis.exists(key):
@@ -69,7 +72,7 @@ async def reclaim_once(pool: Pool) -> int:
     free = pool.free_slots()
     if free <= 0 or pool.stopping:
         return 0
-    due = await _not_deferred(pool, await due_entries(pool, free))
+    due = await not_deferred(pool, await due_entries(pool, free))
     if not due:
         return 0
     ids: list[Any] = [entry_id for entry_id, _, _ in due]

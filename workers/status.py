@@ -5,12 +5,14 @@ Everything is read from Redis, so the figures hold across processes and restarts
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from bus.keys import Keys
+from workers.rq_queue import queue_figures
 from workers.streams import id_ms, text
 
 COUNTERS = ("processed", "failed", "retried", "dead")
@@ -43,11 +45,21 @@ async def pool_status(redis: aioredis.Redis, keys: Keys, pool: str, now_ms: int)
     return out
 
 
-async def collect_status(redis: aioredis.Redis, keys: Keys, pools: list[str], now_ms: int) -> dict[str, Any]:
-    """The `status --json` document: {"pools": {name: {...}}, "unrouted", "duplicates"}."""
+async def collect_status(redis: aioredis.Redis, keys: Keys, pools: list[str], now_ms: int,
+                         rq_queues: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The `status --json` document: {"pools": {name: {...}}, "unrouted", "duplicates"}.
+
+    A pool in `rq_queues` (pool -> RQ queue name) also gets "executor": "rq", "rq_queue",
+    "rq_queued" (jobs waiting in the queue) and "rq_workers" (RQ workers listening to it).
+    """
     ingress: Any = await redis.hgetall(keys.ingress_stats)
+    out: dict[str, dict[str, Any]] = {}
+    for pool in pools:
+        out[pool] = await pool_status(redis, keys, pool, now_ms)
+        if rq_queues and pool in rq_queues:
+            out[pool].update(await queue_figures(redis, rq_queues[pool]))
     return {
-        "pools": {pool: await pool_status(redis, keys, pool, now_ms) for pool in pools},
+        "pools": out,
         "unrouted": int(ingress.get(b"unrouted", 0)),
         "duplicates": int(ingress.get(b"duplicates", 0)),
     }
@@ -66,5 +78,9 @@ def render_text(status: dict[str, Any]) -> str:
         rows.append(tuple(cells))
     widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    for name, pool in status["pools"].items():
+        if pool.get("executor") == "rq":
+            lines.append(f"{name} runs on RQ queue {pool['rq_queue']!r}: {pool['rq_queued']} jobs queued, "
+                         f"{pool['rq_workers']} RQ workers")
     lines.append(f"unrouted events: {status['unrouted']}    duplicate deliveries: {status['duplicates']}")
     return "\n".join(lines)

@@ -35,6 +35,14 @@ def worker_command(pool: str, *, burst: bool = False, concurrency: int | None = 
     return command
 
 
+def rq_worker_command(prefix: str, pool: str) -> list[str]:
+    """An RQ worker for an `executor: rq` pool, as the README shows it (`fanout run` starts one)."""
+    from workers.rq_queue import SERIALIZER_PATH, queue_name
+
+    return [sys.executable, "-m", "rq.cli", "worker", queue_name(prefix, pool), "-c", "workers.rq_settings",
+            "--serializer", SERIALIZER_PATH, "--quiet"]
+
+
 @dataclass
 class Children:
     """Child processes started from commands; `stop()` sends SIGTERM and waits, then kills."""

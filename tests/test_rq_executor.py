@@ -1,0 +1,423 @@
+"""`executor: rq` on the real Redis: the stream consumer enqueues, an RQ SimpleWorker (burst) runs.
+
+Plain functions, not anyio: SimpleWorker runs each job in this (main) thread, and
+the job calls asyncio.run. The thread timeout method, because RQ's own hard
+timeout uses SIGALRM, which pytest-timeout's default method also uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from rq.job import Job
+
+from bus.keys import Keys
+from bus.routing import RoutingTable
+from tests.conftest import TEST_REDIS_URL, make_settings
+from tests.handlers_for_tests import runs_key, where_key
+from tests.rq_support import delete_rq_keys, drain_rq, pending, rq_queue_of, work_burst
+from tests.support import H, load, publish_many, start_worker, write_routing
+from workers.deadletter import list_dead
+from workers.rq_queue import enqueue, job_id, job_kwargs, queue_name
+from workers.runner import run_pool
+from workers.status import collect_status
+
+pytestmark = pytest.mark.timeout(90, method="thread")
+
+FAST = "concurrency: 8, max_attempts: 3, timeout_s: 1, backoff_base_s: 0.05, backoff_max_s: 0.2"
+ROUTING = f"""
+pools:
+  iso: {{executor: rq, {FAST}}}
+routes:
+  test.many: {{iso: ["{H}record", "{H}sync_record"]}}
+  test.retry: {{iso: ["{H}fail_twice", "{H}record"]}}
+  test.slow: {{iso: ["{H}too_slow"]}}
+  test.block: {{iso: ["{H}sync_too_slow"]}}
+  test.defer: {{iso: ["{H}defer_once"]}}
+  test.permanent: {{iso: ["{H}permanent", "{H}record"]}}
+"""
+
+
+@pytest.fixture
+def sync_client(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    """A client on the test database; the RQ keys of this test are deleted afterwards.
+
+    The job function reads the RQ worker's environment, as `rq worker` would: point it at the test.
+    """
+    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    monkeypatch.setenv("FANOUT_PREFIX", prefix)
+    monkeypatch.setenv("LOG_LEVEL", "warning")
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    yield client
+    client.close()
+    delete_rq_keys(prefix)
+
+
+def routing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str = ROUTING) -> Path:
+    path = write_routing(tmp_path, text)
+    monkeypatch.setenv("ROUTING_FILE", str(path))
+    return path
+
+
+def publish(keys: Keys, table: RoutingTable, event_type: str, ids: list[str], **obj: object) -> None:
+    async def go() -> None:
+        client = aioredis.Redis.from_url(TEST_REDIS_URL)
+        try:
+            await publish_many(client, keys, table, event_type, ids, **obj)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def runs(client: redis.Redis, prefix: str, handler: str) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall(runs_key(prefix, H + handler)).items()}
+
+
+def stats(client: redis.Redis, keys: Keys, pool: str) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall(keys.pool_stats(pool)).items()}
+
+
+def test_every_event_runs_exactly_once_as_one_json_job_and_is_acked(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    ids = [f"evt_{i:03d}" for i in range(40)]
+    publish(keys, load(routing), "test.many", ids)
+
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    queue = rq_queue_of(sync_client, prefix, "iso")
+    assert queue.name == f"{prefix}-iso"
+    assert queue.count == len(ids)
+    assert pending(sync_client, keys, "iso") == len(ids)  # in RQ's hands, not acked yet
+    assert runs(sync_client, prefix, "record") == {}
+    first_entry = sync_client.xrange(keys.stream("iso"), count=1)[0]
+    raw = sync_client.hgetall(Job.key_for(job_id(prefix, "iso", first_entry[0].decode(), 1)))
+    payload = json.loads(zlib.decompress(raw[b"data"]))  # the JSON serializer: no pickle
+    assert payload[3]["entry"]["body"] == first_entry[1][b"body"].decode()  # the raw body, as text
+    assert raw[b"timeout"] == b"1"  # the pool's timeout_s
+    assert b"evt_" in raw[b"description"] and first_entry[1][b"body"] not in raw[b"description"]
+
+    work_burst(sync_client, prefix, "iso")
+    assert runs(sync_client, prefix, "record") == dict.fromkeys(ids, 1)
+    assert runs(sync_client, prefix, "sync_record") == dict.fromkeys(ids, 1)
+    assert pending(sync_client, keys, "iso") == 0
+    assert stats(sync_client, keys, "iso") == {"processed": len(ids)}
+    assert len(queue.finished_job_registry) == len(ids)
+    assert drain_rq(settings, "iso", sync_client) == 1  # nothing left to do
+
+
+def test_a_failed_job_is_retried_as_a_new_attempt_running_only_the_failed_handler(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.retry", ["evt_retry"])
+    started = time.monotonic()
+    drain_rq(settings, "iso", sync_client)
+    # Each round's consumer is new, yet a failed job's entry is retried after its backoff
+    # (at most 0.2 s), not after a takeover's wait (timeout_s + 2 s): nobody is running it.
+    assert time.monotonic() - started < 5
+    assert runs(sync_client, prefix, "fail_twice") == {"evt_retry": 3}
+    assert runs(sync_client, prefix, "record") == {"evt_retry": 1}  # the completion ledger
+    assert stats(sync_client, keys, "iso") == {"processed": 1, "failed": 2, "retried": 2}
+    entry_id = sync_client.xrange(keys.stream("iso"))[0][0].decode()
+    queue = rq_queue_of(sync_client, prefix, "iso")
+    assert sorted(queue.failed_job_registry.get_job_ids()) == [
+        job_id(prefix, "iso", entry_id, 1), job_id(prefix, "iso", entry_id, 2)]
+    assert queue.finished_job_registry.get_job_ids() == [job_id(prefix, "iso", entry_id, 3)]
+    assert sync_client.exists(keys.ledger("iso", "evt_retry"), keys.retry_at("iso")) == 0
+    # RQ logs each failure with the job's arguments attached to the record: never the raw body.
+    failures = [r for r in caplog.records if r.name == "rq.worker" and hasattr(r, "kwargs")]
+    assert len(failures) == 2
+    assert all(r.kwargs == "[redacted]" for r in failures)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("event_type", "handler"), [("test.slow", "too_slow"), ("test.block", "sync_too_slow")])
+def test_a_handler_that_times_out_is_retried_then_dead_lettered(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    event_type: str, handler: str,
+) -> None:
+    # sync_too_slow blocks in time.sleep(30): only RQ's hard timeout can stop it.
+    routing = routing_file(tmp_path, monkeypatch, ROUTING.replace("max_attempts: 3", "max_attempts: 2"))
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), event_type, ["evt_slow"])
+    started = time.monotonic()
+    drain_rq(settings, "iso", sync_client)
+    assert time.monotonic() - started < 15
+    assert runs(sync_client, prefix, handler) == {"evt_slow": 2}
+    [dead] = asyncio.run(_list_dead(keys, "iso"))
+    assert (dead.event_id, dead.attempts, dead.reason) == ("evt_slow", 2, "max attempts reached")
+    assert dead.error.startswith("TimeoutError")
+    assert dead.handlers == (H + handler,)
+    assert pending(sync_client, keys, "iso") == 0
+    assert stats(sync_client, keys, "iso") == {"failed": 2, "retried": 1, "dead": 1}
+
+
+async def _list_dead(keys: Keys, pool: str) -> list:  # type: ignore[type-arg]
+    client = aioredis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        return await list_dead(client, keys, pool)
+    finally:
+        await client.aclose()
+
+
+def test_killing_the_stream_consumer_between_enqueue_and_ack_duplicates_nothing(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    ids = [f"evt_{i:03d}" for i in range(60)]
+    publish(keys, load(routing), "test.many", ids)
+    queue = rq_queue_of(sync_client, prefix, "iso")
+    consumer = start_worker(prefix, routing, tmp_path / "consumer.log", "iso")
+    try:
+        deadline = time.monotonic() + 30
+        while queue.count < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert queue.count == len(ids), (tmp_path / "consumer.log").read_text()
+        os.kill(consumer.pid, signal.SIGKILL)  # every entry enqueued, none acked
+        assert consumer.wait() == -signal.SIGKILL
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait()
+    assert pending(sync_client, keys, "iso") == len(ids)
+
+    # Two more entries were read by a consumer that died before it could enqueue them.
+    lost = [f"evt_lost{i}" for i in range(2)]
+    publish(keys, load(routing), "test.many", lost)
+    read = sync_client.xreadgroup("iso", "gone", {keys.stream("iso"): ">"}, count=2)
+    lost_entries = [e.decode() for e, _ in read[0][1]]
+    sync_client.xclaim(keys.stream("iso"), "iso", "gone", min_idle_time=0, message_ids=lost_entries,
+                       idle=3_600_000, justid=True)
+    # Enqueueing an attempt's job again (after a crash, say) adds nothing.
+    entry_id, fields = sync_client.xrange(keys.stream("iso"), count=1)[0]
+    kwargs = job_kwargs(prefix, "iso", entry_id.decode(), 1, load(routing).pools["iso"],
+                        {k.decode(): v.decode() for k, v in fields.items()})
+    assert enqueue(queue, kwargs, load(routing).pools["iso"]) is False
+    assert queue.count == len(ids)
+
+    drain_rq(settings, "iso", sync_client)  # a peer consumer, then the RQ worker
+    everything = ids + lost
+    assert runs(sync_client, prefix, "record") == dict.fromkeys(everything, 1)
+    assert runs(sync_client, prefix, "sync_record") == dict.fromkeys(everything, 1)
+    assert stats(sync_client, keys, "iso")["processed"] == len(everything)
+    assert pending(sync_client, keys, "iso") == 0
+    # One job per entry: the lost ones got their first attempt's job, nothing got a second.
+    assert len(queue.finished_job_registry) == len(everything)
+    for entry in lost_entries:
+        assert job_id(prefix, "iso", entry, 1) in queue.finished_job_registry.get_job_ids()
+
+
+MOVE = f"""
+pools:
+  fast: {{{FAST}}}
+  iso: {{executor: rq, {FAST}}}
+routes:
+  test.move: {{POOL: ["{H}record_where"]}}
+"""
+
+
+def test_the_same_handler_moved_between_an_async_and_an_rq_pool_by_editing_routing_still_runs(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch, MOVE.replace("POOL", "fast"))
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.move", ["evt_1"])
+    asyncio.run(run_pool(settings, "fast", burst=True))
+
+    routing.write_text(MOVE.replace("POOL", "iso"))  # moved to the RQ pool
+    publish(keys, load(routing), "test.move", ["evt_2"])
+    drain_rq(settings, "iso", sync_client)
+
+    routing.write_text(MOVE.replace("POOL", "fast"))  # and back
+    publish(keys, load(routing), "test.move", ["evt_3"])
+    asyncio.run(run_pool(settings, "fast", burst=True))
+
+    # The pool itself switched to RQ (its consumers restarted), with an entry already waiting.
+    publish(keys, load(routing), "test.move", ["evt_4"])
+    routing.write_text(MOVE.replace("POOL", "fast").replace("fast: {", "fast: {executor: rq, "))
+    drain_rq(settings, "fast", sync_client)
+
+    where = {k.decode(): v.decode() for k, v in sync_client.hgetall(where_key(prefix)).items()}
+    assert where == {"evt_1": "fast", "evt_2": "iso", "evt_3": "fast", "evt_4": "fast"}
+    assert runs(sync_client, prefix, "record_where") == dict.fromkeys(["evt_1", "evt_2", "evt_3", "evt_4"], 1)
+    assert pending(sync_client, keys, "fast") == pending(sync_client, keys, "iso") == 0
+
+
+def test_status_shows_the_rq_queue_depth_and_worker_count_of_an_rq_pool(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    routing = routing_file(tmp_path, monkeypatch, ROUTING.replace("pools:\n", "pools:\n  plain: {}\n"))
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.many", ["evt_1", "evt_2", "evt_3"])
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    queue = rq_queue_of(sync_client, prefix, "iso")
+    worker = SimpleWorker([queue], connection=sync_client, serializer=JSONSerializer, name=f"{prefix}-w1")
+    worker.register_birth()
+    try:
+        async def status() -> dict:  # type: ignore[type-arg]
+            client = aioredis.Redis.from_url(TEST_REDIS_URL)
+            try:
+                return await collect_status(client, keys, ["plain", "iso"], int(time.time() * 1000),
+                                            {"iso": queue_name(prefix, "iso")})
+            finally:
+                await client.aclose()
+
+        found = asyncio.run(status())
+    finally:
+        worker.register_death()
+    iso = found["pools"]["iso"]
+    assert (iso["executor"], iso["rq_queue"], iso["rq_queued"], iso["rq_workers"]) == ("rq", f"{prefix}-iso", 3, 1)
+    assert (iso["stream_length"], iso["pending"], iso["lag"]) == (3, 3, 0)
+    assert "executor" not in found["pools"]["plain"]  # async pools keep their shape
+
+
+def test_queue_and_job_names_are_deterministic_and_isolated_by_prefix() -> None:
+    assert queue_name("fanout", "customer") == "customer"
+    assert queue_name("staging", "customer") == "staging-customer"
+    assert job_id("fanout", "customer", "1700000000000-0", 2) == "fanout-customer-1700000000000-0-a2"
+    assert job_id("a.b", "customer", "1-0", 1) == "a_b-customer-1-0-a1"
+
+
+def readme_rq_commands() -> list[str]:
+    from tests.conftest import REPO
+
+    section = (REPO / "README.md").read_text().split("## Running a pool on RQ", 1)[1].split("\n## ", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in section.splitlines() if line.startswith(".venv/bin/rq ")]
+
+
+def test_the_readme_shows_both_rq_worker_commands() -> None:
+    assert [c.split()[1] for c in readme_rq_commands()] == ["worker", "worker-pool"]
+
+
+@pytest.mark.parametrize("command", readme_rq_commands())
+def test_a_readme_rq_worker_command_runs_the_pools_jobs(
+    command: str, sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.support import worker_env
+
+    routing = routing_file(tmp_path, monkeypatch, ROUTING.replace("iso", "reports"))
+    ids = [f"evt_{i}" for i in range(12)]
+    publish(keys, load(routing), "test.many", ids)
+    asyncio.run(run_pool(make_settings(prefix, routing_file=routing), "reports", burst=True))
+    argv = command.split()
+    argv[0] = str(Path(sys.executable).parent / "rq")
+    argv[argv.index("reports")] = queue_name(prefix, "reports")
+    done = subprocess.run([*argv, "--burst"], cwd=REPO, env=worker_env(prefix, routing), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert runs(sync_client, prefix, "record") == dict.fromkeys(ids, 1)
+    assert runs(sync_client, prefix, "sync_record") == dict.fromkeys(ids, 1)
+    assert pending(sync_client, keys, "reports") == 0
+    assert stats(sync_client, keys, "reports") == {"processed": len(ids)}
+
+
+def test_a_job_that_failed_without_recording_counts_as_an_attempt_and_is_dead_lettered_past_max(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its work horse was SIGKILLed, say: RQ marks the job failed, and nothing else happened.
+    routing = routing_file(tmp_path, monkeypatch, ROUTING.replace("max_attempts: 3", "max_attempts: 2"))
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.many", ["evt_killed"])
+    entry_id = sync_client.xrange(keys.stream("iso"))[0][0].decode()
+    queue = rq_queue_of(sync_client, prefix, "iso")
+    for attempt in (1, 2):
+        asyncio.run(run_pool(settings, "iso", burst=True))
+        job = queue.fetch_job(job_id(prefix, "iso", entry_id, attempt))
+        assert job is not None and queue.count == 1
+        queue.remove(job)
+        job.set_status("failed")
+    drain_rq(settings, "iso", sync_client)
+    assert runs(sync_client, prefix, "record") == {}
+    [dead] = asyncio.run(_list_dead(keys, "iso"))
+    assert (dead.event_id, dead.attempts, dead.reason) == ("evt_killed", 2, "max attempts reached")
+    assert "attempt 2 did not finish" in dead.error
+    assert pending(sync_client, keys, "iso") == 0
+    assert stats(sync_client, keys, "iso") == {"retried": 2, "dead": 1}
+
+
+def test_a_finished_job_whose_ack_was_lost_is_acked_by_the_consumer_and_not_run_again(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.many", ["evt_done"])
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    entry_id = sync_client.xrange(keys.stream("iso"))[0][0].decode()
+    queue = rq_queue_of(sync_client, prefix, "iso")
+    job = queue.fetch_job(job_id(prefix, "iso", entry_id, 1))
+    assert job is not None
+    queue.remove(job)
+    job.set_status("finished")  # it ran; its success callback never acked
+    assert drain_rq(settings, "iso", sync_client) == 1
+    assert pending(sync_client, keys, "iso") == 0
+    assert stats(sync_client, keys, "iso") == {"processed": 1}
+    assert runs(sync_client, prefix, "record") == {}
+
+
+def test_a_running_consumer_enqueues_the_next_attempt_once_the_failed_ones_backoff_has_passed(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    publish(keys, load(routing), "test.retry", ["evt_retry"])
+    consumer = start_worker(prefix, routing, tmp_path / "consumer.log", "iso")
+    started = time.monotonic()
+    try:
+        while stats(sync_client, keys, "iso").get("processed") != 1 and time.monotonic() - started < 20:
+            work_burst(sync_client, prefix, "iso")
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        consumer.send_signal(signal.SIGTERM)
+        assert consumer.wait(timeout=30) == 0, (tmp_path / "consumer.log").read_text()
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait()
+    assert runs(sync_client, prefix, "fail_twice") == {"evt_retry": 3}
+    assert runs(sync_client, prefix, "record") == {"evt_retry": 1}
+    assert pending(sync_client, keys, "iso") == 0
+    # Well within the 10 s between full scans of the pending list: retries come from the retry times.
+    assert elapsed < 8
+
+
+def test_retry_later_defers_the_next_attempt_and_permanent_failure_dead_letters_at_once(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.defer", ["evt_defer"])
+    publish(keys, load(routing), "test.permanent", ["evt_perm"])
+    started = time.monotonic()
+    drain_rq(settings, "iso", sync_client)
+    assert time.monotonic() - started >= 0.3  # defer_s, longer than the backoff (at most 0.2 s)
+    assert runs(sync_client, prefix, "defer_once") == {"evt_defer": 2}
+    assert runs(sync_client, prefix, "permanent") == {"evt_perm": 1}
+    assert runs(sync_client, prefix, "record") == {"evt_perm": 1}
+    [dead] = asyncio.run(_list_dead(keys, "iso"))
+    assert (dead.event_id, dead.attempts, dead.reason, dead.handlers) == (
+        "evt_perm", 1, "permanent failure", (H + "permanent",))
+    assert stats(sync_client, keys, "iso") == {"processed": 1, "failed": 2, "retried": 1, "dead": 1}
+    assert pending(sync_client, keys, "iso") == 0
+    assert sync_client.exists(keys.retry_at("iso"), keys.ledger("iso", "evt_perm")) == 0

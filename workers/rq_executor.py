@@ -1,0 +1,266 @@
+"""The RQ job of an `executor: rq` pool: run one stream entry's handlers inside an RQ worker.
+
+Start the workers with the JSON serializer, in the environment of `fanout worker`
+(REDIS_URL, ROUTING_FILE, the destinations' and Supabase's variables):
+
+    rq worker customer --url "$REDIS_URL" --serializer rq.serializers.JSONSerializer
+
+How one entry flows, and why nothing is lost or run twice:
+
+1. The pool's stream consumer reads the entry (it is now pending, delivered once)
+   and enqueues job ``<prefix>-<pool>-<entry>-a1`` (workers/rq_queue.py). The entry
+   stays pending until acked: a crash anywhere leaves it there.
+2. The job runs the handlers that the completion ledger does not list as done,
+   the ledger the async executor also uses: async handlers concurrently on one
+   event loop (`asyncio.run`), each under `timeout_s`; sync handlers directly, in
+   the job's own thread, so RQ's hard timeout (SIGALRM in the work horse, at
+   `timeout_s` rounded up) can stop a blocking call. Past that timeout, every
+   handler not yet done counts as timed out.
+3. Success: the job returns, and its RQ success callback acks the entry and
+   counts it `processed`, in one script that counts only when XACK acked, so an
+   ack repeated by a reclaim pass is not counted twice.
+4. Failure: the job records what the async executor records (`failed` count,
+   the handlers that did succeed in the ledger, the time the retry is due in the
+   pool's retry-time hash: its backoff, or longer for RetryLater(defer_s)), then
+   raises, so RQ marks the job failed. The entry stays pending. On the last
+   attempt, or for a PermanentFailure, it dead-letters the entry first and acks
+   it afterwards, as the async executor does.
+5. Retries are the stream consumer's: its reclaim pass (workers/rq_reclaim.py)
+   XCLAIMs a due entry whose job failed, which counts the delivery, and enqueues
+   the next attempt's job: ``...-a2``. Each attempt is its own job, so a failed
+   job stays visible in RQ (rq-dashboard, the failed registry) and is never
+   re-enqueued. An entry whose job is queued or started is never touched; one
+   whose job is missing (its consumer died between reading and enqueueing) gets
+   that same attempt's job enqueued; unique ids make a race a no-op.
+
+A job killed before it could record anything (the work horse was SIGKILLed, say)
+ends failed in RQ without a retry time; the reclaimer's next full scan of the
+pending list (at most RQ_FULL_SCAN_INTERVAL_S later) retries it, and it counts as
+an attempt: after `max_attempts` the reclaimer dead-letters the entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+import structlog
+from rq.job import Job, get_current_job
+from rq.timeouts import JobTimeoutException
+
+from bus.connection import async_redis, sync_redis
+from bus.envelope import Event
+from bus.errors import FanoutError
+from bus.keys import Keys
+from bus.logs import configure_logging
+from bus.reload import RoutingHolder
+from bus.routing import PoolConfig
+from bus.settings import Settings
+from workers.context import Context, Resources
+from workers.deadletter import REASON_MALFORMED, REASON_MAX_ATTEMPTS, Failure, dead_fields
+from workers.execute import HandlerSet, call_handler
+from workers.retry import pool_backoff_ms
+from workers.rq_queue import ACK_SCRIPT, ack_script_args
+from workers.streams import text
+
+log = structlog.get_logger("fanout.worker")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AttemptFailed(FanoutError):
+    """Raised by the job so RQ records it as failed; the entry stays pending (or was dead-lettered)."""
+
+
+class _Inline(Executor):
+    """Runs a sync handler right away, in the job's thread, where RQ's timeout can interrupt it."""
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except JobTimeoutException:
+            raise
+        except Exception as err:
+            future.set_exception(err)
+        return future
+
+
+_INLINE = _Inline()
+
+
+class _HideJobArguments(logging.Filter):
+    """RQ attaches a failed job's arguments (the raw body) to its log record; a JSON log handler
+    would print them. Raw bodies never reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name in ("arguments", "kwargs"):
+            if hasattr(record, name):
+                setattr(record, name, "[redacted]")
+        return True
+
+
+@dataclass
+class _Runtime:
+    """What an RQ worker process keeps between jobs: the routing table (followed) and resolved handlers."""
+
+    holder: RoutingHolder
+    handlers: HandlerSet
+
+
+_runtimes: dict[Path, _Runtime] = {}
+
+
+def _runtime(settings: Settings) -> _Runtime:
+    found = _runtimes.get(settings.routing_file)
+    if found is None:
+        # The first job (or warm_up) is the RQ worker process's entry into our code.
+        if not structlog.is_configured():
+            configure_logging(settings.log_level)
+        rq_log = logging.getLogger("rq.worker")
+        if not any(isinstance(f, _HideJobArguments) for f in rq_log.filters):
+            rq_log.addFilter(_HideJobArguments())
+        found = _runtimes[settings.routing_file] = _Runtime(
+            RoutingHolder.load(settings.routing_file), HandlerSet())
+    else:
+        found.holder.check()
+    return found
+
+
+def warm_up() -> None:
+    """Load the routing table and resolve every handler it names, before RQ forks work horses.
+
+    `rq worker -c workers.rq_settings` calls it in the worker's main process, so each
+    forked horse starts with them loaded instead of importing them for its one job.
+    """
+    runtime = _runtime(Settings.from_env())
+    table = runtime.holder.table
+    names = {h for route in table.routes for _, handlers in route.targets for h in handlers}
+    for err in runtime.handlers.load(names, table, strict=False):
+        log.warning("handler.unresolved", error=str(err))
+
+
+def _connection(settings: Settings) -> redis.Redis:
+    """The RQ worker's own connection: the Redis that holds the queue, and so the pool's stream."""
+    job = get_current_job()
+    return job.connection if job is not None else sync_redis(settings.redis_url)
+
+
+def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attempts: int, timeout_s: float,
+              backoff_base_s: float, backoff_max_s: float, ledger_ttl_s: int,
+              entry: dict[str, str]) -> dict[str, int]:
+    """The job function: run the entry's handlers not yet done; raise AttemptFailed if any failed."""
+    settings = dataclasses.replace(Settings.from_env(), key_prefix=prefix)
+    runtime = _runtime(settings)
+    client = _connection(settings)
+    keys = Keys(prefix)
+    config = PoolConfig(name=pool, max_attempts=max_attempts, timeout_s=timeout_s,
+                        backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s)
+    try:
+        event = Event.from_entry(entry)  # type: ignore[arg-type]
+    except (ValueError, KeyError) as err:
+        failure = Failure("", f"{type(err).__name__}: {err}", "", permanent=True)
+        _dead(client, keys, pool, entry_id, entry, REASON_MALFORMED, [failure], attempt, None)
+        raise AttemptFailed(f"malformed entry {entry_id}: dead-lettered") from err
+    ledger_key = keys.ledger(pool, event.id)
+    done = {text(h) for h in client.smembers(ledger_key)} if attempt > 1 else set()
+    todo = [h for h in event.handlers if h not in done]
+    succeeded: list[str] = []
+    failures: list[Failure] = []
+    try:
+        asyncio.run(_run_handlers(runtime, settings, event, pool, attempt, todo, timeout_s, succeeded, failures))
+    except JobTimeoutException:
+        ended = {*succeeded, *(f.handler for f in failures)}
+        trace = traceback.format_exc()
+        failures += [Failure(h, f"TimeoutError: the job ran past timeout_s ({timeout_s} s); RQ stopped it",
+                             trace) for h in todo if h not in ended]
+    if not failures:
+        return {"handlers": len(todo)}
+    _record_failure(client, keys, config, entry_id, entry, event, attempt, succeeded, failures, ledger_ttl_s)
+    raise AttemptFailed(f"attempt {attempt} of entry {entry_id} ({event.type} {event.id}): "
+                        + "; ".join(f"{f.handler}: {f.error}" for f in failures))
+
+
+async def _run_handlers(runtime: _Runtime, settings: Settings, event: Event, pool: str, attempt: int,
+                        todo: list[str], timeout_s: float, succeeded: list[str], failures: list[Failure]) -> None:
+    client = async_redis(settings.redis_url)
+    resources = Resources()
+    table = runtime.holder.table
+    bound = log.bind(pool=pool, executor="rq", event_id=event.id, event_type=event.type, attempt=attempt)
+
+    def make_ctx(handler: str) -> Context:
+        return Context(pool=pool, handler=handler, attempt=attempt, log=bound.bind(handler=handler),
+                       redis=client, settings=settings, resources=resources)
+
+    async def one(name: str) -> None:
+        failure = await call_handler(runtime.handlers.get(name, table), name, event, make_ctx, timeout_s,
+                                     lambda: _INLINE, passthrough=(JobTimeoutException,))
+        if failure is None:
+            succeeded.append(name)
+        else:
+            failures.append(failure)
+
+    try:
+        if len(todo) == 1:
+            await one(todo[0])
+        else:
+            await asyncio.gather(*(one(h) for h in todo))
+    finally:
+        await resources.aclose()
+        await client.aclose()
+
+
+def _record_failure(client: redis.Redis, keys: Keys, config: PoolConfig, entry_id: str, entry: dict[str, str],
+                    event: Event, attempt: int, succeeded: list[str], failures: list[Failure],
+                    ledger_ttl_s: int) -> None:
+    """What a failed attempt leaves behind: counts, the ledger, when to retry; or the dead letter."""
+    pool = config.name
+    ledger_key = keys.ledger(pool, event.id)
+    client.hincrby(keys.pool_stats(pool), "failed", len(failures))
+    permanent = [f for f in failures if f.permanent]
+    if permanent or attempt >= config.max_attempts:
+        reason = permanent[0].reason if permanent else REASON_MAX_ATTEMPTS
+        _dead(client, keys, pool, entry_id, entry, reason, failures, attempt, ledger_key)
+        return
+    now_ms = int(time.time() * 1000)
+    defer_ms = max((int(f.defer_s * 1000) for f in failures if f.defer_s is not None), default=0)
+    pipe = client.pipeline(transaction=False)
+    if succeeded:
+        pipe.sadd(ledger_key, *succeeded)
+        pipe.expire(ledger_key, ledger_ttl_s)
+    # Backoff from the end of this attempt, not from when the entry was enqueued.
+    pipe.hset(keys.retry_at(pool), entry_id, str(now_ms + max(pool_backoff_ms(config, attempt, entry_id), defer_ms)))
+    pipe.execute()
+
+
+def _dead(client: redis.Redis, keys: Keys, pool: str, entry_id: str, entry: dict[str, str], reason: str,
+          failures: list[Failure], attempts: int, ledger_key: str | None) -> None:
+    """Dead-letter the entry, then (and only then) ack it and count it dead."""
+    client.xadd(keys.dead(pool), dead_fields(entry_id, entry, reason=reason, failures=failures,
+                                             attempts=attempts, now_ms=int(time.time() * 1000)))
+    ack_keys, argv = ack_script_args(keys, pool, entry_id, None, counter="dead")
+    if ledger_key is not None:
+        ack_keys[2] = ledger_key
+    client.eval(ACK_SCRIPT, len(ack_keys), *ack_keys, *argv)
+    log.error("entry.dead_lettered", pool=pool, executor="rq", entry_id=entry_id, reason=reason,
+              attempt=attempts, event_id=entry.get("id", ""), event_type=entry.get("type", ""),
+              handler=",".join(f.handler for f in failures), error=failures[0].error if failures else reason)
+
+
+def on_job_success(job: Job, connection: redis.Redis, result: Any) -> None:
+    """RQ's success callback: ack the entry and count it processed (once, however often it is called)."""
+    kwargs: dict[str, Any] = job.kwargs
+    keys = Keys(kwargs["prefix"])
+    event_id = kwargs["entry"].get("id") if kwargs["attempt"] > 1 else None
+    ack_keys, argv = ack_script_args(keys, kwargs["pool"], kwargs["entry_id"], event_id)
+    connection.eval(ACK_SCRIPT, len(ack_keys), *ack_keys, *argv)

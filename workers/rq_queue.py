@@ -1,0 +1,150 @@
+"""The RQ side of an `executor: rq` pool: queue and job names, the job payload, enqueueing, job states.
+
+The pool's stream consumer (workers/pool.py) turns each entry it owns into one
+RQ job; an RQ worker runs it (workers/rq_executor.py). The job id is
+``<prefix>-<pool>-<entry id>-a<attempt>``: one job per delivery attempt of an
+entry, never two, because it is enqueued with RQ's ``unique=True``, which
+refuses (atomically, in one Lua script) any id whose job hash still exists,
+whatever its state: queued, started, finished or failed. Plain enqueueing would
+overwrite the job and push its id a second time, so the job would run twice.
+
+The key prefix and the pool name are in the id, and the queue is named after
+the pool (``<prefix>-<pool>`` when FANOUT_PREFIX is not the default), so two
+deployments, or two test runs, sharing one Redis never share jobs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from rq import Callback, Queue
+from rq.exceptions import DuplicateJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+from bus import defaults
+from bus.keys import Keys
+from bus.routing import PoolConfig
+from workers.streams import Fields, text
+
+JOB_FUNCTION = "workers.rq_executor.run_entry"
+SUCCESS_CALLBACK = "workers.rq_executor.on_job_success"
+# The serializer every RQ worker of a pool must be started with (--serializer).
+SERIALIZER_PATH = "rq.serializers.JSONSerializer"
+
+# Job states in which the job will still run or is running: the entry is in RQ's hands.
+LIVE_STATES = frozenset({"queued", "started", "deferred", "scheduled", "created", "rate_limited",
+                         "ready_to_enqueue"})
+FINISHED = "finished"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def queue_name(prefix: str, pool: str) -> str:
+    """The RQ queue of a pool: the pool's name, or `<prefix>-<pool>` under a non-default FANOUT_PREFIX."""
+    return pool if prefix == defaults.KEY_PREFIX else f"{prefix}-{pool}"
+
+
+def job_id(prefix: str, pool: str, entry_id: str, attempt: int) -> str:
+    """The one job id of (pool, stream entry, delivery attempt)."""
+    return _UNSAFE.sub("_", f"{prefix}-{pool}-{entry_id}-a{attempt}")
+
+
+def entry_payload(fields: Fields) -> dict[str, str]:
+    """The entry's fields as text, for the JSON serializer; the raw body travels as UTF-8 text.
+
+    Raises UnicodeDecodeError for a body that is not UTF-8 (the ingress never stores one).
+    """
+    return {text(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in fields.items()}
+
+
+def job_kwargs(prefix: str, pool: str, entry_id: str, attempt: int, config: PoolConfig,
+               entry: Mapping[str, str]) -> dict[str, Any]:
+    """What the job function receives: where the entry came from, the pool's options, the entry."""
+    return {
+        "prefix": prefix, "pool": pool, "entry_id": entry_id, "attempt": attempt,
+        "max_attempts": config.max_attempts, "timeout_s": config.timeout_s,
+        "backoff_base_s": config.backoff_base_s, "backoff_max_s": config.backoff_max_s,
+        "ledger_ttl_s": max(config.retention_s, defaults.LEDGER_TTL_S),
+        "entry": dict(entry),
+    }
+
+
+def job_timeout_s(config: PoolConfig) -> int:
+    """RQ's hard timeout for one job: the pool's timeout_s, in whole seconds as RQ wants it."""
+    return max(1, math.ceil(config.timeout_s))
+
+
+def rq_queue(client: redis.Redis, prefix: str, pool: str) -> Queue:
+    return Queue(queue_name(prefix, pool), connection=client, serializer=JSONSerializer)
+
+
+def enqueue(queue: Queue, kwargs: dict[str, Any], config: PoolConfig) -> bool:
+    """Enqueue the job of one (entry, attempt); False when that job exists already (nothing is added).
+
+    Blocking (RQ's client is synchronous): the pool calls it from a thread.
+    """
+    entry = kwargs["entry"]
+    try:
+        queue.enqueue_call(
+            JOB_FUNCTION,
+            kwargs=kwargs,
+            job_id=job_id(kwargs["prefix"], kwargs["pool"], kwargs["entry_id"], kwargs["attempt"]),
+            timeout=job_timeout_s(config),
+            failure_ttl=config.retention_s,
+            # RQ logs the description: ids only, never the body.
+            description=(f"{kwargs['pool']} {entry.get('type', '')} {entry.get('id', '')} "
+                         f"entry {kwargs['entry_id']} attempt {kwargs['attempt']}"),
+            on_success=Callback(SUCCESS_CALLBACK),
+            unique=True,
+        )
+    except DuplicateJobError:
+        return False
+    return True
+
+
+async def job_states(client: aioredis.Redis, job_ids: list[str]) -> list[str | None]:
+    """The RQ status of each job (None: no such job, or it expired), read in one round trip."""
+    if not job_ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for jid in job_ids:
+        pipe.hget(Job.key_for(jid), "status")
+    states: list[Any] = await pipe.execute()
+    return [text(s) if s is not None else None for s in states]
+
+
+async def queue_figures(client: aioredis.Redis, name: str) -> dict[str, Any]:
+    """`fanout status` fields of an RQ pool: its queue, jobs waiting in it, workers listening to it."""
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(Queue.redis_queue_namespace_prefix + name)
+    pipe.scard(WORKERS_BY_QUEUE_KEY % name)
+    queued, workers = await pipe.execute()
+    return {"executor": "rq", "rq_queue": name, "rq_queued": int(queued), "rq_workers": int(workers)}
+
+
+# XACK, and only when it acked something: count the entry once and forget its ledger and
+# retry time. Both the job's success callback and a reclaim pass may ack the same entry.
+ACK_SCRIPT = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+  if KEYS[3] ~= KEYS[2] then redis.call('DEL', KEYS[3]) end
+  redis.call('HDEL', KEYS[4], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def ack_script_args(keys: Keys, pool: str, entry_id: str, event_id: str | None,
+                    counter: str = "processed") -> tuple[list[str], list[str]]:
+    """(KEYS, ARGV) of ACK_SCRIPT; with no event id there is no ledger to delete."""
+    stats = keys.pool_stats(pool)
+    ledger = keys.ledger(pool, event_id) if event_id else stats
+    return [keys.stream(pool), stats, ledger, keys.retry_at(pool)], [keys.group(pool), entry_id, counter]
