@@ -111,3 +111,22 @@ async def record_pid(event: Event, ctx: Context) -> None:
     await asyncio.sleep(float(ctx.settings.env.get("TEST_HANDLER_SLEEP_S", "0.02")))
     await ctx.redis.hincrby(pids_key(ctx.settings.key_prefix), str(os.getpid()), 1)
     await _record(event, ctx)
+
+
+# In-process in-flight accounting (for pools run by the test itself, not in subprocesses).
+INFLIGHT: dict[str, int] = {}
+PEAK_INFLIGHT: dict[str, int] = {}
+
+
+async def busy_fail_twice(event: Event, ctx: Context) -> None:
+    """Holds a slot for a moment, records the peak number running at once, fails its first two runs."""
+    prefix = ctx.settings.key_prefix
+    INFLIGHT[prefix] = INFLIGHT.get(prefix, 0) + 1
+    PEAK_INFLIGHT[prefix] = max(PEAK_INFLIGHT.get(prefix, 0), INFLIGHT[prefix])
+    try:
+        count = await _record(event, ctx)
+        await asyncio.sleep(float(ctx.settings.env.get("TEST_HANDLER_SLEEP_S", "0.3")))
+    finally:
+        INFLIGHT[prefix] -= 1
+    if count <= 2:
+        raise RuntimeError(f"failing on purpose (attempt {ctx.attempt})")

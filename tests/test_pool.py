@@ -20,6 +20,7 @@ ROUTING = f"""
 pools:
   alpha: {{{FAST_POOL}}}
   solo: {{{FAST_POOL.replace("concurrency: 8", "concurrency: 1")}}}
+  pair: {{{FAST_POOL.replace("concurrency: 8", "concurrency: 2")}}}
 routes:
   test.retry: {{alpha: ["{H}fail_twice", "{H}record"]}}
   test.poison: {{solo: ["{H}fail_if_poison"]}}
@@ -29,6 +30,7 @@ routes:
   test.slow: {{alpha: ["{H}too_slow"]}}
   test.defer: {{alpha: ["{H}defer_once"]}}
   test.many: {{alpha: ["{H}record"]}}
+  test.busy: {{pair: ["{H}busy_fail_twice"]}}
 """
 
 
@@ -61,6 +63,38 @@ async def test_handler_failing_twice_runs_three_times_and_its_sibling_once(
     assert counters == {"processed": 1, "failed": 2, "retried": 2}
     # The ledger is removed once the entry is done.
     assert await aredis.exists(keys.ledger("alpha", "evt_retry1")) == 0
+
+
+async def test_concurrency_holds_while_the_reader_and_the_reclaimer_both_start_entries(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
+) -> None:
+    import asyncio
+
+    from bus.reload import RoutingHolder
+    from tests.handlers_for_tests import PEAK_INFLIGHT
+    from tests.support import wait_for
+    from workers.pool import Pool
+
+    settings = make_settings(prefix, routing_file=routing)
+    table = load(routing)
+    pool = Pool(settings, "pair", redis=aredis, holder=RoutingHolder.load(routing), block_ms=1000)
+    task = asyncio.create_task(pool.run())
+
+    async def started(event_id: str, times: int) -> bool:
+        return (await runs(aredis, prefix, "busy_fail_twice")).get(event_id, 0) >= times
+
+    try:
+        # Two entries fail; their retries are due while the reader waits for new entries.
+        await publish_many(aredis, keys, table, "test.busy", ["evt_a", "evt_b"])
+        await wait_for(lambda: started("evt_b", 2))
+        # New entries arrive while both slots run the retries.
+        await publish_many(aredis, keys, table, "test.busy", ["evt_c", "evt_d"])
+        for event_id in ("evt_a", "evt_b", "evt_c", "evt_d"):
+            await wait_for(lambda e=event_id: started(e, 3))
+    finally:
+        pool.request_stop()
+        await task
+    assert PEAK_INFLIGHT[prefix] <= 2
 
 
 async def test_poison_event_is_dead_lettered_after_max_attempts_while_later_events_run(
