@@ -15,6 +15,7 @@ import redis
 
 from bus.envelope import Event
 from bus.errors import PermanentFailure, RetryLater
+from bus.keys import Keys
 from workers.context import Context
 
 
@@ -54,10 +55,20 @@ async def always_fail(event: Event, ctx: Context) -> None:
     raise RuntimeError("poison event")
 
 
+def poison_seen_key(prefix: str) -> str:
+    """Hash: id of an event that is not poison -> "<poison runs so far> <dead-letter length>" when it ran."""
+    return "{" + prefix + "}:test:poison-seen"
+
+
 async def fail_if_poison(event: Event, ctx: Context) -> None:
     await _record(event, ctx)
+    prefix = ctx.settings.key_prefix
     if event.data_object.get("poison"):
+        await ctx.redis.incr("{" + prefix + "}:test:poison-runs")
         raise RuntimeError("poison event")
+    poison_runs = await ctx.redis.get("{" + prefix + "}:test:poison-runs")
+    dead = await ctx.redis.xlen(Keys(prefix).dead(ctx.pool))
+    await ctx.redis.hset(poison_seen_key(prefix), event.id, f"{int(poison_runs or 0)} {dead}")
 
 
 async def permanent(event: Event, ctx: Context) -> None:
