@@ -35,6 +35,8 @@ DEV_WEBHOOK_SECRET = "whsec_fanout_local_development_only"
 BLOCK_MS = 1000
 # How often a pool looks for pending entries ready to retry (capped by backoff_base_s / 2).
 RECLAIM_INTERVAL_S = 1.0
+# A reclaim or trim pass that fails with an unexpected error is logged and tried again after this.
+BACKGROUND_FAILURE_BACKOFF_S = 1.0
 # How many pending entries one reclaim pass inspects per XPENDING call.
 RECLAIM_PAGE_SIZE = 500
 # A peer's pending entry is claimed once idle for timeout_s + its backoff + this margin:

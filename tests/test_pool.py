@@ -97,6 +97,38 @@ async def test_concurrency_holds_while_the_reader_and_the_reclaimer_both_start_e
     assert PEAK_INFLIGHT[prefix] <= 2
 
 
+async def test_an_unexpected_error_in_the_reclaimer_is_logged_and_retries_go_on(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from workers import reclaim
+
+    real = reclaim.reclaim_once
+    calls = 0
+
+    async def broken_once(pool: object) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("injected failure")
+        return await real(pool)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reclaim, "reclaim_once", broken_once)
+    settings = make_settings(prefix, routing_file=routing)
+    await publish(aredis, keys, load(routing), "test.retry", "evt_bg")
+    with capture_logs() as logs:
+        # Before the fix the reclaimer died silently here, so the retries never ran and burst hung.
+        await asyncio.wait_for(run_pool(settings, "alpha", redis=aredis, burst=True), timeout=15)
+    assert await runs(aredis, prefix, "fail_twice") == {"evt_bg": 3}
+    [failed] = [e for e in logs if e["event"] == "pool.background_failed"]
+    assert failed["action"] == "_reclaim"
+    assert failed["log_level"] == "error"
+    assert failed["exc_info"]
+
+
 async def test_poison_event_is_dead_lettered_after_max_attempts_while_later_events_run(
     aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
 ) -> None:

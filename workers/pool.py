@@ -280,6 +280,10 @@ class Pool:
             except RedisError as err:
                 self._log.error("pool.background_failed", action=action.__name__,
                                 error=f"{type(err).__name__}: {err}")
+            except Exception as err:  # a bug must not end the task silently: retries would stop
+                self._log.error("pool.background_failed", action=action.__name__,
+                                error=f"{type(err).__name__}: {err}", exc_info=True)
+                await asyncio.sleep(defaults.BACKGROUND_FAILURE_BACKOFF_S)
 
     def _reclaim_interval_s(self) -> float:
         return max(0.01, min(defaults.RECLAIM_INTERVAL_S, self.config.backoff_base_s / 2))
