@@ -187,3 +187,50 @@ routes:
     await run_pool(settings, "admin", redis=aredis, burst=True)
     [dead] = await list_dead(aredis, keys, "admin")
     assert (dead.event_id, dead.reason, dead.attempts) == ("evt_r2", "permanent failure", 1)
+
+
+@pytest.mark.anyio
+async def test_a_running_pool_forwards_to_the_url_routing_yaml_names_after_a_reload(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, receiver: Receiver, tmp_path: Path
+) -> None:
+    import asyncio
+    import os
+
+    from bus.reload import RoutingHolder
+    from tests.support import wait_for
+    from workers.pool import Pool
+
+    before = f"""
+pools:
+  admin: {{{FAST_POOL}}}
+destinations:
+  backend: {{url_env: BACKEND_URL, secret_env: BACKEND_SECRET, timeout_s: 1}}
+routes:
+  charge.refunded: {{admin: ["forward:backend"]}}
+"""
+    routing = write_routing(tmp_path, before)
+    settings = make_settings(prefix, routing_file=routing, BACKEND_URL=receiver.base + "/200",
+                             NEW_BACKEND_URL=receiver.base + "/202", BACKEND_SECRET=DEST_SECRET)
+    pool = Pool(settings, "admin", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
+    task = asyncio.create_task(pool.run())
+
+    async def received(n: int) -> bool:
+        return len(receiver.received) >= n
+
+    try:
+        await publish(aredis, keys, pool.holder.table, "charge.refunded", "evt_before")
+        await wait_for(lambda: received(1))
+        old_version = pool.holder.table.version
+        routing.write_text(before.replace("url_env: BACKEND_URL", "url_env: NEW_BACKEND_URL"))
+        os.utime(routing, ns=(1, 1))
+
+        async def reloaded() -> bool:
+            return pool.holder.table.version != old_version
+
+        await wait_for(reloaded)
+        await publish(aredis, keys, pool.holder.table, "charge.refunded", "evt_after")
+        await wait_for(lambda: received(2))
+    finally:
+        pool.request_stop()
+        await task
+    assert [(p, v) for p, _, v in receiver.received] == [("/200", True), ("/202", True)]

@@ -19,7 +19,7 @@ import structlog
 
 from bus.envelope import Event
 from bus.errors import ConfigError, PermanentFailure, RetryLater
-from bus.routing import RoutingTable
+from bus.routing import Destination, RoutingTable
 from workers.context import Context, Handler
 from workers.deadletter import REASON_PERMANENT, REASON_UNKNOWN_HANDLER, Failure
 from workers.importer import resolve_handler
@@ -44,13 +44,17 @@ class HandlerSet:
 
     def __init__(self) -> None:
         self._resolved: dict[str, Resolved | ConfigError] = {}
+        # The destinations of the latest table (a removed one keeps its last known declaration);
+        # forward handlers read it at each call, so edits apply without resolving them again.
+        self._destinations: dict[str, Destination] = {}
 
     def load(self, names: Iterable[str], table: RoutingTable, *, strict: bool) -> list[ConfigError]:
         """Resolve names not seen yet; with `strict`, raise the first error instead of returning them."""
         errors: list[ConfigError] = []
+        self._destinations.update(table.destinations)
         for name in sorted(set(names) - set(self._resolved)):
             try:
-                func = resolve_handler(name, table.destinations)
+                func = resolve_handler(name, self._destinations)
             except ConfigError as err:
                 if strict:
                     raise

@@ -8,6 +8,8 @@ secret and the body never reach a log line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import httpx
 
 from bus.envelope import Event
@@ -31,6 +33,11 @@ async def _close(client: httpx.AsyncClient) -> None:
 def _retry_after_s(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after", "")
     return float(value) if value.isdigit() else None
+
+
+async def forward_to(name: str, destinations: Mapping[str, Destination], event: Event, ctx: Context) -> None:
+    """`forward:<name>` as resolved for a pool: the destination as routing.yaml declares it now."""
+    await forward(destinations[name], event, ctx)
 
 
 async def forward(destination: Destination, event: Event, ctx: Context) -> None:
