@@ -129,6 +129,63 @@ async def test_an_unexpected_error_in_the_reclaimer_is_logged_and_retries_go_on(
     assert failed["exc_info"]
 
 
+async def test_a_reload_resolves_new_handler_names_off_the_event_loop(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import os
+    import threading
+
+    from bus import reload
+    from bus.reload import RoutingHolder
+    from tests.support import wait_for
+    from workers import execute
+    from workers.pool import Pool
+
+    loop_thread = threading.get_ident()
+    threads: dict[str, set[bool]] = {}
+    real_resolve, real_load = execute.resolve_handler, reload.load_routing
+
+    def resolve(name: str, *args: object) -> object:
+        threads.setdefault(name, set()).add(threading.get_ident() == loop_thread)
+        return real_resolve(name, *args)  # type: ignore[arg-type]
+
+    def load_routing(path: Path) -> object:
+        threads.setdefault("routing.yaml", set()).add(threading.get_ident() == loop_thread)
+        return real_load(path)
+
+    settings = make_settings(prefix, routing_file=routing)
+    pool = Pool(settings, "alpha", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
+    monkeypatch.setattr(execute, "resolve_handler", resolve)
+    monkeypatch.setattr(reload, "load_routing", load_routing)
+    task = asyncio.create_task(pool.run())
+    try:
+        # A name first seen in an entry (published under a newer table than the worker's).
+        newer = write_routing(tmp_path, ROUTING.replace(f'"{H}record_other"', f'"{H}record_where"'),
+                              name="newer.yaml")
+        await publish(aredis, keys, load(newer), "test.unknown", "evt_new_name")
+
+        async def ran() -> bool:
+            return "evt_new_name" in await runs(aredis, prefix, "record_where")
+
+        await wait_for(ran)
+        # A name first seen in a reloaded routing.yaml.
+        write_routing(tmp_path, ROUTING.replace(f'"{H}record_other"', f'"{H}slow"'))
+        os.utime(routing, ns=(1, 1))
+
+        async def resolved() -> bool:
+            return H + "slow" in threads
+
+        await wait_for(resolved)
+    finally:
+        pool.request_stop()
+        await task
+    assert threads["routing.yaml"] == {False}
+    assert threads[H + "record_where"] == {False}
+    assert threads[H + "slow"] == {False}
+
+
 async def test_poison_event_is_dead_lettered_after_max_attempts_while_later_events_run(
     aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
 ) -> None:

@@ -155,16 +155,16 @@ class Pool:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _on_routing_change(self, table: RoutingTable) -> None:
-        for err in self._handlers.load(pool_handler_names(table, self.name), table, strict=False):
+    async def _on_routing_change(self, table: RoutingTable) -> None:
+        for err in await self._handlers.load_async(pool_handler_names(table, self.name), table):
             self._log.error("handler.unresolved", error=str(err))
 
     async def _watch_routing_file(self) -> None:
         """Follow routing.yaml: pool options apply at once, new handler names are resolved."""
         while True:
             await asyncio.sleep(defaults.RELOAD_POLL_S)
-            if self.holder.check():
-                self._on_routing_change(self.holder.table)
+            if await self.holder.check_async():
+                await self._on_routing_change(self.holder.table)
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -339,6 +339,9 @@ class Pool:
             await self.dead(entry_id, fields, REASON_MAX_ATTEMPTS, failures, attempt - 1, ledger_key)
             return
         table = self.holder.table
+        if not all(self._handlers.known(h) for h in todo):
+            # Named by a newer routing table than this worker's: import off the event loop.
+            await self._handlers.load_async(todo, table)
 
         def make_ctx(handler: str) -> Context:
             bound = self._log.bind(event_id=event.id, event_type=event.type, handler=handler, attempt=attempt)
