@@ -181,6 +181,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# `fanout dlq list` shows the last lines of each traceback (`--json` has it whole).
+DLQ_TRACEBACK_LINES = 6
+
+
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     from bus.keys import Keys
     from workers.deadletter import list_dead
@@ -195,6 +199,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     for d in dead:
         print(f"{d.id}  {d.event_id}  {d.event_type}  attempts={d.attempts}  "
               f"handlers={','.join(d.handlers) or '-'}  {d.reason}: {d.error}")
+        for line in d.traceback.rstrip("\n").splitlines()[-DLQ_TRACEBACK_LINES:]:
+            print(f"    {line}")
     return 0
 
 

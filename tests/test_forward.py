@@ -234,3 +234,23 @@ routes:
         pool.request_stop()
         await task
     assert [(p, v) for p, _, v in receiver.received] == [("/200", True), ("/202", True)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("url", [
+    "http://[SECRETTOKEN]/hook",
+    "http://127.0.0.1:1/hook?token=SECRETTOKEN",
+    "http://user:SECRETTOKEN@127.0.0.1:1/hook",
+    "http://127.0.0.1:abc/hook?token=SECRETTOKEN",
+    "ftp://127.0.0.1/hook?token=SECRETTOKEN",
+])
+async def test_forward_failures_never_carry_the_url_or_the_secret(aredis: aioredis.Redis, url: str) -> None:
+    import traceback
+
+    with pytest.raises(Exception) as info:  # whichever failure: its text is what matters
+        await forward(DEST, _event(), _ctx(aredis, Resources(), BACKEND_URL=url, BACKEND_SECRET=DEST_SECRET))
+    # What the dead-letter stream keeps, and `fanout dlq list` shows: the error line and the traceback.
+    shown = f"{type(info.value).__name__}: {info.value}\n" + "".join(traceback.format_exception(info.value))
+    assert "SECRETTOKEN" not in shown
+    assert DEST_SECRET not in shown
+    assert isinstance(info.value, PermanentFailure | RetryLater)
