@@ -117,18 +117,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"    .venv/bin/fanout send checkout.session.completed --url {url}\n",
         flush=True,
     )
-    from workers.supervisor import Children, worker_command
+    import signal
+    import threading
+
+    from workers.supervisor import CONFIG_ERROR_EXIT, Children, worker_command
 
     table = load_routing(settings.routing_file)
     pools = Children([worker_command(pool) for pool in table.pools])
     pools.start()
     print(f"  pools:                {', '.join(table.pools)} (one `fanout worker` process each)\n",
           flush=True)
+    # The pools' processes are restarted as `fanout worker --processes N` restarts its own; one that
+    # exits with a configuration error stops everything (SIGINT: the ingress shuts down as on Ctrl-C).
+    stopped, config_error = threading.Event(), threading.Event()
+
+    def supervise() -> None:
+        if pools.keep_running(stopped, "run") == CONFIG_ERROR_EXIT:
+            config_error.set()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    supervisor = threading.Thread(target=supervise, name="pools", daemon=True)
+    supervisor.start()
     try:
         _serve_ingress(args.host, args.port, 1)
+    except KeyboardInterrupt:
+        if not config_error.is_set():
+            raise
     finally:
+        stopped.set()
+        supervisor.join()
         pools.stop()
         store.close()
+    if config_error.is_set():
+        print("fanout run: a pool's worker exited with a configuration error (see its message above); "
+              "restarting it cannot fix that, so everything was stopped", file=sys.stderr)
+        return CONFIG_ERROR_EXIT
     return 0
 
 
