@@ -39,6 +39,8 @@ RECLAIM_INTERVAL_S = 1.0
 # RQ by the thousand) only this often, for jobs lost or killed before recording a failure;
 # failed attempts that recorded their retry time are looked at on every pass.
 RQ_FULL_SCAN_INTERVAL_S = 10.0
+# A reclaim or trim pass that fails with an unexpected error is logged and tried again after this.
+BACKGROUND_FAILURE_BACKOFF_S = 1.0
 # How many pending entries one reclaim pass inspects per XPENDING call.
 RECLAIM_PAGE_SIZE = 500
 # A peer's pending entry is claimed once idle for timeout_s + its backoff + this margin:

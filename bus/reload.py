@@ -57,12 +57,30 @@ class RoutingHolder:
         try:
             table = load_routing(self.path)
         except ConfigError as err:
-            self.last_error = str(err)
-            log.error("routing.reload_rejected", file=str(self.path), error=str(err),
-                      kept_version=self.table.version)
-            if self._on_change:
-                self._on_change(None, str(err))
+            return self._rejected(err)
+        return self._loaded(table)
+
+    async def check_async(self) -> bool:
+        """`check()` with the file read and parsed in a thread, so the event loop never waits on it."""
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
             return False
+        self._stamp = stamp
+        try:
+            table = await asyncio.to_thread(load_routing, self.path)
+        except ConfigError as err:
+            return self._rejected(err)
+        return self._loaded(table)
+
+    def _rejected(self, err: ConfigError) -> bool:
+        self.last_error = str(err)
+        log.error("routing.reload_rejected", file=str(self.path), error=str(err),
+                  kept_version=self.table.version)
+        if self._on_change:
+            self._on_change(None, str(err))
+        return False
+
+    def _loaded(self, table: RoutingTable) -> bool:
         self.last_error = None
         if table.version == self.table.version:
             return False
@@ -77,4 +95,4 @@ class RoutingHolder:
         """Check the file forever; run it as a task and cancel it at shutdown."""
         while True:
             await asyncio.sleep(poll_s)
-            self.check()
+            await self.check_async()

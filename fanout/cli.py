@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -133,7 +134,7 @@ def _run_banner(settings: Settings, table: RoutingTable, url: str, where: str,
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fanout import embedded, standin
-    from workers.supervisor import Children, rq_worker_command, worker_command
+    from workers.supervisor import CONFIG_ERROR_EXIT, Children, rq_worker_command, worker_command
 
     # Until the pools are stopped, a signal must unwind to the cleanup below, whatever is running:
     # uvicorn re-raises the signal it caught once it has shut down, and the default action
@@ -142,6 +143,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     store: embedded.EmbeddedRedis | None = None
     stand_ins: StandInServer | None = None
     pools: Children | None = None
+    supervisor: threading.Thread | None = None
+    # The pools' processes are restarted as `fanout worker --processes N` restarts its own; one that
+    # exits with a configuration error stops everything (SIGINT: the ingress shuts down as on Ctrl-C).
+    stopped, config_error = threading.Event(), threading.Event()
     try:
         store = embedded.resolve(os.environ.get("REDIS_URL"))
         os.environ["REDIS_URL"] = store.url
@@ -162,6 +167,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         pools = Children([worker_command(pool) for pool in table.pools]
                          + [rq_worker_command(settings.key_prefix, pool) for pool in rq_pools])
         pools.start()
+
+        def supervise(children: Children) -> None:
+            if children.keep_running(stopped, "run") == CONFIG_ERROR_EXIT:
+                config_error.set()
+                os.kill(os.getpid(), signal.SIGINT)
+
+        supervisor = threading.Thread(target=supervise, args=(pools,), name="pools", daemon=True)
+        supervisor.start()
         _serve_ingress(args.host, args.port, 1)
     except StopRequested:
         pass
@@ -169,6 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Cleanup is bounded (the pools' grace period, then SIGKILL); a second signal waits for it.
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
+        stopped.set()
+        if supervisor is not None:
+            supervisor.join()
         if pools is not None:
             pools.stop()
         if stand_ins is not None:
@@ -177,6 +193,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             store.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if config_error.is_set():
+        print("fanout run: a pool's worker exited with a configuration error (see its message above); "
+              "restarting it cannot fix that, so everything was stopped", file=sys.stderr)
+        return CONFIG_ERROR_EXIT
     return 0
 
 
@@ -232,6 +252,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# `fanout dlq list` shows the last lines of each traceback (`--json` has it whole).
+DLQ_TRACEBACK_LINES = 6
+
+
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     from bus.keys import Keys
     from workers.deadletter import list_dead
@@ -246,6 +270,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     for d in dead:
         print(f"{d.id}  {d.event_id}  {d.event_type}  attempts={d.attempts}  "
               f"handlers={','.join(d.handlers) or '-'}  {d.reason}: {d.error}")
+        for line in d.traceback.rstrip("\n").splitlines()[-DLQ_TRACEBACK_LINES:]:
+            print(f"    {line}")
     return 0
 
 

@@ -15,6 +15,7 @@ import redis
 
 from bus.envelope import Event
 from bus.errors import PermanentFailure, RetryLater
+from bus.keys import Keys
 from workers.context import Context
 
 
@@ -54,10 +55,20 @@ async def always_fail(event: Event, ctx: Context) -> None:
     raise RuntimeError("poison event")
 
 
+def poison_seen_key(prefix: str) -> str:
+    """Hash: id of an event that is not poison -> "<poison runs so far> <dead-letter length>" when it ran."""
+    return "{" + prefix + "}:test:poison-seen"
+
+
 async def fail_if_poison(event: Event, ctx: Context) -> None:
     await _record(event, ctx)
+    prefix = ctx.settings.key_prefix
     if event.data_object.get("poison"):
+        await ctx.redis.incr("{" + prefix + "}:test:poison-runs")
         raise RuntimeError("poison event")
+    poison_runs = await ctx.redis.get("{" + prefix + "}:test:poison-runs")
+    dead = await ctx.redis.xlen(Keys(prefix).dead(ctx.pool))
+    await ctx.redis.hset(poison_seen_key(prefix), event.id, f"{int(poison_runs or 0)} {dead}")
 
 
 async def permanent(event: Event, ctx: Context) -> None:
@@ -117,3 +128,22 @@ def sync_too_slow(event: Event, ctx: Context) -> None:
     """A blocking call that never returns in time: only a hard timeout (RQ's) can stop it."""
     _sync_client(ctx.settings.redis_url).hincrby(runs_key(ctx.settings.key_prefix, ctx.handler), event.id, 1)
     time.sleep(30)
+
+
+# In-process in-flight accounting (for pools run by the test itself, not in subprocesses).
+INFLIGHT: dict[str, int] = {}
+PEAK_INFLIGHT: dict[str, int] = {}
+
+
+async def busy_fail_twice(event: Event, ctx: Context) -> None:
+    """Holds a slot for a moment, records the peak number running at once, fails its first two runs."""
+    prefix = ctx.settings.key_prefix
+    INFLIGHT[prefix] = INFLIGHT.get(prefix, 0) + 1
+    PEAK_INFLIGHT[prefix] = max(PEAK_INFLIGHT.get(prefix, 0), INFLIGHT[prefix])
+    try:
+        count = await _record(event, ctx)
+        await asyncio.sleep(float(ctx.settings.env.get("TEST_HANDLER_SLEEP_S", "0.3")))
+    finally:
+        INFLIGHT[prefix] -= 1
+    if count <= 2:
+        raise RuntimeError(f"failing on purpose (attempt {ctx.attempt})")

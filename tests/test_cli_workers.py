@@ -64,3 +64,27 @@ async def test_status_dlq_and_replay_commands(
     assert fanout(prefix, routing, "replay", "alpha", "--since", "yesterday").returncode == 2
     await run_pool(settings, "alpha", redis=aredis, burst=True)
     assert (await runs(aredis, prefix, "record"))["evt_ok"] == 4  # once, then 1 + 2 copies
+
+
+async def test_dlq_list_shows_error_handler_attempts_and_the_traceback(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, ROUTING)
+    settings = make_settings(prefix, routing_file=routing)
+    await publish(aredis, keys, load(routing), "test.poison", "evt_tb", poison=True)
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+
+    [dead] = orjson.loads(fanout(prefix, routing, "dlq", "list", "alpha", "--json").stdout)
+    assert (dead["error"], dead["handlers"], dead["attempts"]) == (
+        "RuntimeError: poison event", [H + "fail_if_poison"], 3)
+    assert dead["traceback"].startswith("Traceback (most recent call last):")
+    assert dead["traceback"].rstrip().endswith("RuntimeError: poison event")
+
+    text = fanout(prefix, routing, "dlq", "list", "alpha").stdout
+    first, *rest = text.rstrip("\n").split("\n")
+    assert "evt_tb" in first and "attempts=3" in first and f"handlers={H}fail_if_poison" in first
+    assert "RuntimeError: poison event" in first
+    assert rest, text
+    assert all(line.startswith("    ") for line in rest), text
+    assert rest[-1].strip() == "RuntimeError: poison event"
+    assert any('raise RuntimeError("poison event")' in line for line in rest), text

@@ -187,3 +187,70 @@ routes:
     await run_pool(settings, "admin", redis=aredis, burst=True)
     [dead] = await list_dead(aredis, keys, "admin")
     assert (dead.event_id, dead.reason, dead.attempts) == ("evt_r2", "permanent failure", 1)
+
+
+@pytest.mark.anyio
+async def test_a_running_pool_forwards_to_the_url_routing_yaml_names_after_a_reload(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, receiver: Receiver, tmp_path: Path
+) -> None:
+    import asyncio
+    import os
+
+    from bus.reload import RoutingHolder
+    from tests.support import wait_for
+    from workers.pool import Pool
+
+    before = f"""
+pools:
+  admin: {{{FAST_POOL}}}
+destinations:
+  backend: {{url_env: BACKEND_URL, secret_env: BACKEND_SECRET, timeout_s: 1}}
+routes:
+  charge.refunded: {{admin: ["forward:backend"]}}
+"""
+    routing = write_routing(tmp_path, before)
+    settings = make_settings(prefix, routing_file=routing, BACKEND_URL=receiver.base + "/200",
+                             NEW_BACKEND_URL=receiver.base + "/202", BACKEND_SECRET=DEST_SECRET)
+    pool = Pool(settings, "admin", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
+    task = asyncio.create_task(pool.run())
+
+    async def received(n: int) -> bool:
+        return len(receiver.received) >= n
+
+    try:
+        await publish(aredis, keys, pool.holder.table, "charge.refunded", "evt_before")
+        await wait_for(lambda: received(1))
+        old_version = pool.holder.table.version
+        routing.write_text(before.replace("url_env: BACKEND_URL", "url_env: NEW_BACKEND_URL"))
+        os.utime(routing, ns=(1, 1))
+
+        async def reloaded() -> bool:
+            return pool.holder.table.version != old_version
+
+        await wait_for(reloaded)
+        await publish(aredis, keys, pool.holder.table, "charge.refunded", "evt_after")
+        await wait_for(lambda: received(2))
+    finally:
+        pool.request_stop()
+        await task
+    assert [(p, v) for p, _, v in receiver.received] == [("/200", True), ("/202", True)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("url", [
+    "http://[SECRETTOKEN]/hook",
+    "http://127.0.0.1:1/hook?token=SECRETTOKEN",
+    "http://user:SECRETTOKEN@127.0.0.1:1/hook",
+    "http://127.0.0.1:abc/hook?token=SECRETTOKEN",
+    "ftp://127.0.0.1/hook?token=SECRETTOKEN",
+])
+async def test_forward_failures_never_carry_the_url_or_the_secret(aredis: aioredis.Redis, url: str) -> None:
+    import traceback
+
+    with pytest.raises(Exception) as info:  # whichever failure: its text is what matters
+        await forward(DEST, _event(), _ctx(aredis, Resources(), BACKEND_URL=url, BACKEND_SECRET=DEST_SECRET))
+    # What the dead-letter stream keeps, and `fanout dlq list` shows: the error line and the traceback.
+    shown = f"{type(info.value).__name__}: {info.value}\n" + "".join(traceback.format_exception(info.value))
+    assert "SECRETTOKEN" not in shown
+    assert DEST_SECRET not in shown
+    assert isinstance(info.value, PermanentFailure | RetryLater)

@@ -21,7 +21,7 @@ def test_builtin_short_name_and_import_path_resolve_to_callables() -> None:
 
 def test_forward_resolves_bound_to_its_destination() -> None:
     handler = resolve_handler("forward:backend", DESTS)
-    assert handler.args == (DESTS["backend"],)  # type: ignore[attr-defined]
+    assert handler.args == ("backend", DESTS)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("name", "message"), [

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from bus.keys import Keys
 from tests.conftest import make_settings
-from tests.handlers_for_tests import order_key
+from tests.handlers_for_tests import order_key, poison_seen_key
 from tests.support import FAST_POOL, H, load, publish, publish_many, runs, write_routing
 from workers.deadletter import list_dead
 from workers.runner import run_pool
@@ -20,6 +20,7 @@ ROUTING = f"""
 pools:
   alpha: {{{FAST_POOL}}}
   solo: {{{FAST_POOL.replace("concurrency: 8", "concurrency: 1")}}}
+  pair: {{{FAST_POOL.replace("concurrency: 8", "concurrency: 2")}}}
 routes:
   test.retry: {{alpha: ["{H}fail_twice", "{H}record"]}}
   test.poison: {{solo: ["{H}fail_if_poison"]}}
@@ -29,6 +30,7 @@ routes:
   test.slow: {{alpha: ["{H}too_slow"]}}
   test.defer: {{alpha: ["{H}defer_once"]}}
   test.many: {{alpha: ["{H}record"]}}
+  test.busy: {{pair: ["{H}busy_fail_twice"]}}
 """
 
 
@@ -63,6 +65,127 @@ async def test_handler_failing_twice_runs_three_times_and_its_sibling_once(
     assert await aredis.exists(keys.ledger("alpha", "evt_retry1")) == 0
 
 
+async def test_concurrency_holds_while_the_reader_and_the_reclaimer_both_start_entries(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
+) -> None:
+    import asyncio
+
+    from bus.reload import RoutingHolder
+    from tests.handlers_for_tests import PEAK_INFLIGHT
+    from tests.support import wait_for
+    from workers.pool import Pool
+
+    settings = make_settings(prefix, routing_file=routing)
+    table = load(routing)
+    pool = Pool(settings, "pair", redis=aredis, holder=RoutingHolder.load(routing), block_ms=1000)
+    task = asyncio.create_task(pool.run())
+
+    async def started(event_id: str, times: int) -> bool:
+        return (await runs(aredis, prefix, "busy_fail_twice")).get(event_id, 0) >= times
+
+    try:
+        # Two entries fail; their retries are due while the reader waits for new entries.
+        await publish_many(aredis, keys, table, "test.busy", ["evt_a", "evt_b"])
+        await wait_for(lambda: started("evt_b", 2))
+        # New entries arrive while both slots run the retries.
+        await publish_many(aredis, keys, table, "test.busy", ["evt_c", "evt_d"])
+        for event_id in ("evt_a", "evt_b", "evt_c", "evt_d"):
+            await wait_for(lambda e=event_id: started(e, 3))
+    finally:
+        pool.request_stop()
+        await task
+    assert PEAK_INFLIGHT[prefix] <= 2
+
+
+async def test_an_unexpected_error_in_the_reclaimer_is_logged_and_retries_go_on(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from workers import reclaim
+
+    real = reclaim.reclaim_once
+    calls = 0
+
+    async def broken_once(pool: object) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("injected failure")
+        return await real(pool)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reclaim, "reclaim_once", broken_once)
+    settings = make_settings(prefix, routing_file=routing)
+    await publish(aredis, keys, load(routing), "test.retry", "evt_bg")
+    with capture_logs() as logs:
+        # Before the fix the reclaimer died silently here, so the retries never ran and burst hung.
+        await asyncio.wait_for(run_pool(settings, "alpha", redis=aredis, burst=True), timeout=15)
+    assert await runs(aredis, prefix, "fail_twice") == {"evt_bg": 3}
+    [failed] = [e for e in logs if e["event"] == "pool.background_failed"]
+    assert failed["action"] == "_reclaim"
+    assert failed["log_level"] == "error"
+    assert failed["exc_info"]
+
+
+async def test_a_reload_resolves_new_handler_names_off_the_event_loop(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import os
+    import threading
+
+    from bus import reload
+    from bus.reload import RoutingHolder
+    from tests.support import wait_for
+    from workers import execute
+    from workers.pool import Pool
+
+    loop_thread = threading.get_ident()
+    threads: dict[str, set[bool]] = {}
+    real_resolve, real_load = execute.resolve_handler, reload.load_routing
+
+    def resolve(name: str, *args: object) -> object:
+        threads.setdefault(name, set()).add(threading.get_ident() == loop_thread)
+        return real_resolve(name, *args)  # type: ignore[arg-type]
+
+    def load_routing(path: Path) -> object:
+        threads.setdefault("routing.yaml", set()).add(threading.get_ident() == loop_thread)
+        return real_load(path)
+
+    settings = make_settings(prefix, routing_file=routing)
+    pool = Pool(settings, "alpha", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
+    monkeypatch.setattr(execute, "resolve_handler", resolve)
+    monkeypatch.setattr(reload, "load_routing", load_routing)
+    task = asyncio.create_task(pool.run())
+    try:
+        # A name first seen in an entry (published under a newer table than the worker's).
+        newer = write_routing(tmp_path, ROUTING.replace(f'"{H}record_other"', f'"{H}record_where"'),
+                              name="newer.yaml")
+        await publish(aredis, keys, load(newer), "test.unknown", "evt_new_name")
+
+        async def ran() -> bool:
+            return "evt_new_name" in await runs(aredis, prefix, "record_where")
+
+        await wait_for(ran)
+        # A name first seen in a reloaded routing.yaml.
+        write_routing(tmp_path, ROUTING.replace(f'"{H}record_other"', f'"{H}slow"'))
+        os.utime(routing, ns=(1, 1))
+
+        async def resolved() -> bool:
+            return H + "slow" in threads
+
+        await wait_for(resolved)
+    finally:
+        pool.request_stop()
+        await task
+    assert threads["routing.yaml"] == {False}
+    assert threads[H + "record_where"] == {False}
+    assert threads[H + "slow"] == {False}
+
+
 async def test_poison_event_is_dead_lettered_after_max_attempts_while_later_events_run(
     aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path
 ) -> None:
@@ -81,10 +204,14 @@ async def test_poison_event_is_dead_lettered_after_max_attempts_while_later_even
     assert dead[0].reason == "max attempts reached"
     assert dead[0].handlers == (H + "fail_if_poison",)
     assert "RuntimeError: poison event" in dead[0].error
-    # With one slot, the events behind the poison one ran before its second attempt.
+    # With one slot, the poison entry ran first, and events behind it ran while it was still
+    # pending between its attempts (as each of them recorded), rather than waiting for it.
     order = [x.decode().split()[1] for x in await aredis.lrange(order_key(prefix), 0, -1)]
-    second_poison_run = [i for i, e in enumerate(order) if e == "evt_poison"][1]
-    assert set(order[:second_poison_run]) == {"evt_poison", *later}
+    assert order[0] == "evt_poison"
+    seen = {k.decode(): tuple(map(int, v.split())) for k, v in
+            (await aredis.hgetall(poison_seen_key(prefix))).items()}
+    assert set(seen) == set(later)
+    assert any(1 <= poison_runs < 3 and dead == 0 for poison_runs, dead in seen.values()), seen
     assert await pending(aredis, keys, "solo") == 0
     assert (await stats(aredis, keys, "solo"))["dead"] == 1
 

@@ -62,3 +62,41 @@ async def test_moving_a_handler_to_another_pool_changes_where_new_events_run(
     where = {k.decode(): v.decode() for k, v in (await aredis.hgetall(where_key(prefix))).items()}
     assert where == {**dict.fromkeys(old, "alpha"), **dict.fromkeys(new, "beta")}
     assert await runs(aredis, prefix, "record_where") == dict.fromkeys(old + new, 1)
+
+
+async def test_watch_reads_and_parses_the_file_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from bus import reload
+
+    routing = write_routing(tmp_path, BEFORE)
+    holder = RoutingHolder.load(routing)
+    threads: list[int] = []
+    real = reload.load_routing
+
+    def recording(path: Path) -> object:
+        threads.append(threading.get_ident())
+        return real(path)
+
+    monkeypatch.setattr(reload, "load_routing", recording)
+    watcher = asyncio.create_task(holder.watch(poll_s=0.01))
+    try:
+        version = holder.table.version
+        routing.write_text(AFTER)
+        os.utime(routing, ns=(1, 1))
+
+        async def reloaded() -> bool:
+            return holder.table.version != version
+
+        await wait_for(reloaded, poll_s=0.01)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    assert threads
+    assert threading.get_ident() not in threads
+    # check() stays synchronous for the callers that use it.
+    routing.write_text(BEFORE)
+    os.utime(routing, ns=(2, 2))
+    assert holder.check() is True

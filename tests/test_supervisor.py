@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,101 @@ async def test_processes_2_shares_the_work_and_burst_exits_0_when_drained(
     assert len(per_pid) == 2, per_pid
     assert all(n > 0 for n in per_pid.values())
     assert int((await aredis.xpending(keys.stream("shared"), keys.group("shared")))["pending"]) == 0
+
+
+BROKEN = """
+pools:
+  shared: {concurrency: 2}
+routes:
+  test.work: {shared: ["tests.no_such_module:handler"]}
+"""
+
+
+async def test_processes_2_with_an_unimportable_handler_exits_2_instead_of_restarting_forever(
+    prefix: str, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, BROKEN)
+    log = tmp_path / "pool.log"
+    parent = start_worker(prefix, routing, log, "shared", "--processes", "2")
+    try:
+        code = parent.wait(timeout=20)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    output = log.read_text()
+    assert code == 2, output
+    assert "no module named 'tests.no_such_module'" in output  # the child's own message
+    assert "configuration error" in output  # and the supervisor's
+    assert output.count("no module named 'tests.no_such_module'") <= 2, output  # none was started again
+
+
+def test_run_stops_with_exit_2_when_a_pool_worker_has_a_configuration_error(prefix: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, TEST_REDIS_URL
+    from tests.live import free_port
+
+    routing = write_routing(tmp_path, BROKEN)
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": TEST_REDIS_URL, "FANOUT_PREFIX": prefix,
+           "ROUTING_FILE": str(routing), "PYTHONPATH": str(REPO), "LOG_LEVEL": "warning"}
+    run = subprocess.Popen([sys.executable, "-m", "fanout.cli", "run", "--port", str(free_port())],
+                           env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = run.communicate(timeout=20)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 2, output
+    assert "configuration error" in output
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the children through /proc")
+def test_run_restarts_a_pool_worker_that_dies(prefix: str, tmp_path: Path) -> None:
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO, TEST_REDIS_URL
+    from tests.live import free_port
+
+    def children(pid: int) -> set[int]:
+        found: set[int] = set()
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found |= {int(p) for p in (task / "children").read_text().split()}
+        return found
+
+    def wait_until(condition: object, timeout_s: float = 15) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():  # type: ignore[operator]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    routing = write_routing(tmp_path, ROUTING)
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": TEST_REDIS_URL, "FANOUT_PREFIX": prefix,
+           "ROUTING_FILE": str(routing), "PYTHONPATH": str(REPO), "LOG_LEVEL": "warning"}
+    run = subprocess.Popen([sys.executable, "-m", "fanout.cli", "run", "--port", str(free_port())],
+                           env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started: set[int] = set()
+    try:
+        wait_until(lambda: len(children(run.pid)) == 1)
+        [first] = started = children(run.pid)
+        os.kill(first, signal.SIGKILL)  # the pool's worker, a child of the `fanout run` started here
+        wait_until(lambda: bool(children(run.pid) - {first}))
+        started |= children(run.pid)
+    finally:
+        run.send_signal(signal.SIGINT)
+        try:
+            run.wait(timeout=30)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+            for pid in started:  # left over only if `fanout run` failed to stop them
+                with contextlib.suppress(OSError):
+                    if b"fanout.cli\0worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        os.kill(pid, signal.SIGKILL)

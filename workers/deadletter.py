@@ -58,11 +58,14 @@ class DeadEntry:
     attempts: int
     entry_id: str
     failed_ms: int
+    # The first failed handler's traceback ("" when there was none, e.g. a malformed entry).
+    traceback: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return {"id": self.id, "event_id": self.event_id, "event_type": self.event_type,
                 "reason": self.reason, "error": self.error, "handlers": list(self.handlers),
-                "attempts": self.attempts, "entry_id": self.entry_id, "failed_ms": self.failed_ms}
+                "attempts": self.attempts, "entry_id": self.entry_id, "failed_ms": self.failed_ms,
+                "traceback": self.traceback}
 
 
 def dead_fields(
@@ -107,7 +110,7 @@ def _dead_entry(dead_id: bytes | str, fields: Fields) -> DeadEntry:
         error=get(F_ERROR),
         handlers=tuple(h for h in get(F_FAILED_HANDLERS).split(HANDLER_SEPARATOR) if h),
         attempts=int(get(F_ATTEMPTS) or 0), entry_id=get(F_ENTRY_ID),
-        failed_ms=int(get(F_FAILED_MS) or 0),
+        failed_ms=int(get(F_FAILED_MS) or 0), traceback=get(F_TRACEBACK),
     )
 
 

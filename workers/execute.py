@@ -19,7 +19,7 @@ import structlog
 
 from bus.envelope import Event
 from bus.errors import ConfigError, PermanentFailure, RetryLater
-from bus.routing import RoutingTable
+from bus.routing import Destination, RoutingTable
 from workers.context import Context, Handler
 from workers.deadletter import REASON_PERMANENT, REASON_UNKNOWN_HANDLER, Failure
 from workers.importer import resolve_handler
@@ -44,13 +44,17 @@ class HandlerSet:
 
     def __init__(self) -> None:
         self._resolved: dict[str, Resolved | ConfigError] = {}
+        # The destinations of the latest table (a removed one keeps its last known declaration);
+        # forward handlers read it at each call, so edits apply without resolving them again.
+        self._destinations: dict[str, Destination] = {}
 
     def load(self, names: Iterable[str], table: RoutingTable, *, strict: bool) -> list[ConfigError]:
         """Resolve names not seen yet; with `strict`, raise the first error instead of returning them."""
         errors: list[ConfigError] = []
+        self._destinations.update(table.destinations)
         for name in sorted(set(names) - set(self._resolved)):
             try:
-                func = resolve_handler(name, table.destinations)
+                func = resolve_handler(name, self._destinations)
             except ConfigError as err:
                 if strict:
                     raise
@@ -60,6 +64,25 @@ class HandlerSet:
             self._resolved[name] = Resolved(name, func, inspect.iscoroutinefunction(func))
         return errors
 
+    async def load_async(self, names: Iterable[str], table: RoutingTable) -> list[ConfigError]:
+        """`load(strict=False)` with the new names resolved in a thread: importing a module never blocks the loop."""
+        self._destinations.update(table.destinations)
+        new = sorted(set(names) - set(self._resolved))
+        if not new:
+            return []
+        found = await asyncio.to_thread(_resolve_all, new, self._destinations)
+        errors: list[ConfigError] = []
+        for name, resolved in found.items():
+            if name not in self._resolved:  # a concurrent call may have resolved it meanwhile
+                self._resolved[name] = resolved
+                if isinstance(resolved, ConfigError):
+                    errors.append(resolved)
+        return errors
+
+    def known(self, name: str) -> bool:
+        """True when `name` was resolved already (or found unresolvable)."""
+        return name in self._resolved
+
     def get(self, name: str, table: RoutingTable) -> Resolved | ConfigError:
         """The handler called `name`; a name first seen here (a newer routing table) is resolved now."""
         found = self._resolved.get(name)
@@ -67,6 +90,18 @@ class HandlerSet:
             self.load([name], table, strict=False)
             found = self._resolved[name]
         return found
+
+
+def _resolve_all(names: list[str], destinations: dict[str, Destination]) -> dict[str, Resolved | ConfigError]:
+    out: dict[str, Resolved | ConfigError] = {}
+    for name in names:
+        try:
+            func = resolve_handler(name, destinations)
+        except ConfigError as err:
+            out[name] = err
+            continue
+        out[name] = Resolved(name, func, inspect.iscoroutinefunction(func))
+    return out
 
 
 async def call_handler(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from bus.errors import ConfigError
@@ -40,17 +41,21 @@ def import_from_string(path: str) -> Any:
     return obj
 
 
-def resolve_handler(name: str, destinations: dict[str, Destination]) -> Handler:
-    """The callable a handler name stands for; raise ConfigError naming what is missing."""
+def resolve_handler(name: str, destinations: Mapping[str, Destination]) -> Handler:
+    """The callable a handler name stands for; raise ConfigError naming what is missing.
+
+    A forward handler looks its destination up in `destinations` at each call, so a
+    mapping kept current (as the pool's HandlerSet does) makes routing.yaml edits apply.
+    """
     if name.startswith(FORWARD_PREFIX):
         dest_name = name[len(FORWARD_PREFIX):]
         destination = destinations.get(dest_name)
         if destination is None:
             known = ", ".join(sorted(destinations)) or "none are declared"
             raise ConfigError(f"handler {name!r}: unknown destination {dest_name!r} (destinations: {known})")
-        from workers.handlers.forward import forward
+        from workers.handlers.forward import forward_to
 
-        handler: Handler = functools.partial(forward, destination)
+        handler: Handler = functools.partial(forward_to, dest_name, destinations)
         return handler
     target = BUILTIN_HANDLERS.get(name, name)
     if target == name and ":" not in name:

@@ -109,6 +109,12 @@ class Pool:
         self._log = log.bind(pool=name, consumer=self.consumer)
         # Entries being run by this process, by stream id.
         self.inflight: dict[str, asyncio.Task[None]] = {}
+        # Slots the reader or the reclaimer took before awaiting Redis, not yet started or given back.
+        self._reserved = 0
+        # Cleared while the reclaimer waits for the slots the reader holds in a blocking read:
+        # the reader then lets the retries go first.
+        self._reader_may_reserve = asyncio.Event()
+        self._reader_may_reserve.set()
         self._slot_freed = asyncio.Event()
         self._stopping = False
         self.read_failures = 0
@@ -133,25 +139,37 @@ class Pool:
         return self._concurrency or self.config.concurrency
 
     def free_slots(self) -> int:
-        return self.concurrency - len(self.inflight)
+        return self.concurrency - len(self.inflight) - self._reserved
+
+    def reserve(self, wanted: int) -> int:
+        """Take up to `wanted` free slots before awaiting Redis; give them back with `release`."""
+        taken = max(0, min(wanted, self.free_slots()))
+        self._reserved += taken
+        return taken
+
+    def release(self, taken: int) -> None:
+        """Give back reserved slots; the caller starts what it got right after, before awaiting."""
+        self._reserved -= taken
+        if taken:
+            self._slot_freed.set()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _on_routing_change(self, table: RoutingTable) -> None:
+    async def _on_routing_change(self, table: RoutingTable) -> None:
         new = table.pools.get(self.name)
         if new is not None and new.executor != self.executor:
             self._log.warning("pool.executor_changed", executor=self.executor, new_executor=new.executor,
                               action="restart this pool's workers to switch")
-        for err in self._handlers.load(pool_handler_names(table, self.name), table, strict=False):
+        for err in await self._handlers.load_async(pool_handler_names(table, self.name), table):
             self._log.error("handler.unresolved", error=str(err))
 
     async def _watch_routing_file(self) -> None:
         """Follow routing.yaml: pool options apply at once, new handler names are resolved."""
         while True:
             await asyncio.sleep(defaults.RELOAD_POLL_S)
-            if self.holder.check():
-                self._on_routing_change(self.holder.table)
+            if await self.holder.check_async():
+                await self._on_routing_change(self.holder.table)
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -194,24 +212,33 @@ class Pool:
 
     async def _read_loop(self) -> None:
         while not self._stopping:
+            await self._reader_may_reserve.wait()
             free = self.free_slots()
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            taken = self.reserve(free)
             try:
                 reply: Any = await self.redis.xreadgroup(
-                    self.group, self.consumer, {self.stream: ">"}, count=free, block=self._block_ms
+                    self.group, self.consumer, {self.stream: ">"}, count=taken, block=self._block_ms
                 )
             except RedisError as err:
+                self.release(taken)
                 self.read_failures += 1
                 self._log.error("pool.read_failed", error=f"{type(err).__name__}: {err}")
                 await asyncio.sleep(self._block_ms / 1000)
                 if "NOGROUP" in str(err):  # the stream was deleted by hand: start it again
                     await ensure_group(self.redis, self.keys, self.name)
                 continue
+            except BaseException:
+                self.release(taken)
+                raise
+            self.release(taken)
             if reply:
-                for entry_id, fields in reply[0][1]:
+                # More than the free slots only if concurrency was lowered meanwhile: the rest stays
+                # pending and is reclaimed later, rather than running over the limit.
+                for entry_id, fields in reply[0][1][:max(0, self.free_slots())]:
                     self.start(text(entry_id), fields, attempt=1)
             elif self.burst and await self._drained():
                 return
@@ -262,11 +289,24 @@ class Pool:
             except RedisError as err:
                 self._log.error("pool.background_failed", action=action.__name__,
                                 error=f"{type(err).__name__}: {err}")
+            except Exception as err:  # a bug must not end the task silently: retries would stop
+                self._log.error("pool.background_failed", action=action.__name__,
+                                error=f"{type(err).__name__}: {err}", exc_info=True)
+                await asyncio.sleep(defaults.BACKGROUND_FAILURE_BACKOFF_S)
 
     def _reclaim_interval_s(self) -> float:
         return max(0.01, min(defaults.RECLAIM_INTERVAL_S, self.config.backoff_base_s / 2))
 
     async def _reclaim(self) -> None:
+        if self.free_slots() <= 0 and self._reserved:
+            # The reader holds the free slots in a blocking read: take them when it gives them back.
+            self._reader_may_reserve.clear()
+            try:
+                while self.free_slots() <= 0 and self._reserved and not self._stopping:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+            finally:
+                self._reader_may_reserve.set()
         if self.rq is not None:
             await self.rq.reclaim_once()
         else:
@@ -314,6 +354,9 @@ class Pool:
             await self.dead(entry_id, fields, REASON_MAX_ATTEMPTS, failures, attempt - 1, ledger_key)
             return
         table = self.holder.table
+        if not all(self._handlers.known(h) for h in todo):
+            # Named by a newer routing table than this worker's: import off the event loop.
+            await self._handlers.load_async(todo, table)
 
         def make_ctx(handler: str) -> Context:
             bound = self._log.bind(event_id=event.id, event_type=event.type, handler=handler, attempt=attempt)

@@ -68,24 +68,34 @@ async def not_deferred(pool: Pool, due: list[Due]) -> list[Due]:
 
 
 async def reclaim_once(pool: Pool) -> int:
-    """Claim and start the due entries, as many as there are free slots; return how many started."""
-    free = pool.free_slots()
-    if free <= 0 or pool.stopping:
+    """Claim and start the due entries, as many as there are free slots; return how many started.
+
+    The slots are reserved before the first await, so the reader cannot take them meanwhile.
+    """
+    if pool.stopping:
         return 0
-    due = await not_deferred(pool, await due_entries(pool, free))
-    if not due:
+    taken = pool.reserve(pool.free_slots())
+    if taken <= 0:
         return 0
-    ids: list[Any] = [entry_id for entry_id, _, _ in due]
-    # The smallest idle any of them needed: an entry another consumer claimed meanwhile
-    # has an idle time near zero, so it is not taken twice.
-    claimed: Any = await pool.redis.xclaim(
-        pool.stream, pool.group, pool.consumer, min_idle_time=min(n for _, _, n in due), message_ids=ids
-    )
+    try:
+        due = await not_deferred(pool, await due_entries(pool, taken))
+        if not due:
+            return 0
+        ids: list[Any] = [entry_id for entry_id, _, _ in due]
+        # The smallest idle any of them needed: an entry another consumer claimed meanwhile
+        # has an idle time near zero, so it is not taken twice.
+        claimed: Any = await pool.redis.xclaim(
+            pool.stream, pool.group, pool.consumer, min_idle_time=min(n for _, _, n in due), message_ids=ids
+        )
+    finally:
+        pool.release(taken)
     fields_by_id = {text(entry_id): fields for entry_id, fields in claimed if fields is not None}
     started = 0
     for entry_id, delivered, _ in due:
         fields = fields_by_id.get(entry_id)
         if fields is not None:
+            if pool.free_slots() <= 0:
+                continue  # concurrency was lowered meanwhile: it stays pending, claimed again later
             pool.start(entry_id, fields, attempt=delivered + 1)
             started += 1
         elif not await pool.redis.xrange(pool.stream, min=entry_id, max=entry_id):

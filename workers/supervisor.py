@@ -1,9 +1,12 @@
 """`fanout worker POOL --processes N`: N consumer processes under one parent, like `rq worker-pool`.
 
 The parent forwards SIGTERM and SIGINT to its children and waits for them to
-drain. A child that exits on its own is started again, except in burst mode,
-where exiting is how a child says the pool is drained. `fanout run` uses the
-same child handling for the pools it starts beside the ingress.
+drain. A child that exits on its own is started again after RESPAWN_DELAY_S,
+except in burst mode, where exiting is how a child says the pool is drained.
+A child that exits 2 has a configuration error (unknown pool, unimportable
+handler), which starting it again cannot fix: the parent stops the others and
+exits 2. `fanout run` uses the same child handling (Children.keep_running)
+for the pools it starts beside the ingress.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +27,8 @@ from bus import defaults
 log = structlog.get_logger("fanout.supervisor")
 
 POLL_S = 0.2
+# The exit status of `fanout worker` when the pool or one of its handlers cannot be resolved.
+CONFIG_ERROR_EXIT = 2
 
 
 def worker_command(pool: str, *, burst: bool = False, concurrency: int | None = None) -> list[str]:
@@ -55,6 +61,28 @@ class Children:
 
     def respawn(self, index: int) -> None:
         self.procs[index] = subprocess.Popen(list(self.commands[index]))
+
+    def restart_exited(self, label: str) -> int | None:
+        """Start again each child that exited, after RESPAWN_DELAY_S; CONFIG_ERROR_EXIT if one exited so."""
+        for index, proc in enumerate(self.procs):
+            code = proc.poll()
+            if code is None:
+                continue
+            if code == CONFIG_ERROR_EXIT:
+                return code
+            log.warning("supervisor.child_exited", pool=label, code=code,
+                        command=" ".join(self.commands[index][3:]))
+            time.sleep(defaults.RESPAWN_DELAY_S)
+            self.respawn(index)
+        return None
+
+    def keep_running(self, stopped: threading.Event, label: str) -> int | None:
+        """Restart children that exit until `stopped` is set; CONFIG_ERROR_EXIT when one exits so."""
+        while not stopped.wait(POLL_S):
+            code = self.restart_exited(label)
+            if code is not None:
+                return code
+        return None
 
     def signal_all(self, signum: int) -> None:
         for proc in self.procs:
@@ -94,14 +122,17 @@ class Supervisor:
             log.info("supervisor.started", pool=self.pool, processes=len(self.children.procs))
             while True:
                 codes = [proc.poll() for proc in self.children.procs]
+                if CONFIG_ERROR_EXIT in codes and not self._stopping:
+                    log.error("supervisor.child_config_error", pool=self.pool, code=CONFIG_ERROR_EXIT)
+                    print(f"fanout worker: a {self.pool!r} process exited with a configuration error "
+                          "(see its message above); restarting cannot fix it, stopping the others",
+                          file=sys.stderr, flush=True)
+                    self.children.stop()
+                    return CONFIG_ERROR_EXIT
                 if all(code is not None for code in codes):
                     break
-                if not (self._stopping or self.burst):
-                    for index, code in enumerate(codes):
-                        if code is not None:
-                            log.warning("supervisor.child_exited", pool=self.pool, code=code)
-                            time.sleep(defaults.RESPAWN_DELAY_S)
-                            self.children.respawn(index)
+                if not (self._stopping or self.burst) and self.children.restart_exited(self.pool) is not None:
+                    continue  # a child exited 2 since the poll above: handled at the top
                 time.sleep(POLL_S)
         finally:
             for sig, handler in previous.items():

@@ -3,10 +3,15 @@
 The endpoint behind the router verifies with `stripe.Webhook.construct_event`
 and its own secret, unchanged. A 2xx is success; 4xx other than 408 and 429 is
 permanent; 5xx, 408, 429, connection errors and timeouts are retried. The
-secret and the body never reach a log line.
+secret, the URL and the body never reach a log line, an exception message or a
+traceback (which the dead-letter stream keeps and `fanout dlq list` shows):
+errors name the destination and the environment variables, never their values,
+and library exceptions are not chained, since their text may quote the URL.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import httpx
 
@@ -33,6 +38,11 @@ def _retry_after_s(response: httpx.Response) -> float | None:
     return float(value) if value.isdigit() else None
 
 
+async def forward_to(name: str, destinations: Mapping[str, Destination], event: Event, ctx: Context) -> None:
+    """`forward:<name>` as resolved for a pool: the destination as routing.yaml declares it now."""
+    await forward(destinations[name], event, ctx)
+
+
 async def forward(destination: Destination, event: Event, ctx: Context) -> None:
     """Deliver `event` to `destination` as Stripe would have."""
     url = ctx.settings.env.get(destination.url_env)
@@ -55,9 +65,15 @@ async def forward(destination: Destination, event: Event, ctx: Context) -> None:
     try:
         response = await client.post(url, content=event.body, headers=headers, timeout=destination.timeout_s)
     except httpx.TimeoutException as err:
-        raise RetryLater(f"destination {destination.name!r}: timed out ({type(err).__name__})") from err
+        raise RetryLater(f"destination {destination.name!r}: timed out ({type(err).__name__})") from None
     except httpx.TransportError as err:
-        raise RetryLater(f"destination {destination.name!r}: {type(err).__name__}") from err
+        raise RetryLater(f"destination {destination.name!r}: {type(err).__name__}") from None
+    except httpx.InvalidURL as err:
+        raise PermanentFailure(
+            f"destination {destination.name!r}: the URL in {destination.url_env} is invalid ({type(err).__name__})"
+        ) from None
+    except Exception as err:  # anything else: retried as before, without its text (it may quote the URL)
+        raise RetryLater(f"destination {destination.name!r}: {type(err).__name__}") from None
     status = response.status_code
     ctx.log.info("forward.answered", destination=destination.name, status=status)
     if 200 <= status < 300:
