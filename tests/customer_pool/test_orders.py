@@ -12,6 +12,9 @@ from tests.customer_pool.conftest import ContextFactory
 from tests.customer_pool.helpers import checkout_ids, make_event
 from workers.handlers import orders
 from workers.store.base import Store
+from workers.store.rows import StatusChange
+from workers.store.sqlite_store import SqliteStore
+from workers.store.supabase_store import SupabaseStore
 
 pytestmark = pytest.mark.anyio
 T0 = 1_780_000_000
@@ -232,3 +235,46 @@ async def test_a_newer_pending_checkout_still_updates_a_pending_order_and_ties_a
     order = await store.find_order(checkout_session_id=ids["session"])
     assert order is not None and order.status == "pending" and order.amount_total == 5999
     assert order.last_event_id == again.id
+
+
+async def _updated_at(store: Store, checkout_session_id: str) -> str:
+    """The row's updated_at, which Order does not carry (each store sets it itself)."""
+    if isinstance(store, SqliteStore):
+        rows = await store._rows("select updated_at from orders where checkout_session_id = ?",
+                                 (checkout_session_id,))
+    else:
+        assert isinstance(store, SupabaseStore)
+        rows = await store._run(store._table("orders").select("updated_at")
+                                .eq("checkout_session_id", checkout_session_id))
+    return str(rows[0]["updated_at"])
+
+
+async def test_both_stores_leave_a_paid_order_alone_for_a_same_second_or_older_paid_event(
+        store: Store, make_ctx: ContextFactory) -> None:
+    """Redelivery to an already-paid order: no change and False on SQLite and Supabase alike;
+    only a strictly newer event moves the marker."""
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    completed = make_event("checkout.session.completed", ids=ids, created=T0,
+                           payment_status="paid")
+    await orders.create_from_checkout(completed, ctx)
+    key = ids["session"]
+    before = await _updated_at(store, key)
+
+    for event_id, created in (("evt_tie", T0), ("evt_older", T0 - 5)):
+        changed = await store.set_order_status(StatusChange(
+            checkout_session_id=key, status="paid", payment_status="paid",
+            event_id=f"{event_id}_{key}", event_created=created))
+        assert changed is False, event_id
+        order = await store.find_order(checkout_session_id=key)
+        assert order is not None and order.status == "paid"
+        assert order.last_event_id == completed.id and order.last_event_created == T0
+        assert await _updated_at(store, key) == before
+
+    newer = f"evt_newer_{key}"
+    assert await store.set_order_status(StatusChange(
+        checkout_session_id=key, status="paid", payment_status="paid",
+        event_id=newer, event_created=T0 + 1)) is True
+    order = await store.find_order(checkout_session_id=key)
+    assert order is not None and order.status == "paid"
+    assert order.last_event_id == newer and order.last_event_created == T0 + 1
