@@ -12,6 +12,9 @@ from tests.customer_pool.conftest import ContextFactory
 from tests.customer_pool.helpers import checkout_ids, make_event
 from workers.handlers import orders
 from workers.store.base import Store
+from workers.store.rows import StatusChange
+from workers.store.sqlite_store import SqliteStore
+from workers.store.supabase_store import SupabaseStore
 
 pytestmark = pytest.mark.anyio
 T0 = 1_780_000_000
@@ -232,3 +235,101 @@ async def test_a_newer_pending_checkout_still_updates_a_pending_order_and_ties_a
     order = await store.find_order(checkout_session_id=ids["session"])
     assert order is not None and order.status == "pending" and order.amount_total == 5999
     assert order.last_event_id == again.id
+
+
+async def _updated_at(store: Store, checkout_session_id: str) -> str:
+    """The row's updated_at, which Order does not carry (each store sets it itself)."""
+    if isinstance(store, SqliteStore):
+        rows = await store._rows("select updated_at from orders where checkout_session_id = ?",
+                                 (checkout_session_id,))
+    else:
+        assert isinstance(store, SupabaseStore)
+        rows = await store._run(store._table("orders").select("updated_at")
+                                .eq("checkout_session_id", checkout_session_id))
+    return str(rows[0]["updated_at"])
+
+
+async def test_both_stores_leave_a_paid_order_alone_for_a_same_second_or_older_paid_event(
+        store: Store, make_ctx: ContextFactory) -> None:
+    """Redelivery to an already-paid order: no change and False on SQLite and Supabase alike;
+    only a strictly newer event moves the marker."""
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    completed = make_event("checkout.session.completed", ids=ids, created=T0,
+                           payment_status="paid")
+    await orders.create_from_checkout(completed, ctx)
+    key = ids["session"]
+    before = await _updated_at(store, key)
+
+    for event_id, created in (("evt_tie", T0), ("evt_older", T0 - 5)):
+        changed = await store.set_order_status(StatusChange(
+            checkout_session_id=key, status="paid", payment_status="paid",
+            event_id=f"{event_id}_{key}", event_created=created))
+        assert changed is False, event_id
+        order = await store.find_order(checkout_session_id=key)
+        assert order is not None and order.status == "paid"
+        assert order.last_event_id == completed.id and order.last_event_created == T0
+        assert await _updated_at(store, key) == before
+
+    newer = f"evt_newer_{key}"
+    assert await store.set_order_status(StatusChange(
+        checkout_session_id=key, status="paid", payment_status="paid",
+        event_id=newer, event_created=T0 + 1)) is True
+    order = await store.find_order(checkout_session_id=key)
+    assert order is not None and order.status == "paid"
+    assert order.last_event_id == newer and order.last_event_created == T0 + 1
+
+
+# --- the checkout window after an outage or a replay ---------------------------------------------
+
+
+async def test_a_checkout_payment_intent_skipped_after_an_outage_still_ends_paid(
+        store: Store, make_ctx: ContextFactory) -> None:
+    """The window is measured on the wall clock, so after an outage (or a DLQ replay) of more
+    than an hour a real Checkout payment intent that overtook its checkout.session.completed
+    is skipped, not retried. The order still ends paid: checkout.session.completed carries
+    payment_status itself."""
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    then = int(time.time()) - orders.CHECKOUT_ORDER_WINDOW_S - 600  # handled 1 h 10 min late
+    paid = make_event("payment_intent.succeeded", ids=ids, created=then + 1,
+                      metadata={})  # Checkout sets no PaymentIntent metadata by default
+    paid.data_object["created"] = then
+    completed = make_event("checkout.session.completed", ids=ids, created=then,
+                           payment_status="paid")
+
+    with capture_logs() as logs:
+        await orders.mark_paid(paid, ctx)  # no RetryLater: skipped as past the window
+    assert [e for e in logs if e["event"] == "payment intent is not a checkout order; skipped"]
+    assert await store.find_order(checkout_session_id=ids["session"]) is None
+
+    await orders.create_from_checkout(completed, ctx)
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "paid" and order.payment_status == "paid"
+    assert order.payment_intent_id == ids["payment_intent"]
+
+
+async def test_a_delayed_payment_skipped_after_an_outage_ends_paid_by_async_payment_succeeded(
+        store: Store, make_ctx: ContextFactory) -> None:
+    """A delayed payment method completes Checkout "unpaid"; its money is reported by
+    checkout.session.async_payment_succeeded, which names the session and is never skipped."""
+    ids = checkout_ids()
+    ctx = await make_ctx()
+    then = int(time.time()) - orders.CHECKOUT_ORDER_WINDOW_S - 600
+    paid = make_event("payment_intent.succeeded", ids=ids, created=then + 2, metadata={})
+    paid.data_object["created"] = then
+    completed = make_event("checkout.session.completed", ids=ids, created=then,
+                           payment_status="unpaid")
+    settled = make_event("checkout.session.async_payment_succeeded", ids=ids, created=then + 3)
+
+    await orders.mark_paid(paid, ctx)  # skipped: no order, no linkage, past the window
+    await orders.create_from_checkout(completed, ctx)
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "pending"
+
+    await orders.mark_paid(settled, ctx)
+
+    order = await store.find_order(checkout_session_id=ids["session"])
+    assert order is not None and order.status == "paid"
+    assert order.last_event_id == settled.id

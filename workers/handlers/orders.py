@@ -18,6 +18,23 @@ no retry) if it cannot belong to a Checkout order:
 
 A payment intent linked to a Checkout session, or one younger than the
 window, still asks to be retried, since its order may be in flight.
+
+The window is measured against the wall clock when the event is handled, not
+when it happened. After an outage, a backlog or a `dlq replay` of more than an
+hour, a real Checkout payment intent whose payment_intent.succeeded overtook
+its checkout.session.completed (Checkout sets no PaymentIntent metadata unless
+asked to) is therefore skipped rather than retried. That is safe only because
+mark_paid on a payment intent is never the sole way an order becomes paid:
+
+- checkout.session.completed carries `payment_status` itself, so the order it
+  stores is already paid ("paid" or "no_payment_required");
+- a delayed payment method completes "unpaid", and its money is reported by
+  checkout.session.async_payment_succeeded, which names the session and is
+  never skipped (it retries until its order exists).
+
+A skipped payment intent loses only its event marker, never the payment.
+Anything that makes an order's paid status depend on payment_intent.succeeded
+alone must revisit this rule.
 """
 
 from __future__ import annotations

@@ -8,6 +8,11 @@ characters that delimit a URL (`#`, `/`, `?`, `@`, `:`, `%`) must be
 percent-encoded in SMTP_URL (`urllib.parse.quote(password, safe="")`). A URL
 that does not parse raises SmtpUrlError, which never quotes any part of it. A rejected recipient is permanent (PermanentFailure); every
 other SMTP or network failure is transient (RetryLater).
+
+Once the server has accepted the message (DATA answered 2xx), the send has
+succeeded: QUIT is best effort, and an error there (the total deadline
+passing, a dropped connection) is logged at debug and ignored. Reporting it
+as a failure would retry the send and deliver the email twice.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
+import structlog
+
 from bus.errors import ConfigError, PermanentFailure, RetryLater
 from bus.settings import Secret, Settings
 from workers.context import Context
@@ -37,6 +44,7 @@ SMTP_TIMEOUT_S = 20.0  # one socket step (connect, one reply) at most
 # handler. Override with SMTP_TOTAL_TIMEOUT_S; keep it below the pool's timeout_s.
 SMTP_TOTAL_TIMEOUT_S = 15.0
 RESOURCE_NAME = "mail_transport"
+log = structlog.get_logger("fanout.mail")
 DEFAULT_PORTS = {"smtp": 25, "smtps": 465, "starttls": 587}
 
 Mode = Literal["smtp", "smtps", "starttls"]
@@ -130,6 +138,17 @@ class _DeadlineSMTPSSL(_DeadlineSMTP, smtplib.SMTP_SSL):
     pass
 
 
+def _quit_quietly(smtp: smtplib.SMTP) -> None:
+    """QUIT and close, best effort: no error here (a passed deadline, a dropped connection)
+    changes the outcome of the exchange, so it is logged at debug and ignored."""
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError) as err:
+        log.debug("smtp quit failed; ignored", error=type(err).__name__)
+    finally:
+        smtp.close()
+
+
 class SmtpTransport:
     name = "smtp"
 
@@ -152,12 +171,17 @@ class SmtpTransport:
         smtp.deadline = time.monotonic() + self.total_timeout_s
         smtp.step_s = self.timeout_s
         smtp.connect(cfg.host, cfg.port)
-        with smtp:
+        try:
             if cfg.mode == "starttls":
                 smtp.starttls(context=ssl.create_default_context())
             if cfg.username and cfg.password:
                 smtp.login(cfg.username, cfg.password.reveal())
             smtp.send_message(message)
+        except BaseException:
+            _quit_quietly(smtp)  # the send's own error is the one reported
+            raise
+        # The server has accepted the message: the send is done, whatever QUIT does next.
+        _quit_quietly(smtp)
 
     async def send(self, message: EmailMessage) -> None:
         try:

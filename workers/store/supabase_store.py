@@ -136,8 +136,14 @@ class SupabaseStore:
                      .lte("last_event_created", change.event_created))
             return bool(await self._run(query))
         paid = {**marker, "status": "paid", "failure_reason": None}
+        # As the SQLite store: an unpaid order takes a tie; a paid one only a strictly newer
+        # event (a redelivery in the same second changes nothing and returns False).
+        unpaid = (self._table("orders").update(paid).eq("checkout_session_id", key)
+                  .neq("status", "paid").lte("last_event_created", change.event_created))
+        if await self._run(unpaid):
+            return True
         newer = (self._table("orders").update(paid).eq("checkout_session_id", key)
-                 .lte("last_event_created", change.event_created))
+                 .eq("status", "paid").lt("last_event_created", change.event_created))
         if await self._run(newer):
             return True
         # A newer event already moved the marker: still mark paid, leave the marker alone.
