@@ -147,3 +147,9 @@ async def busy_fail_twice(event: Event, ctx: Context) -> None:
         INFLIGHT[prefix] -= 1
     if count <= 2:
         raise RuntimeError(f"failing on purpose (attempt {ctx.attempt})")
+
+
+async def hang_first(event: Event, ctx: Context) -> None:
+    """Hangs on its first run (for a test to kill the worker running it); returns on later runs."""
+    if await _record(event, ctx) == 1:
+        await asyncio.sleep(60)

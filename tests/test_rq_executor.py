@@ -11,6 +11,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ import redis
 import redis.asyncio as aioredis
 from rq.job import Job
 
+from bus import defaults
 from bus.keys import Keys
 from bus.routing import RoutingTable
 from tests.conftest import TEST_REDIS_URL, make_settings
@@ -106,7 +109,8 @@ def test_every_event_runs_exactly_once_as_one_json_job_and_is_acked(
     raw = sync_client.hgetall(Job.key_for(job_id(prefix, "iso", first_entry[0].decode(), 1)))
     payload = json.loads(zlib.decompress(raw[b"data"]))  # the JSON serializer: no pickle
     assert payload[3]["entry"]["body"] == first_entry[1][b"body"].decode()  # the raw body, as text
-    assert raw[b"timeout"] == b"1"  # the pool's timeout_s
+    # The pool's timeout_s, plus the time the job keeps to record its outcome.
+    assert raw[b"timeout"] == str(1 + defaults.RQ_RECORDING_MARGIN_S).encode()
     assert b"evt_" in raw[b"description"] and first_entry[1][b"body"] not in raw[b"description"]
 
     work_burst(sync_client, prefix, "iso")
@@ -421,3 +425,70 @@ def test_retry_later_defers_the_next_attempt_and_permanent_failure_dead_letters_
     assert stats(sync_client, keys, "iso") == {"processed": 1, "failed": 2, "retried": 1, "dead": 1}
     assert pending(sync_client, keys, "iso") == 0
     assert sync_client.exists(keys.retry_at("iso"), keys.ledger("iso", "evt_perm")) == 0
+
+
+HANG = f"""
+pools:
+  iso: {{executor: rq, {FAST}}}
+routes:
+  test.hang: {{iso: ["{H}hang_first"]}}
+"""
+
+
+def start_rq_worker(prefix: str, routing: Path, log_path: Path, *, simple: bool = True) -> subprocess.Popen[bytes]:
+    """A real `rq worker` for the `iso` pool of this test, named `<prefix>-w`."""
+    from tests.support import worker_env
+
+    argv = [sys.executable, "-m", "rq.cli", "worker", queue_name(prefix, "iso"), "--serializer",
+            "rq.serializers.JSONSerializer", "--url", TEST_REDIS_URL, "--name", f"{prefix}-w"]
+    if simple:
+        argv += ["-w", "rq.SimpleWorker"]
+    with log_path.open("ab") as out:
+        return subprocess.Popen(argv, env=worker_env(prefix, routing), stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("gone", ["past_its_timeout", "heartbeat_key_expired"])
+def test_an_entry_whose_rq_worker_was_sigkilled_mid_job_is_retried_and_burst_waits_for_it(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gone: str,
+) -> None:
+    # Small margins, so that "past its RQ timeout" comes 2.5 s after the job started.
+    monkeypatch.setattr(defaults, "RQ_RECORDING_MARGIN_S", 1)
+    monkeypatch.setattr(defaults, "RQ_ABANDONED_MARGIN_S", 0.5)
+    routing = routing_file(tmp_path, monkeypatch, HANG)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.hang", ["evt_hang"])
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    entry_id = sync_client.xrange(keys.stream("iso"))[0][0].decode()
+    queue = rq_queue_of(sync_client, prefix, "iso")
+    first = queue.fetch_job(job_id(prefix, "iso", entry_id, 1))
+    assert first is not None
+    worker = start_rq_worker(prefix, routing, tmp_path / "rq.log")
+    try:
+        deadline = time.monotonic() + 30
+        while runs(sync_client, prefix, "hang_first") != {"evt_hang": 1} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.get_status(refresh=True) == "started", (tmp_path / "rq.log").read_text()
+        os.kill(worker.pid, signal.SIGKILL)  # mid-job
+        worker.wait()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    if gone == "heartbeat_key_expired":
+        sync_client.delete(f"rq:worker:{prefix}-w")  # as its TTL would, a minute or so later
+    started = time.monotonic()
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    elapsed = time.monotonic() - started
+    # The burst consumer did not exit while the entry hung on a dead worker: it retried it.
+    second = queue.fetch_job(job_id(prefix, "iso", entry_id, 2))
+    assert second is not None and second.get_status() == "queued"
+    assert sync_client.xpending_range(keys.stream("iso"), "iso", min=entry_id, max=entry_id,
+                                      count=1)[0]["times_delivered"] == 2
+    if gone == "heartbeat_key_expired":
+        assert elapsed < 2  # no need to wait for its timeout
+    else:
+        assert elapsed >= 1.5
+    work_burst(sync_client, prefix, "iso")
+    assert runs(sync_client, prefix, "hang_first") == {"evt_hang": 2}
+    assert pending(sync_client, keys, "iso") == 0
+    assert stats(sync_client, keys, "iso") == {"processed": 1, "retried": 1}
