@@ -16,9 +16,11 @@ How one entry flows, and why nothing is lost or run twice:
    the job's own thread, so RQ's hard timeout (SIGALRM in the work horse, at
    `timeout_s` rounded up) can stop a blocking call. Past that timeout, every
    handler not yet done counts as timed out.
-3. Success: the job returns, and its RQ success callback acks the entry and
-   counts it `processed`, in one script that counts only when XACK acked, so an
-   ack repeated by a reclaim pass is not counted twice.
+3. Success: the job itself acks the entry and counts it `processed`, in one
+   script that counts only when XACK acked (so an ack repeated by the job's RQ
+   success callback or a reclaim pass is not counted twice), then returns. If
+   that ack fails, the job records every handler as done in the ledger before
+   it fails: the next attempt runs nothing and only acks.
 4. Failure: the job records what the async executor records (`failed` count,
    the handlers that did succeed in the ledger, the time the retry is due in the
    pool's retry-time hash: its backoff, or longer for RetryLater(defer_s)), then
@@ -185,6 +187,7 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
         failures += [Failure(h, f"TimeoutError: the job ran past timeout_s ({timeout_s} s); RQ stopped it",
                              trace) for h in todo if h not in ended]
     if not failures:
+        _ack_done(client, keys, pool, entry_id, event, attempt, ledger_key, ledger_ttl_s)
         return {"handlers": len(todo)}
     _record_failure(client, keys, config, entry_id, entry, event, attempt, succeeded, failures, ledger_ttl_s)
     raise AttemptFailed(f"attempt {attempt} of entry {entry_id} ({event.type} {event.id}): "
@@ -243,6 +246,32 @@ def _record_failure(client: redis.Redis, keys: Keys, config: PoolConfig, entry_i
     pipe.execute()
 
 
+def _ack_done(client: redis.Redis, keys: Keys, pool: str, entry_id: str, event: Event, attempt: int,
+              ledger_key: str, ledger_ttl_s: int) -> None:
+    """Ack the entry and count it processed, inside the job, right after its handlers succeeded.
+
+    Not in RQ's success callback alone: RQ runs that before it saves the job as finished, and
+    marks the job failed if it raises, so a lost ack there meant a next attempt with no ledger,
+    running every handler again. If this ack fails, every handler is recorded as done in the
+    completion ledger (and the entry made due at once) before the job fails: the next attempt
+    runs nothing and acks.
+    """
+    ack_keys, argv = ack_script_args(keys, pool, entry_id, event.id if attempt > 1 else None)
+    try:
+        client.eval(ACK_SCRIPT, len(ack_keys), *ack_keys, *argv)
+    except redis.RedisError as err:
+        log.error("entry.ack_failed", pool=pool, executor="rq", entry_id=entry_id, attempt=attempt,
+                  event_id=event.id, event_type=event.type, error=f"{type(err).__name__}: {err}")
+        pipe = client.pipeline(transaction=True)
+        pipe.sadd(ledger_key, *event.handlers)
+        pipe.expire(ledger_key, ledger_ttl_s)
+        pipe.hset(keys.retry_at(pool), entry_id, str(int(time.time() * 1000)))
+        pipe.execute()
+        raise AttemptFailed(f"attempt {attempt} of entry {entry_id} ({event.type} {event.id}): every handler "
+                            f"succeeded but the ack failed ({type(err).__name__}: {err}); "
+                            "the next attempt only acks") from err
+
+
 def _dead(client: redis.Redis, keys: Keys, pool: str, entry_id: str, entry: dict[str, str], reason: str,
           failures: list[Failure], attempts: int, ledger_key: str | None) -> None:
     """Dead-letter the entry, then (and only then) ack it and count it dead."""
@@ -258,7 +287,10 @@ def _dead(client: redis.Redis, keys: Keys, pool: str, entry_id: str, entry: dict
 
 
 def on_job_success(job: Job, connection: redis.Redis, result: Any) -> None:
-    """RQ's success callback: ack the entry and count it processed (once, however often it is called)."""
+    """RQ's success callback: a harmless repeat of the job's own ack (the script counts an entry once).
+
+    Kept for jobs enqueued before the job acked itself.
+    """
     kwargs: dict[str, Any] = job.kwargs
     keys = Keys(kwargs["prefix"])
     event_id = kwargs["entry"].get("id") if kwargs["attempt"] > 1 else None
