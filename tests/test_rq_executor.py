@@ -499,3 +499,44 @@ def test_an_entry_whose_rq_worker_was_sigkilled_mid_job_is_retried_and_burst_wai
     assert runs(sync_client, prefix, "hang_first") == {"evt_hang": 2}
     assert pending(sync_client, keys, "iso") == 0
     assert stats(sync_client, keys, "iso") == {"processed": 1, "retried": 1}
+
+
+def test_a_failure_between_dead_letter_and_ack_neither_duplicates_the_dead_letter_nor_reruns_handlers(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.rq_executor as rq_executor
+
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.permanent", ["evt_p"])
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    # The ack script fails (as RQ's alarm landing after the dead-letter XADD would stop it).
+    with monkeypatch.context() as m:
+        m.setattr(rq_executor, "ACK_SCRIPT", "return redis.call('NOSUCHCOMMAND')")
+        work_burst(sync_client, prefix, "iso")
+    drain_rq(settings, "iso", sync_client)
+    dead = asyncio.run(_list_dead(keys, "iso"))
+    assert [(d.event_id, d.attempts, d.reason) for d in dead] == [("evt_p", 1, "permanent failure")]
+    assert runs(sync_client, prefix, "record") == {"evt_p": 1}
+    assert runs(sync_client, prefix, "permanent") == {"evt_p": 1}
+    assert pending(sync_client, keys, "iso") == 0
+    assert stats(sync_client, keys, "iso") == {"failed": 1, "dead": 1}
+
+
+def test_an_rq_job_stops_its_handlers_at_timeout_s_even_one_that_swallows_exceptions(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch, ROUTING.replace("max_attempts: 3", "max_attempts: 1")
+                           + f'  test.swallow: {{iso: ["{H}sync_swallows_timeouts"]}}\n')
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.swallow", ["evt_sw"])
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    started = time.monotonic()
+    work_burst(sync_client, prefix, "iso")
+    assert time.monotonic() - started < 4  # timeout_s is 1 s; RQ's own alarm is only a backstop, later
+    [dead] = asyncio.run(_list_dead(keys, "iso"))
+    assert (dead.event_id, dead.reason, dead.handlers) == ("evt_sw", "max attempts reached",
+                                                           (H + "sync_swallows_timeouts",))
+    assert dead.error.startswith("TimeoutError")
+    assert pending(sync_client, keys, "iso") == 0
+    assert stats(sync_client, keys, "iso") == {"failed": 1, "dead": 1}

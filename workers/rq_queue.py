@@ -231,3 +231,29 @@ def ack_script_args(keys: Keys, pool: str, entry_id: str, event_id: str | None,
     stats = keys.pool_stats(pool)
     ledger = keys.ledger(pool, event_id) if event_id else stats
     return [keys.stream(pool), stats, ledger, keys.retry_at(pool)], [keys.group(pool), entry_id, counter]
+
+
+# Dead-letter a pending entry in one step: the dead-letter XADD, the XACK, the counters, the
+# ledger DEL and the retry-time HDEL; nothing when the entry is no longer pending (a repeat).
+# KEYS: stream, stats, ledger (the stats key when there is none), retry times, dead-letter stream
+# (all under the {prefix} hash tag). ARGV: group, entry id, handler failures to count, then the
+# dead-letter entry's fields and values. XADD comes first: if it fails, nothing else happened.
+DEAD_SCRIPT = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then return 0 end
+redis.call('XADD', KEYS[5], '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[2], 'failed', ARGV[3]) end
+redis.call('HINCRBY', KEYS[2], 'dead', 1)
+if KEYS[3] ~= KEYS[2] then redis.call('DEL', KEYS[3]) end
+redis.call('HDEL', KEYS[4], ARGV[2])
+return 1
+"""
+
+
+def dead_script_args(keys: Keys, pool: str, entry_id: str, ledger_key: str | None, failed: int,
+                     fields: Mapping[Any, Any]) -> tuple[list[str], list[Any]]:
+    """(KEYS, ARGV) of DEAD_SCRIPT."""
+    stats = keys.pool_stats(pool)
+    flat: list[Any] = [item for pair in fields.items() for item in pair]
+    return ([keys.stream(pool), stats, ledger_key or stats, keys.retry_at(pool), keys.dead(pool)],
+            [keys.group(pool), entry_id, str(failed), *flat])
