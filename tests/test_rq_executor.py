@@ -540,3 +540,42 @@ def test_an_rq_job_stops_its_handlers_at_timeout_s_even_one_that_swallows_except
     assert dead.error.startswith("TimeoutError")
     assert pending(sync_client, keys, "iso") == 0
     assert stats(sync_client, keys, "iso") == {"failed": 1, "dead": 1}
+
+
+def test_requeueing_old_failed_attempts_in_rq_runs_nothing_again(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.retry", ["evt_rq"])
+    drain_rq(settings, "iso", sync_client)
+    before = stats(sync_client, keys, "iso")
+    queue = rq_queue_of(sync_client, prefix, "iso")
+    failed = queue.failed_job_registry.get_job_ids()
+    assert len(failed) == 2
+    for jid in failed:  # what `rq requeue --all` or rq-dashboard's "Requeue all" does
+        queue.failed_job_registry.requeue(jid)
+    work_burst(sync_client, prefix, "iso")
+    assert runs(sync_client, prefix, "fail_twice") == {"evt_rq": 3}
+    assert runs(sync_client, prefix, "record") == {"evt_rq": 1}
+    assert stats(sync_client, keys, "iso") == before
+    assert pending(sync_client, keys, "iso") == 0
+
+
+def test_a_job_still_queued_when_its_pool_switched_to_async_does_not_run_the_entry_again(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.many", ["evt_sw"])
+    asyncio.run(run_pool(settings, "iso", burst=True))  # attempt 1's RQ job is queued
+    routing.write_text(ROUTING.replace("executor: rq, ", ""))  # the pool now runs async
+    time.sleep(3.5)  # a peer's entry is taken over past timeout_s + backoff + margin
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    assert runs(sync_client, prefix, "record") == {"evt_sw": 1}
+    assert pending(sync_client, keys, "iso") == 0
+    work_burst(sync_client, prefix, "iso")  # an RQ worker still running gets to the old job
+    assert runs(sync_client, prefix, "record") == {"evt_sw": 1}
+    assert runs(sync_client, prefix, "sync_record") == {"evt_sw": 1}
+    assert stats(sync_client, keys, "iso") == {"processed": 1, "retried": 1}
+    assert pending(sync_client, keys, "iso") == 0

@@ -10,7 +10,12 @@ How one entry flows, and why nothing is lost or run twice:
 1. The pool's stream consumer reads the entry (it is now pending, delivered once)
    and enqueues job ``<prefix>-<pool>-<entry>-a1`` (workers/rq_queue.py). The entry
    stays pending until acked: a crash anywhere leaves it there.
-2. The job runs the handlers that the completion ledger does not list as done,
+2. The job first checks that its attempt is still the entry's: the entry is
+   pending and delivered exactly `attempt` times. Otherwise (the entry is done,
+   a later attempt owns it, a requeued old job, a pool switched to async that
+   took the entry over) it returns without running anything, and its success
+   callback does not ack.
+   The job runs the handlers that the completion ledger does not list as done,
    the ledger the async executor also uses: async handlers concurrently on one
    event loop (`asyncio.run`), each under `timeout_s`; sync handlers directly, in
    the job's own thread, so the job's own alarm (SIGALRM at `timeout_s`, raising
@@ -217,6 +222,13 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
     keys = Keys(prefix)
     config = PoolConfig(name=pool, max_attempts=max_attempts, timeout_s=timeout_s,
                         backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s)
+    delivered = _times_delivered(client, keys, pool, entry_id)
+    if delivered != attempt:
+        # Done (acked, dead-lettered), or another attempt owns it now: a job requeued by hand
+        # (`rq requeue`), or a pool switched to async that took the entry over. Run nothing.
+        log.warning("entry.attempt_superseded", pool=pool, executor="rq", entry_id=entry_id, attempt=attempt,
+                    times_delivered=delivered, event_id=entry.get("id", ""), event_type=entry.get("type", ""))
+        return {"handlers": 0, SKIPPED: 1}
     try:
         event = Event.from_entry(entry)  # type: ignore[arg-type]
     except (ValueError, KeyError) as err:
@@ -299,6 +311,16 @@ def _record_failure(client: redis.Redis, keys: Keys, config: PoolConfig, entry_i
     pipe.execute()
 
 
+# In the result of a job that ran nothing because its attempt is no longer the entry's current one.
+SKIPPED = "skipped"
+
+
+def _times_delivered(client: redis.Redis, keys: Keys, pool: str, entry_id: str) -> int | None:
+    """How often the pending entry was delivered (its current attempt); None when it is not pending."""
+    rows: Any = client.xpending_range(keys.stream(pool), keys.group(pool), min=entry_id, max=entry_id, count=1)
+    return int(rows[0]["times_delivered"]) if rows else None
+
+
 def _ack_done(client: redis.Redis, keys: Keys, pool: str, entry_id: str, event: Event, attempt: int,
               ledger_key: str, ledger_ttl_s: int) -> None:
     """Ack the entry and count it processed, inside the job, right after its handlers succeeded.
@@ -347,8 +369,11 @@ def _dead(client: redis.Redis, keys: Keys, pool: str, entry_id: str, entry: dict
 def on_job_success(job: Job, connection: redis.Redis, result: Any) -> None:
     """RQ's success callback: a harmless repeat of the job's own ack (the script counts an entry once).
 
-    Kept for jobs enqueued before the job acked itself.
+    Kept for jobs enqueued before the job acked itself. A job that ran nothing (its attempt was
+    superseded) must not ack: the entry may be running elsewhere under a later attempt.
     """
+    if isinstance(result, dict) and result.get(SKIPPED):
+        return
     kwargs: dict[str, Any] = job.kwargs
     keys = Keys(kwargs["prefix"])
     event_id = kwargs["entry"].get("id") if kwargs["attempt"] > 1 else None
