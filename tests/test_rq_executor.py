@@ -579,3 +579,37 @@ def test_a_job_still_queued_when_its_pool_switched_to_async_does_not_run_the_ent
     assert runs(sync_client, prefix, "sync_record") == {"evt_sw": 1}
     assert stats(sync_client, keys, "iso") == {"processed": 1, "retried": 1}
     assert pending(sync_client, keys, "iso") == 0
+
+
+def test_an_async_consumer_does_not_take_over_an_entry_a_live_rq_worker_is_running(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The job was enqueued under timeout_s 30: it is still running when the pool, now async
+    # with timeout_s 1, would take a peer's entry over.
+    routing = routing_file(tmp_path, monkeypatch, HANG.replace("timeout_s: 1,", "timeout_s: 30,"))
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.hang", ["evt_live"])
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    rq_worker = start_rq_worker(prefix, routing, tmp_path / "rq.log")
+    consumer: subprocess.Popen[bytes] | None = None
+    try:
+        deadline = time.monotonic() + 30
+        while runs(sync_client, prefix, "hang_first") != {"evt_live": 1} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        routing.write_text(HANG.replace("executor: rq, ", ""))
+        consumer = start_worker(prefix, routing, tmp_path / "consumer.log", "iso")
+        time.sleep(4.5)  # past the async pool's takeover wait
+        assert runs(sync_client, prefix, "hang_first") == {"evt_live": 1}, (tmp_path / "consumer.log").read_text()
+        os.kill(rq_worker.pid, signal.SIGKILL)
+        rq_worker.wait()
+        sync_client.delete(f"rq:worker:{prefix}-w")  # its heartbeat key expires
+        deadline = time.monotonic() + 15
+        while pending(sync_client, keys, "iso") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runs(sync_client, prefix, "hang_first") == {"evt_live": 2}
+        assert pending(sync_client, keys, "iso") == 0
+    finally:
+        for proc in (rq_worker, consumer):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
