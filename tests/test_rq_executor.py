@@ -613,3 +613,45 @@ def test_an_async_consumer_does_not_take_over_an_entry_a_live_rq_worker_is_runni
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=30)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the work horse through /proc")
+def test_stopping_the_rq_worker_child_of_fanout_run_leaves_no_work_horse_behind(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import REPO
+    from workers.supervisor import Children, rq_worker_command
+
+    routing = routing_file(tmp_path, monkeypatch, HANG.replace("timeout_s: 1,", "timeout_s: 30,"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    publish(keys, load(routing), "test.hang", ["evt_horse"])
+    asyncio.run(run_pool(make_settings(prefix, routing_file=routing), "iso", burst=True))
+    children = Children([rq_worker_command(prefix, "iso")])  # as `fanout run` starts it
+    started: set[int] = set()
+    children.start()
+    try:
+        deadline = time.monotonic() + 30
+        while runs(sync_client, prefix, "hang_first") != {"evt_horse": 1} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker = children.procs[0].pid
+        horses = {int(p) for task in Path(f"/proc/{worker}/task").iterdir()
+                  for p in (task / "children").read_text().split()}
+        assert len(horses) == 1  # the work horse running the job
+        started = {worker, *horses}
+        children.stop(grace_s=0.5)  # the job would run 30 s: past the grace period
+        assert not [pid for pid in started if _alive(pid)]
+    finally:
+        for pid in started:  # left over only if stop() failed to stop them
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        for proc in children.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
