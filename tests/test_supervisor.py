@@ -140,3 +140,26 @@ def test_run_restarts_a_pool_worker_that_dies(prefix: str, tmp_path: Path) -> No
                 with contextlib.suppress(OSError):
                     if b"fanout.cli\0worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
                         os.kill(pid, signal.SIGKILL)
+
+
+def test_run_on_a_port_already_taken_exits_2_naming_the_port_before_starting_anything(
+    prefix: str, tmp_path: Path
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, TEST_REDIS_URL
+
+    routing = write_routing(tmp_path, ROUTING)
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": TEST_REDIS_URL, "FANOUT_PREFIX": prefix,
+           "ROUTING_FILE": str(routing), "PYTHONPATH": str(REPO), "LOG_LEVEL": "warning"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "fanout.cli", "run", "--host", "127.0.0.1", "--port",
+                               str(port)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "running" not in done.stdout.lower()  # no banner, no pools started
