@@ -655,3 +655,10 @@ def test_stopping_the_rq_worker_child_of_fanout_run_leaves_no_work_horse_behind(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_the_rq_executor_docstring_shows_the_readme_rq_worker_command() -> None:
+    import workers.rq_executor as rq_executor
+
+    [worker] = [c for c in readme_rq_commands() if c.split()[1] == "worker"]
+    assert worker.removeprefix(".venv/bin/") in (rq_executor.__doc__ or "")

@@ -3,7 +3,11 @@
 Start the workers with the JSON serializer, in the environment of `fanout worker`
 (REDIS_URL, ROUTING_FILE, the destinations' and Supabase's variables):
 
-    rq worker customer --url "$REDIS_URL" --serializer rq.serializers.JSONSerializer
+    rq worker reports -c workers.rq_settings --serializer rq.serializers.JSONSerializer
+
+(`-c workers.rq_settings` takes REDIS_URL and loads the handlers before RQ forks.
+`--serializer` stays on the command line: RQ reads no serializer from a settings
+module, only from that option.)
 
 How one entry flows, and why nothing is lost or run twice:
 
