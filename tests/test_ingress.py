@@ -365,17 +365,20 @@ async def test_a_redis_that_accepts_but_never_answers_gives_503_within_two_secon
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
+    listener.settimeout(0.1)  # so the accept loop notices `done` and every socket is closed here
     held: list[socket.socket] = []
+    done = threading.Event()
 
     def accept_and_say_nothing() -> None:
-        while True:
+        while not done.is_set():
             try:
                 conn, _ = listener.accept()
-            except OSError:
-                return
+            except TimeoutError:
+                continue
             held.append(conn)
 
-    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    acceptor = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    acceptor.start()
     port = listener.getsockname()[1]
     settings = make_settings(prefix, redis_url=f"redis://127.0.0.1:{port}/0")
     body, headers = delivery()
@@ -385,6 +388,8 @@ async def test_a_redis_that_accepts_but_never_answers_gives_503_within_two_secon
             response = await client.post(WEBHOOK, content=body, headers=headers)
             elapsed = time.monotonic() - started
     finally:
+        done.set()
+        acceptor.join(timeout=5)
         listener.close()
         for conn in held:
             conn.close()
