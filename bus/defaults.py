@@ -39,6 +39,12 @@ RECLAIM_INTERVAL_S = 1.0
 # RQ by the thousand) only this often, for jobs lost or killed before recording a failure;
 # failed attempts that recorded their retry time are looked at on every pass.
 RQ_FULL_SCAN_INTERVAL_S = 10.0
+# An RQ job is given ceil(timeout_s) plus this: the job enforces timeout_s on the handlers itself
+# and keeps the rest to record the outcome; RQ's own hard timeout is only the backstop.
+RQ_RECORDING_MARGIN_S = 5
+# A job still `started` this long past its start plus its RQ timeout was abandoned (its worker
+# died: RQ itself notices only in a maintenance pass, every 10 minutes).
+RQ_ABANDONED_MARGIN_S = 5.0
 # A reclaim or trim pass that fails with an unexpected error is logged and tried again after this.
 BACKGROUND_FAILURE_BACKOFF_S = 1.0
 # How many pending entries one reclaim pass inspects per XPENDING call.

@@ -64,6 +64,24 @@ def _serve_ingress(host: str, port: int, workers: int) -> None:
     )
 
 
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the ingress could not listen on host:port (as uvicorn binds: SO_REUSEADDR), or None."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as err:
+        return str(err)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as err:
+            return err.strerror or str(err)
+    return None
+
+
 def _check_routing(settings: Settings) -> bool:
     try:
         table = load_routing(settings.routing_file)
@@ -139,6 +157,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Until the pools are stopped, a signal must unwind to the cleanup below, whatever is running:
     # uvicorn re-raises the signal it caught once it has shut down, and the default action
     # would end this process with the pools still running.
+    # Before anything starts: a port already taken would otherwise stop everything it started.
+    why = _cannot_listen(args.host, args.port)
+    if why is not None:
+        print(f"fanout run: cannot listen on {args.host}:{args.port} ({why}); is another server using "
+              f"port {args.port}? Choose another with --port.", file=sys.stderr)
+        return 2
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     store: embedded.EmbeddedRedis | None = None
     stand_ins: StandInServer | None = None

@@ -147,3 +147,18 @@ async def busy_fail_twice(event: Event, ctx: Context) -> None:
         INFLIGHT[prefix] -= 1
     if count <= 2:
         raise RuntimeError(f"failing on purpose (attempt {ctx.attempt})")
+
+
+async def hang_first(event: Event, ctx: Context) -> None:
+    """Hangs on its first run (for a test to kill the worker running it); returns on later runs."""
+    if await _record(event, ctx) == 1:
+        await asyncio.sleep(60)
+
+
+def sync_swallows_timeouts(event: Event, ctx: Context) -> None:
+    """Blocks past any timeout and swallows every Exception, as careless handler code does."""
+    _sync_client(ctx.settings.redis_url).hincrby(runs_key(ctx.settings.key_prefix, ctx.handler), event.id, 1)
+    try:
+        time.sleep(30)
+    except Exception:
+        return

@@ -61,9 +61,10 @@ def delete_rq_keys(prefix: str) -> None:
         found = list(client.scan_iter(match=f"rq:*{prefix}*", count=1000))
         if found:
             client.delete(*found)
-        for member in client.smembers("rq:queues"):
-            if prefix.encode() in member:
-                client.srem("rq:queues", member)
+        for key in ("rq:queues", "rq:workers"):
+            for member in client.smembers(key):
+                if prefix.encode() in member:
+                    client.srem(key, member)
     finally:
         client.close()
 

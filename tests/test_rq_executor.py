@@ -11,6 +11,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ import redis
 import redis.asyncio as aioredis
 from rq.job import Job
 
+from bus import defaults
 from bus.keys import Keys
 from bus.routing import RoutingTable
 from tests.conftest import TEST_REDIS_URL, make_settings
@@ -106,7 +109,8 @@ def test_every_event_runs_exactly_once_as_one_json_job_and_is_acked(
     raw = sync_client.hgetall(Job.key_for(job_id(prefix, "iso", first_entry[0].decode(), 1)))
     payload = json.loads(zlib.decompress(raw[b"data"]))  # the JSON serializer: no pickle
     assert payload[3]["entry"]["body"] == first_entry[1][b"body"].decode()  # the raw body, as text
-    assert raw[b"timeout"] == b"1"  # the pool's timeout_s
+    # The pool's timeout_s, plus the time the job keeps to record its outcome.
+    assert raw[b"timeout"] == str(1 + defaults.RQ_RECORDING_MARGIN_S).encode()
     assert b"evt_" in raw[b"description"] and first_entry[1][b"body"] not in raw[b"description"]
 
     work_burst(sync_client, prefix, "iso")
@@ -358,23 +362,30 @@ def test_a_job_that_failed_without_recording_counts_as_an_attempt_and_is_dead_le
     assert stats(sync_client, keys, "iso") == {"retried": 2, "dead": 1}
 
 
-def test_a_finished_job_whose_ack_was_lost_is_acked_by_the_consumer_and_not_run_again(
+def test_a_failed_ack_after_the_handlers_succeeded_does_not_run_them_again(
     sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import workers.rq_executor as rq_executor
+
     routing = routing_file(tmp_path, monkeypatch)
     settings = make_settings(prefix, routing_file=routing)
-    publish(keys, load(routing), "test.many", ["evt_done"])
+    publish(keys, load(routing), "test.many", ["evt_ack"])
     asyncio.run(run_pool(settings, "iso", burst=True))
     entry_id = sync_client.xrange(keys.stream("iso"))[0][0].decode()
+    # Every ack of this attempt fails in Redis (a failover, OOM...): the job's own and its callback's.
+    with monkeypatch.context() as m:
+        m.setattr(rq_executor, "ACK_SCRIPT", "return redis.call('NOSUCHCOMMAND')")
+        work_burst(sync_client, prefix, "iso")
+    assert runs(sync_client, prefix, "record") == {"evt_ack": 1}
+    assert pending(sync_client, keys, "iso") == 1
     queue = rq_queue_of(sync_client, prefix, "iso")
-    job = queue.fetch_job(job_id(prefix, "iso", entry_id, 1))
-    assert job is not None
-    queue.remove(job)
-    job.set_status("finished")  # it ran; its success callback never acked
-    assert drain_rq(settings, "iso", sync_client) == 1
+    assert queue.failed_job_registry.get_job_ids() == [job_id(prefix, "iso", entry_id, 1)]
+    drain_rq(settings, "iso", sync_client)  # attempt 2 finds every handler in the ledger, and acks
+    assert runs(sync_client, prefix, "record") == {"evt_ack": 1}
+    assert runs(sync_client, prefix, "sync_record") == {"evt_ack": 1}
     assert pending(sync_client, keys, "iso") == 0
-    assert stats(sync_client, keys, "iso") == {"processed": 1}
-    assert runs(sync_client, prefix, "record") == {}
+    assert stats(sync_client, keys, "iso") == {"processed": 1, "retried": 1}
+    assert sync_client.exists(keys.ledger("iso", "evt_ack"), keys.retry_at("iso")) == 0
 
 
 def test_a_running_consumer_enqueues_the_next_attempt_once_the_failed_ones_backoff_has_passed(
@@ -421,3 +432,233 @@ def test_retry_later_defers_the_next_attempt_and_permanent_failure_dead_letters_
     assert stats(sync_client, keys, "iso") == {"processed": 1, "failed": 2, "retried": 1, "dead": 1}
     assert pending(sync_client, keys, "iso") == 0
     assert sync_client.exists(keys.retry_at("iso"), keys.ledger("iso", "evt_perm")) == 0
+
+
+HANG = f"""
+pools:
+  iso: {{executor: rq, {FAST}}}
+routes:
+  test.hang: {{iso: ["{H}hang_first"]}}
+"""
+
+
+def start_rq_worker(prefix: str, routing: Path, log_path: Path, *, simple: bool = True) -> subprocess.Popen[bytes]:
+    """A real `rq worker` for the `iso` pool of this test, named `<prefix>-w`."""
+    from tests.support import worker_env
+
+    argv = [sys.executable, "-m", "rq.cli", "worker", queue_name(prefix, "iso"), "--serializer",
+            "rq.serializers.JSONSerializer", "--url", TEST_REDIS_URL, "--name", f"{prefix}-w"]
+    if simple:
+        argv += ["-w", "rq.SimpleWorker"]
+    with log_path.open("ab") as out:
+        return subprocess.Popen(argv, env=worker_env(prefix, routing), stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("gone", ["past_its_timeout", "heartbeat_key_expired"])
+def test_an_entry_whose_rq_worker_was_sigkilled_mid_job_is_retried_and_burst_waits_for_it(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gone: str,
+) -> None:
+    # Small margins, so that "past its RQ timeout" comes 2.5 s after the job started.
+    monkeypatch.setattr(defaults, "RQ_RECORDING_MARGIN_S", 1)
+    monkeypatch.setattr(defaults, "RQ_ABANDONED_MARGIN_S", 0.5)
+    routing = routing_file(tmp_path, monkeypatch, HANG)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.hang", ["evt_hang"])
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    entry_id = sync_client.xrange(keys.stream("iso"))[0][0].decode()
+    queue = rq_queue_of(sync_client, prefix, "iso")
+    first = queue.fetch_job(job_id(prefix, "iso", entry_id, 1))
+    assert first is not None
+    worker = start_rq_worker(prefix, routing, tmp_path / "rq.log")
+    try:
+        deadline = time.monotonic() + 30
+        while runs(sync_client, prefix, "hang_first") != {"evt_hang": 1} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.get_status(refresh=True) == "started", (tmp_path / "rq.log").read_text()
+        os.kill(worker.pid, signal.SIGKILL)  # mid-job
+        worker.wait()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    if gone == "heartbeat_key_expired":
+        sync_client.delete(f"rq:worker:{prefix}-w")  # as its TTL would, a minute or so later
+    started = time.monotonic()
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    elapsed = time.monotonic() - started
+    # The burst consumer did not exit while the entry hung on a dead worker: it retried it.
+    second = queue.fetch_job(job_id(prefix, "iso", entry_id, 2))
+    assert second is not None and second.get_status() == "queued"
+    assert sync_client.xpending_range(keys.stream("iso"), "iso", min=entry_id, max=entry_id,
+                                      count=1)[0]["times_delivered"] == 2
+    if gone == "heartbeat_key_expired":
+        assert elapsed < 2  # no need to wait for its timeout
+    else:
+        assert elapsed >= 1.5
+    work_burst(sync_client, prefix, "iso")
+    assert runs(sync_client, prefix, "hang_first") == {"evt_hang": 2}
+    assert pending(sync_client, keys, "iso") == 0
+    assert stats(sync_client, keys, "iso") == {"processed": 1, "retried": 1}
+
+
+def test_a_failure_between_dead_letter_and_ack_neither_duplicates_the_dead_letter_nor_reruns_handlers(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.rq_executor as rq_executor
+
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.permanent", ["evt_p"])
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    # The ack script fails (as RQ's alarm landing after the dead-letter XADD would stop it).
+    with monkeypatch.context() as m:
+        m.setattr(rq_executor, "ACK_SCRIPT", "return redis.call('NOSUCHCOMMAND')")
+        work_burst(sync_client, prefix, "iso")
+    drain_rq(settings, "iso", sync_client)
+    dead = asyncio.run(_list_dead(keys, "iso"))
+    assert [(d.event_id, d.attempts, d.reason) for d in dead] == [("evt_p", 1, "permanent failure")]
+    assert runs(sync_client, prefix, "record") == {"evt_p": 1}
+    assert runs(sync_client, prefix, "permanent") == {"evt_p": 1}
+    assert pending(sync_client, keys, "iso") == 0
+    assert stats(sync_client, keys, "iso") == {"failed": 1, "dead": 1}
+
+
+def test_an_rq_job_stops_its_handlers_at_timeout_s_even_one_that_swallows_exceptions(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch, ROUTING.replace("max_attempts: 3", "max_attempts: 1")
+                           + f'  test.swallow: {{iso: ["{H}sync_swallows_timeouts"]}}\n')
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.swallow", ["evt_sw"])
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    started = time.monotonic()
+    work_burst(sync_client, prefix, "iso")
+    assert time.monotonic() - started < 4  # timeout_s is 1 s; RQ's own alarm is only a backstop, later
+    [dead] = asyncio.run(_list_dead(keys, "iso"))
+    assert (dead.event_id, dead.reason, dead.handlers) == ("evt_sw", "max attempts reached",
+                                                           (H + "sync_swallows_timeouts",))
+    assert dead.error.startswith("TimeoutError")
+    assert pending(sync_client, keys, "iso") == 0
+    assert stats(sync_client, keys, "iso") == {"failed": 1, "dead": 1}
+
+
+def test_requeueing_old_failed_attempts_in_rq_runs_nothing_again(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.retry", ["evt_rq"])
+    drain_rq(settings, "iso", sync_client)
+    before = stats(sync_client, keys, "iso")
+    queue = rq_queue_of(sync_client, prefix, "iso")
+    failed = queue.failed_job_registry.get_job_ids()
+    assert len(failed) == 2
+    for jid in failed:  # what `rq requeue --all` or rq-dashboard's "Requeue all" does
+        queue.failed_job_registry.requeue(jid)
+    work_burst(sync_client, prefix, "iso")
+    assert runs(sync_client, prefix, "fail_twice") == {"evt_rq": 3}
+    assert runs(sync_client, prefix, "record") == {"evt_rq": 1}
+    assert stats(sync_client, keys, "iso") == before
+    assert pending(sync_client, keys, "iso") == 0
+
+
+def test_a_job_still_queued_when_its_pool_switched_to_async_does_not_run_the_entry_again(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.many", ["evt_sw"])
+    asyncio.run(run_pool(settings, "iso", burst=True))  # attempt 1's RQ job is queued
+    routing.write_text(ROUTING.replace("executor: rq, ", ""))  # the pool now runs async
+    time.sleep(3.5)  # a peer's entry is taken over past timeout_s + backoff + margin
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    assert runs(sync_client, prefix, "record") == {"evt_sw": 1}
+    assert pending(sync_client, keys, "iso") == 0
+    work_burst(sync_client, prefix, "iso")  # an RQ worker still running gets to the old job
+    assert runs(sync_client, prefix, "record") == {"evt_sw": 1}
+    assert runs(sync_client, prefix, "sync_record") == {"evt_sw": 1}
+    assert stats(sync_client, keys, "iso") == {"processed": 1, "retried": 1}
+    assert pending(sync_client, keys, "iso") == 0
+
+
+def test_an_async_consumer_does_not_take_over_an_entry_a_live_rq_worker_is_running(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The job was enqueued under timeout_s 30: it is still running when the pool, now async
+    # with timeout_s 1, would take a peer's entry over.
+    routing = routing_file(tmp_path, monkeypatch, HANG.replace("timeout_s: 1,", "timeout_s: 30,"))
+    settings = make_settings(prefix, routing_file=routing)
+    publish(keys, load(routing), "test.hang", ["evt_live"])
+    asyncio.run(run_pool(settings, "iso", burst=True))
+    rq_worker = start_rq_worker(prefix, routing, tmp_path / "rq.log")
+    consumer: subprocess.Popen[bytes] | None = None
+    try:
+        deadline = time.monotonic() + 30
+        while runs(sync_client, prefix, "hang_first") != {"evt_live": 1} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        routing.write_text(HANG.replace("executor: rq, ", ""))
+        consumer = start_worker(prefix, routing, tmp_path / "consumer.log", "iso")
+        time.sleep(4.5)  # past the async pool's takeover wait
+        assert runs(sync_client, prefix, "hang_first") == {"evt_live": 1}, (tmp_path / "consumer.log").read_text()
+        os.kill(rq_worker.pid, signal.SIGKILL)
+        rq_worker.wait()
+        sync_client.delete(f"rq:worker:{prefix}-w")  # its heartbeat key expires
+        deadline = time.monotonic() + 15
+        while pending(sync_client, keys, "iso") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runs(sync_client, prefix, "hang_first") == {"evt_live": 2}
+        assert pending(sync_client, keys, "iso") == 0
+    finally:
+        for proc in (rq_worker, consumer):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the work horse through /proc")
+def test_stopping_the_rq_worker_child_of_fanout_run_leaves_no_work_horse_behind(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import REPO
+    from workers.supervisor import Children, rq_worker_command
+
+    routing = routing_file(tmp_path, monkeypatch, HANG.replace("timeout_s: 1,", "timeout_s: 30,"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    publish(keys, load(routing), "test.hang", ["evt_horse"])
+    asyncio.run(run_pool(make_settings(prefix, routing_file=routing), "iso", burst=True))
+    children = Children([rq_worker_command(prefix, "iso")])  # as `fanout run` starts it
+    started: set[int] = set()
+    children.start()
+    try:
+        deadline = time.monotonic() + 30
+        while runs(sync_client, prefix, "hang_first") != {"evt_horse": 1} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker = children.procs[0].pid
+        horses = {int(p) for task in Path(f"/proc/{worker}/task").iterdir()
+                  for p in (task / "children").read_text().split()}
+        assert len(horses) == 1  # the work horse running the job
+        started = {worker, *horses}
+        children.stop(grace_s=0.5)  # the job would run 30 s: past the grace period
+        assert not [pid for pid in started if _alive(pid)]
+    finally:
+        for pid in started:  # left over only if stop() failed to stop them
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        for proc in children.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_the_rq_executor_docstring_shows_the_readme_rq_worker_command() -> None:
+    import workers.rq_executor as rq_executor
+
+    [worker] = [c for c in readme_rq_commands() if c.split()[1] == "worker"]
+    assert worker.removeprefix(".venv/bin/") in (rq_executor.__doc__ or "")

@@ -140,3 +140,109 @@ def test_run_restarts_a_pool_worker_that_dies(prefix: str, tmp_path: Path) -> No
                 with contextlib.suppress(OSError):
                     if b"fanout.cli\0worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
                         os.kill(pid, signal.SIGKILL)
+
+
+def test_run_on_a_port_already_taken_exits_2_naming_the_port_before_starting_anything(
+    prefix: str, tmp_path: Path
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, TEST_REDIS_URL
+
+    routing = write_routing(tmp_path, ROUTING)
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": TEST_REDIS_URL, "FANOUT_PREFIX": prefix,
+           "ROUTING_FILE": str(routing), "PYTHONPATH": str(REPO), "LOG_LEVEL": "warning"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "fanout.cli", "run", "--host", "127.0.0.1", "--port",
+                               str(port)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "running" not in done.stdout.lower()  # no banner, no pools started
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the children through /proc")
+@pytest.mark.parametrize("routing_text", [ROUTING.replace("shared: {", "shared: {executor: rq, "),
+                                          BROKEN.replace("shared: {", "shared: {executor: rq, ")],
+                         ids=["restarts-a-dead-rq-worker", "stops-on-a-config-error"])
+def test_run_supervises_the_rq_worker_of_an_rq_pool(prefix: str, tmp_path: Path, routing_text: str) -> None:
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO, TEST_REDIS_URL
+    from tests.live import free_port
+    from tests.rq_support import delete_rq_keys
+
+    def rq_workers(pid: int) -> set[int]:
+        found: set[int] = set()
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    if b"rq.cli" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        found.add(int(child))
+        return found
+
+    routing = write_routing(tmp_path, routing_text)
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": TEST_REDIS_URL, "FANOUT_PREFIX": prefix,
+           "ROUTING_FILE": str(routing), "PYTHONPATH": str(REPO), "LOG_LEVEL": "warning"}
+    run = subprocess.Popen([sys.executable, "-m", "fanout.cli", "run", "--port", str(free_port())],
+                           env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if routing_text.startswith("\npools:\n  shared: {executor: rq, concurrency: 2}"):  # BROKEN
+            assert run.wait(timeout=30) == 2
+            return
+        deadline = time.monotonic() + 20
+        while not rq_workers(run.pid):
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.05)
+        [first] = rq_workers(run.pid)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while not rq_workers(run.pid) - {first}:
+            assert time.monotonic() < deadline and run.poll() is None, "the rq worker was not restarted"
+            time.sleep(0.05)
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGINT)
+            try:
+                run.wait(timeout=40)
+            finally:
+                if run.poll() is None:
+                    run.kill()
+                    run.wait()
+        delete_rq_keys(prefix)
+    assert run.returncode == 0
+
+
+def test_a_signal_while_run_starts_its_children_leaves_none_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    from workers import supervisor
+
+    class Interrupted(BaseException):
+        """What `fanout run`'s signal handler raises (StopRequested) in the middle of start()."""
+
+    real_popen = subprocess.Popen
+    calls = []
+
+    def popen(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        calls.append(args)
+        if len(calls) == 2:
+            raise Interrupted
+        return real_popen(*args, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    children = supervisor.Children([[sys.executable, "-c", "import time; time.sleep(60)"]] * 3)
+    with pytest.raises(Interrupted):
+        children.start()
+    monkeypatch.undo()
+    assert len(children.procs) == 1  # the one started before the signal: stop() can reach it
+    assert children.stop(grace_s=5) == [-15]

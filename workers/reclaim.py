@@ -14,6 +14,7 @@ dropped from the pending list by XCLAIM and dead-lettered here with a reason.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from bus import defaults
@@ -67,6 +68,30 @@ async def not_deferred(pool: Pool, due: list[Due]) -> list[Due]:
     return [d for d, at in zip(due, retry_at, strict=True) if at is None or int(at) <= now_ms]
 
 
+async def not_running_in_rq(pool: Pool, due: list[Due]) -> list[Due]:
+    """Drop entries whose current attempt is running as an RQ job in a live worker.
+
+    Only after a pool switched from `executor: rq` to async: an RQ worker may still be running
+    an entry's job, and taking the entry over would run it twice at once. A job still queued
+    needs no such care (it runs nothing once the entry was taken over: workers/rq_executor.py),
+    nor one whose worker is gone (workers/rq_queue.abandoned_jobs). One round trip per pass
+    that found due entries.
+    """
+    from workers.rq_queue import STARTED, abandoned_jobs, job_id, job_states, queue_name
+
+    if not due:
+        return due
+    prefix = pool.settings.key_prefix
+    ids = [job_id(prefix, pool.name, entry_id, delivered) for entry_id, delivered, _ in due]
+    states = await job_states(pool.redis, ids)
+    started = [jid for jid, state in zip(ids, states, strict=True) if state == STARTED]
+    if not started:
+        return due
+    abandoned = await abandoned_jobs(pool.redis, queue_name(prefix, pool.name), started, time.time())
+    running = set(started) - abandoned
+    return [d for d, jid in zip(due, ids, strict=True) if jid not in running]
+
+
 async def reclaim_once(pool: Pool) -> int:
     """Claim and start the due entries, as many as there are free slots; return how many started.
 
@@ -78,7 +103,7 @@ async def reclaim_once(pool: Pool) -> int:
     if taken <= 0:
         return 0
     try:
-        due = await not_deferred(pool, await due_entries(pool, taken))
+        due = await not_running_in_rq(pool, await not_deferred(pool, await due_entries(pool, taken)))
         if not due:
             return 0
         ids: list[Any] = [entry_id for entry_id, _, _ in due]

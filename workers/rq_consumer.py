@@ -8,7 +8,10 @@ they live here:
   (workers/rq_queue.py) instead of being run here; an RQ worker runs it and
   acks it (workers/rq_executor.py);
 * a reclaim pass looks at the job of each pending entry's current attempt:
-  queued or started, it leaves the entry alone however long it waits; failed,
+  queued, or started by a live RQ worker, it leaves the entry alone however long
+  it waits; started by a worker that is gone (its heartbeat key expired, or the
+  job is past its RQ timeout plus RQ_ABANDONED_MARGIN_S: RQ itself notices only
+  every 10 minutes), it counts as failed; failed,
   once the retry time the job recorded has passed, it claims the entry (which
   counts the delivery) and enqueues the next attempt, or dead-letters it past
   `max_attempts`; missing (its consumer died before enqueueing), it takes the
@@ -19,7 +22,8 @@ they live here:
   failure); failed attempts, which record their retry time, are looked up from
   the retry-time hash on every pass;
 * in burst mode the consumer is done once nothing is new and every pending
-  entry's job is queued or running in RQ.
+  entry's job is waiting in RQ's queue; a started job must end, or be found
+  abandoned and retried, first.
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ from workers.rq_queue import (
     ACK_SCRIPT,
     FINISHED,
     LIVE_STATES,
+    STARTED,
+    abandoned_jobs,
     ack_script_args,
+    cleanup_started,
     enqueue,
     entry_payload,
     job_id,
@@ -54,6 +61,9 @@ if TYPE_CHECKING:
     from workers.pool import Pool
 
 log = structlog.get_logger("fanout.worker")
+
+# The state `_select` gives a started job whose worker is gone: failed, for the reclaimer.
+ABANDONED = "abandoned"
 
 
 class RqBridge:
@@ -113,6 +123,8 @@ class RqBridge:
         now_s = time.monotonic()
         if pool.burst or now_s >= self._next_full_scan_s:
             self._next_full_scan_s = now_s + defaults.RQ_FULL_SCAN_INTERVAL_S
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(pool.thread_pool(), cleanup_started, self.queue)
             due, states = await self._due(free)
         else:
             due, states = await self._due_retries(free)
@@ -174,7 +186,14 @@ class RqBridge:
                  text(r["consumer"]) != pool.consumer) for r in rows]
         page = [p for p in page if p[0] not in pool.inflight and p[0] not in pool.acks.unacked]
         found = await job_states(pool.redis, [self.job_id(e, d) for e, d, _, _ in page])
+        abandoned = await self._abandoned([self.job_id(e, d) for (e, d, _, _), state in zip(page, found, strict=True)
+                                           if state == STARTED])
         for (entry_id, delivered, idle_ms, peer), state in zip(page, found, strict=True):
+            if state == STARTED and self.job_id(entry_id, delivered) in abandoned:
+                # Its worker died mid-job: a failed attempt, retried like one.
+                log.warning("entry.job_abandoned", pool=pool.name, entry_id=entry_id, attempt=delivered,
+                            job_id=self.job_id(entry_id, delivered))
+                state = ABANDONED
             if state in LIVE_STATES or len(due) >= limit:
                 continue
             needed = pool_backoff_ms(config, delivered, entry_id)
@@ -183,6 +202,9 @@ class RqBridge:
             if idle_ms >= needed:
                 due.append((entry_id, delivered, needed))
                 states[entry_id] = state
+
+    async def _abandoned(self, job_ids: list[str]) -> set[str]:
+        return await abandoned_jobs(self.pool.redis, self.queue.name, job_ids, time.time())
 
     async def _claim(self, due: list[Due], *, next_attempt: bool) -> int:
         """Claim and submit; XCLAIM counts a delivery, unless JUSTID (an attempt whose job was lost)."""
@@ -225,7 +247,11 @@ class RqBridge:
     # --- burst -----------------------------------------------------------------------------------
 
     async def drained(self) -> bool:
-        """Burst mode's exit test: nothing new, and every pending entry's job is queued or running."""
+        """Burst mode's exit test: nothing new, and every pending entry's job is waiting in RQ.
+
+        A started job is not done: its worker may have died, and the entry must then be retried
+        by a consumer (this one, once the job counts as abandoned).
+        """
         pool = self.pool
         groups: Any = await pool.redis.xinfo_groups(pool.stream)
         ours = next((g for g in groups if text(g["name"]) == pool.group), None)
@@ -240,7 +266,7 @@ class RqBridge:
                                                         count=500)
             found = await job_states(pool.redis, [self.job_id(text(r["message_id"]), int(r["times_delivered"]))
                                                   for r in rows])
-            if any(state not in LIVE_STATES for state in found):
+            if any(state not in LIVE_STATES or state == STARTED for state in found):
                 return False
             if len(rows) < 500:
                 return True

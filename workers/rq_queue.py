@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from datetime import UTC
 from typing import Any
 
 import redis
@@ -25,6 +26,7 @@ import redis.asyncio as aioredis
 from rq import Callback, Queue
 from rq.exceptions import DuplicateJobError
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
@@ -77,8 +79,12 @@ def job_kwargs(prefix: str, pool: str, entry_id: str, attempt: int, config: Pool
 
 
 def job_timeout_s(config: PoolConfig) -> int:
-    """RQ's hard timeout for one job: the pool's timeout_s, in whole seconds as RQ wants it."""
-    return max(1, math.ceil(config.timeout_s))
+    """RQ's hard timeout for one job, in whole seconds as RQ wants it.
+
+    The job stops its handlers at the pool's timeout_s itself; the margin is for recording the
+    outcome, which RQ's alarm must never cut in half.
+    """
+    return max(1, math.ceil(config.timeout_s)) + defaults.RQ_RECORDING_MARGIN_S
 
 
 def rq_queue(client: redis.Redis, prefix: str, pool: str) -> Queue:
@@ -120,6 +126,83 @@ async def job_states(client: aioredis.Redis, job_ids: list[str]) -> list[str | N
     return [text(s) if s is not None else None for s in states]
 
 
+STARTED = "started"
+WORKER_KEY_PREFIX = "rq:worker:"
+EXECUTION_KEY_PREFIX = "rq:execution:"
+
+
+def _utc_s(value: Any) -> float | None:
+    """An RQ timestamp field (`2026-11-27T11:40:00.123456Z`) as Unix seconds."""
+    if not value:
+        return None
+    from rq.utils import utcparse
+
+    return utcparse(text(value)).replace(tzinfo=UTC).timestamp()
+
+
+async def abandoned_jobs(client: aioredis.Redis, queue: str, job_ids: list[str], now_s: float) -> set[str]:
+    """Those of `job_ids`, all seen `started`, whose worker is gone: nobody will ever finish them.
+
+    RQ marks such a job failed only in a maintenance pass (every 10 minutes) or once its
+    execution's heartbeat has expired. A started job is abandoned here when it is still
+    `started` and either it has run past its RQ timeout plus RQ_ABANDONED_MARGIN_S (RQ's own
+    alarm would have stopped it by then), or none of its executions belongs to a worker whose
+    heartbeat key still exists.
+    """
+    if not job_ids:
+        return set()
+    pipe = client.pipeline(transaction=False)
+    for jid in job_ids:
+        pipe.hmget(Job.key_for(jid), ["status", "started_at", "timeout"])
+    pipe.zrange(StartedJobRegistry.key_template.format(queue), 0, -1)
+    found: list[Any] = await pipe.execute()
+    rows, members = found[:-1], [text(m) for m in found[-1]]
+    executions: dict[str, list[str]] = {}
+    for member in members:
+        jid, _, _ = member.rpartition(":")
+        executions.setdefault(jid, []).append(member)
+    candidates: list[str] = []
+    abandoned: set[str] = set()
+    for jid, (status, started_at, timeout) in zip(job_ids, rows, strict=True):
+        if text(status) != STARTED:
+            continue
+        started_s = _utc_s(started_at)
+        limit_s = float(timeout) if timeout else float(defaults.RQ_FULL_SCAN_INTERVAL_S)
+        if started_s is not None and started_s + limit_s + defaults.RQ_ABANDONED_MARGIN_S < now_s:
+            abandoned.add(jid)
+        else:
+            candidates.append(jid)
+    if not candidates:
+        return abandoned
+    pipe = client.pipeline(transaction=False)
+    for jid in candidates:
+        for member in executions.get(jid, []):
+            pipe.hget(EXECUTION_KEY_PREFIX + member, "worker_name")
+    names: list[Any] = await pipe.execute()
+    workers = sorted({text(n) for n in names if n})
+    alive: list[Any] = []
+    if workers:
+        pipe = client.pipeline(transaction=False)
+        for name in workers:
+            pipe.exists(WORKER_KEY_PREFIX + name)
+        alive = await pipe.execute()
+    live_workers = {name for name, n in zip(workers, alive, strict=True) if n}
+    names_iter = iter(names)
+    for jid in candidates:
+        owners = [text(next(names_iter) or b"") for _ in executions.get(jid, [])]
+        if not any(owner in live_workers for owner in owners):
+            abandoned.add(jid)
+    return abandoned
+
+
+def cleanup_started(queue: Queue) -> None:
+    """RQ's own pass over the queue's started jobs: those whose execution heartbeat expired end failed.
+
+    Blocking (RQ's client is synchronous).
+    """
+    StartedJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer).cleanup()
+
+
 async def queue_figures(client: aioredis.Redis, name: str) -> dict[str, Any]:
     """`fanout status` fields of an RQ pool: its queue, jobs waiting in it, workers listening to it."""
     pipe = client.pipeline(transaction=False)
@@ -148,3 +231,29 @@ def ack_script_args(keys: Keys, pool: str, entry_id: str, event_id: str | None,
     stats = keys.pool_stats(pool)
     ledger = keys.ledger(pool, event_id) if event_id else stats
     return [keys.stream(pool), stats, ledger, keys.retry_at(pool)], [keys.group(pool), entry_id, counter]
+
+
+# Dead-letter a pending entry in one step: the dead-letter XADD, the XACK, the counters, the
+# ledger DEL and the retry-time HDEL; nothing when the entry is no longer pending (a repeat).
+# KEYS: stream, stats, ledger (the stats key when there is none), retry times, dead-letter stream
+# (all under the {prefix} hash tag). ARGV: group, entry id, handler failures to count, then the
+# dead-letter entry's fields and values. XADD comes first: if it fails, nothing else happened.
+DEAD_SCRIPT = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then return 0 end
+redis.call('XADD', KEYS[5], '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[2], 'failed', ARGV[3]) end
+redis.call('HINCRBY', KEYS[2], 'dead', 1)
+if KEYS[3] ~= KEYS[2] then redis.call('DEL', KEYS[3]) end
+redis.call('HDEL', KEYS[4], ARGV[2])
+return 1
+"""
+
+
+def dead_script_args(keys: Keys, pool: str, entry_id: str, ledger_key: str | None, failed: int,
+                     fields: Mapping[Any, Any]) -> tuple[list[str], list[Any]]:
+    """(KEYS, ARGV) of DEAD_SCRIPT."""
+    stats = keys.pool_stats(pool)
+    flat: list[Any] = [item for pair in fields.items() for item in pair]
+    return ([keys.stream(pool), stats, ledger_key or stats, keys.retry_at(pool), keys.dead(pool)],
+            [keys.group(pool), entry_id, str(failed), *flat])

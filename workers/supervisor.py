@@ -11,6 +11,8 @@ for the pools it starts beside the ingress.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -27,6 +30,8 @@ from bus import defaults
 log = structlog.get_logger("fanout.supervisor")
 
 POLL_S = 0.2
+# After its grace period, a child that got a second SIGTERM has this long before SIGKILL.
+FORCE_GRACE_S = 5.0
 # The exit status of `fanout worker` when the pool or one of its handlers cannot be resolved.
 CONFIG_ERROR_EXIT = 2
 
@@ -57,10 +62,14 @@ class Children:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self) -> None:
-        self.procs = [subprocess.Popen(list(command)) for command in self.commands]
+        """Start every child; on an interruption (a signal) part-way, the ones started are kept in
+        `procs`, so `stop()` still stops them."""
+        self.procs = []
+        for command in self.commands:
+            self.procs.append(_spawn(command))
 
     def respawn(self, index: int) -> None:
-        self.procs[index] = subprocess.Popen(list(self.commands[index]))
+        self.procs[index] = _spawn(self.commands[index])
 
     def restart_exited(self, label: str) -> int | None:
         """Start again each child that exited, after RESPAWN_DELAY_S; CONFIG_ERROR_EXIT if one exited so."""
@@ -87,19 +96,82 @@ class Children:
     def signal_all(self, signum: int) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                proc.send_signal(signum)
+                _signal_group(proc, signum)
 
-    def stop(self, grace_s: float = defaults.SHUTDOWN_GRACE_S + 5) -> list[int]:
-        """SIGTERM every child, wait up to `grace_s`, SIGKILL what is left; return exit codes."""
+    def stop(self, grace_s: float = defaults.SHUTDOWN_GRACE_S + 5,
+             force_grace_s: float = FORCE_GRACE_S) -> list[int]:
+        """Stop every child and what it started; return the exit codes.
+
+        SIGTERM to each child's process group (each child leads its own), up to `grace_s` to
+        drain; then a second SIGTERM to the groups still there, which an RQ worker takes as a
+        cold shutdown: it kills its work horse (in a process group of its own, out of reach of
+        a signal to the worker's group) and exits; after `force_grace_s`, SIGKILL to the group
+        and to every process the child had started (found through /proc, where there is one).
+        """
         self.signal_all(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        left = _wait_all(self.procs, grace_s)
+        if left:
+            time.sleep(max(0.0, 1.05 - grace_s))  # RQ ignores a second signal within 1 s of the first
+            for proc in left:
+                _signal_group(proc, signal.SIGTERM)
+            left = _wait_all(left, force_grace_s)
+        for proc in left:
+            descendants = _descendants(proc.pid)
+            _signal_group(proc, signal.SIGKILL)
+            for pid in descendants:
+                with contextlib.suppress(OSError):
+                    if _leads_group(pid):
+                        os.killpg(pid, signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
+            proc.wait()
         return [proc.returncode for proc in self.procs]
+
+
+def _spawn(command: Sequence[str]) -> subprocess.Popen[bytes]:
+    """A child in a session (and process group) of its own, so that stopping it reaches its children."""
+    return subprocess.Popen(list(command), start_new_session=True)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> list[subprocess.Popen[bytes]]:
+    """Wait up to `timeout_s` in all for `procs` to exit; those still running."""
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    return [proc for proc in procs if proc.poll() is None]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc; empty elsewhere)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
 
 
 class Supervisor:
