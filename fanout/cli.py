@@ -5,26 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from bus import defaults
 from bus.errors import ConfigError
 from bus.logs import configure_logging
-from bus.routing import RoutingTable, load_routing
+from bus.routing import load_routing
 from bus.settings import Settings
-
-if TYPE_CHECKING:
-    from fanout.standin import StandInServer
+from fanout.run import routing_is_valid, serve_ingress, settings_or_exit
 
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
@@ -33,68 +28,11 @@ T = TypeVar("T")
 LONG_RUNNING_COMMANDS = frozenset({"ingress", "run", "worker"})
 
 
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as err:
-        print(f"fanout: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
-
-
 # --- ingress / run ---------------------------------------------------------------------------------
 
 
-def _serve_ingress(host: str, port: int, workers: int) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        "ingress.asgi:from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        # We never use the client address; parsing X-Forwarded-For cost ~4% per request.
-        proxy_headers=False,
-        log_level="warning",
-        # Stripe waits up to 10 s then retries; a long keep-alive only holds sockets.
-        timeout_keep_alive=5,
-    )
-
-
-def _cannot_listen(host: str, port: int) -> str | None:
-    """Why the ingress could not listen on host:port (as uvicorn binds: SO_REUSEADDR), or None."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as err:
-        return str(err)
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as err:
-            return err.strerror or str(err)
-    return None
-
-
-def _check_routing(settings: Settings) -> bool:
-    try:
-        table = load_routing(settings.routing_file)
-    except ConfigError as err:
-        print(f"fanout: routing file is invalid:\n{err}", file=sys.stderr)
-        return False
-    for warning in table.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    return True
-
-
 def cmd_ingress(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = settings_or_exit()
     if not settings.webhook_secrets:
         print(
             "fanout: STRIPE_WEBHOOK_SECRET is not set. Set it to the endpoint's signing secret "
@@ -103,132 +41,23 @@ def cmd_ingress(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if not _check_routing(settings):
+    if not routing_is_valid(settings):
         return 1
-    _serve_ingress(args.host, args.port, args.workers)
+    serve_ingress(args.host, args.port, args.workers)
     return 0
-
-
-class StopRequested(BaseException):
-    """SIGTERM or SIGINT reached `fanout run`: stop the ingress, then the pools, then exit 0."""
-
-
-def _request_stop(signum: int, _: FrameType | None) -> None:
-    raise StopRequested(signum)
-
-
-def _run_banner(settings: Settings, table: RoutingTable, url: str, where: str,
-                stand_ins: StandInServer | None, using_dev_secret: bool) -> str:
-    from workers.store.select import describe
-
-    rq_pools = [pool for pool, config in table.pools.items() if config.executor == "rq"]
-    on_rq = f"; an `rq worker` for {', '.join(rq_pools)}" if rq_pools else ""
-    lines = ["stripe-fanout is running.", f"  events are stored in: {where}",
-             f"  pools:                {', '.join(table.pools)} (one `fanout worker` process each{on_rq})"]
-    lines += [f"  {label + ':':<22}{place}" for label, place in describe(settings)]
-    for destination in table.destinations.values():
-        stand_in = stand_ins.stand_ins.get(destination.name) if stand_ins else None
-        label = f"  {destination.name + ':':<22}"
-        if stand_in is None:
-            lines.append(f"{label}forward: posts to the URL in {destination.url_env}")
-            continue
-        # Never the secret: it only reaches the pools through their environment.
-        lines += [
-            f"{label}a local STAND-IN, not your backend ({destination.url_env} is unset):",
-            f"  {'':<22}it verifies each forwarded event with stripe.Webhook.construct_event",
-            f"  {'':<22}and logs it to {stand_in.log_path}   (tail -f {stand_in.log_path})",
-        ]
-    lines += [
-        f"  point Stripe at:      {url}",
-        f"    e.g.  stripe listen --forward-to {url.removeprefix('http://')}",
-        "          and set STRIPE_WEBHOOK_SECRET to the whsec_... secret it prints",
-        "  signing secret:       " + ("the development secret (STRIPE_WEBHOOK_SECRET is unset)"
-                                     if using_dev_secret else "from STRIPE_WEBHOOK_SECRET"),
-        "  try it, in another terminal:",
-        f"    .venv/bin/fanout send checkout.session.completed --url {url}",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fanout import embedded, standin
-    from workers.supervisor import CONFIG_ERROR_EXIT, Children, rq_worker_command, worker_command
+    from fanout.run import run_everything
 
-    # Until the pools are stopped, a signal must unwind to the cleanup below, whatever is running:
-    # uvicorn re-raises the signal it caught once it has shut down, and the default action
-    # would end this process with the pools still running.
-    # Before anything starts: a port already taken would otherwise stop everything it started.
-    why = _cannot_listen(args.host, args.port)
-    if why is not None:
-        print(f"fanout run: cannot listen on {args.host}:{args.port} ({why}); is another server using "
-              f"port {args.port}? Choose another with --port.", file=sys.stderr)
-        return 2
-    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    store: embedded.EmbeddedRedis | None = None
-    stand_ins: StandInServer | None = None
-    pools: Children | None = None
-    supervisor: threading.Thread | None = None
-    # The pools' processes are restarted as `fanout worker --processes N` restarts its own; one that
-    # exits with a configuration error stops everything (SIGINT: the ingress shuts down as on Ctrl-C).
-    stopped, config_error = threading.Event(), threading.Event()
-    try:
-        store = embedded.resolve(os.environ.get("REDIS_URL"))
-        os.environ["REDIS_URL"] = store.url
-        using_dev_secret = not os.environ.get("STRIPE_WEBHOOK_SECRET")
-        if using_dev_secret:
-            os.environ["STRIPE_WEBHOOK_SECRET"] = defaults.DEV_WEBHOOK_SECRET
-        settings = _settings()
-        if not _check_routing(settings):
-            return 1
-        table = load_routing(settings.routing_file)
-        stand_ins = standin.start(table.destinations.values(), os.environ)
-        if stand_ins is not None:
-            os.environ.update(stand_ins.environ())  # for the pools started below
-        url = f"http://{args.host}:{args.port}{defaults.WEBHOOK_PATH}"
-        where = "in-process Redis (nothing is kept)" if store.in_process else store.url
-        print(_run_banner(settings, table, url, where, stand_ins, using_dev_secret), flush=True)
-        rq_pools = [pool for pool, config in table.pools.items() if config.executor == "rq"]
-        pools = Children([worker_command(pool) for pool in table.pools]
-                         + [rq_worker_command(settings.key_prefix, pool) for pool in rq_pools])
-        pools.start()
-
-        def supervise(children: Children) -> None:
-            if children.keep_running(stopped, "run") == CONFIG_ERROR_EXIT:
-                config_error.set()
-                os.kill(os.getpid(), signal.SIGINT)
-
-        supervisor = threading.Thread(target=supervise, args=(pools,), name="pools", daemon=True)
-        supervisor.start()
-        _serve_ingress(args.host, args.port, 1)
-    except StopRequested:
-        pass
-    finally:
-        # Cleanup is bounded (the pools' grace period, then SIGKILL); a second signal waits for it.
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
-        stopped.set()
-        if supervisor is not None:
-            supervisor.join()
-        if pools is not None:
-            pools.stop()
-        if stand_ins is not None:
-            stand_ins.stop()
-        if store is not None:
-            store.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if config_error.is_set():
-        print("fanout run: a pool's worker exited with a configuration error (see its message above); "
-              "restarting it cannot fix that, so everything was stopped", file=sys.stderr)
-        return CONFIG_ERROR_EXIT
-    return 0
+    return run_everything(args.host, args.port)
 
 
 # --- workers ---------------------------------------------------------------------------------------
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = settings_or_exit()
     if args.processes > 1:
         from workers.supervisor import Supervisor
 
@@ -262,7 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from workers.rq_queue import queue_name
     from workers.status import collect_status, render_text
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         table = load_routing(settings.routing_file)
     except ConfigError as err:
@@ -284,7 +113,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     from bus.keys import Keys
     from workers.deadletter import list_dead
 
-    settings = _settings()
+    settings = settings_or_exit()
     dead = _with_redis(settings, lambda r: list_dead(r, Keys(settings.key_prefix), args.pool))
     if args.json:
         print(orjson.dumps([d.as_dict() for d in dead]).decode())
@@ -306,7 +135,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     if args.all == bool(args.ids):
         print("fanout dlq replay: give --all or one or more ENTRY_IDs (not both)", file=sys.stderr)
         return 2
-    settings = _settings()
+    settings = settings_or_exit()
     ids = None if args.all else list(args.ids)
     added, missing = _with_redis(settings, lambda r: replay_dead(r, Keys(settings.key_prefix), args.pool, ids))
     print(f"{args.pool}: {len(added)} entries put back in the stream")
@@ -319,7 +148,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from bus.keys import Keys
     from workers.streams import replay_entries
 
-    settings = _settings()
+    settings = settings_or_exit()
     since = None
     if args.since:
         try:
@@ -341,7 +170,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_routes_check(args: argparse.Namespace) -> int:
-    path = Path(args.file) if args.file else _settings().routing_file
+    path = Path(args.file) if args.file else settings_or_exit().routing_file
     try:
         table = load_routing(path)
     except ConfigError as err:
@@ -354,7 +183,7 @@ def cmd_routes_check(args: argparse.Namespace) -> int:
 
 
 def cmd_routes_explain(args: argparse.Namespace) -> int:
-    path = Path(args.file) if args.file else _settings().routing_file
+    path = Path(args.file) if args.file else settings_or_exit().routing_file
     try:
         table = load_routing(path)
     except ConfigError as err:

@@ -12,7 +12,7 @@ import pytest
 from bus.routing import Destination, load_routing
 from bus.signing import stripe_signature
 from fanout import standin
-from fanout.cli import _run_banner
+from fanout.run import run_banner as _run_banner
 from fanout.samples import sample_event
 
 from .conftest import make_settings
