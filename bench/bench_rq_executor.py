@@ -32,7 +32,7 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from bench.bench_workers import REDIS_URL, REPO, _cleanup, _drain, _fill, _run
+from bench.bench_workers import REDIS_URL, REPO, _cleanup, _drain, _fill, _run, ours_noop_per_s
 from bus.keys import Keys
 from bus.settings import Settings
 from workers.rq_queue import SERIALIZER_PATH, queue_name
@@ -56,22 +56,6 @@ routes:
 def _env(settings: Settings) -> dict[str, str]:
     return {**os.environ, "REDIS_URL": REDIS_URL, "FANOUT_PREFIX": settings.key_prefix,
             "ROUTING_FILE": str(settings.routing_file), "PYTHONPATH": str(REPO), "LOG_LEVEL": "warning"}
-
-
-def async_rate(settings: Settings, keys: Keys, n: int) -> float:
-    async def go() -> float:
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(REDIS_URL)
-        await _fill(client, keys, "plain", "bench.noop", "noop", n)
-        elapsed = await _drain(settings, "plain", client)
-        processed = int(await client.hget(keys.pool_stats("plain"), "processed") or 0)
-        await client.aclose()
-        assert processed == n, f"processed {processed} of {n}"
-        return n / elapsed
-
-    rate: float = _run(go())
-    return rate
 
 
 def rq_rates(settings: Settings, keys: Keys, pool: str, n: int, *options: str) -> dict[str, float]:
@@ -125,7 +109,7 @@ def measure() -> dict[str, Any]:
                                       "ROUTING_FILE": str(routing), "LOG_LEVEL": "warning"})
         keys = Keys(prefix)
         try:
-            ours = async_rate(settings, keys, ASYNC_JOBS)
+            ours = ours_noop_per_s(settings, keys, ASYNC_JOBS, pool="plain")
             simple = rq_rates(settings, keys, "simple", SIMPLE_JOBS, "-w", "rq.SimpleWorker")
             forking = rq_rates(settings, keys, "forking", FORK_JOBS)
             warm = rq_rates(settings, keys, "warm", WARM_JOBS, "-c", "workers.rq_settings")

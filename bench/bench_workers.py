@@ -143,12 +143,14 @@ def rq_noop_per_s(n: int) -> float:
     return done / elapsed
 
 
-def ours_noop_per_s(settings: Settings, keys: Keys, n: int) -> float:
+def ours_noop_per_s(settings: Settings, keys: Keys, n: int, pool: str = "noop") -> float:
+    """No-op events per second through one async pool (`pool` must route bench.noop to noop)."""
+
     async def go() -> float:
         client = aioredis.Redis.from_url(REDIS_URL)
-        await _fill(client, keys, "noop", "bench.noop", "noop", n)
-        elapsed = await _drain(settings, "noop", client)
-        processed = int(await client.hget(keys.pool_stats("noop"), "processed") or 0)
+        await _fill(client, keys, pool, "bench.noop", "noop", n)
+        elapsed = await _drain(settings, pool, client)
+        processed = int(await client.hget(keys.pool_stats(pool), "processed") or 0)
         await client.aclose()
         assert processed == n, f"processed {processed} of {n}"
         return n / elapsed
