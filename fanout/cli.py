@@ -17,7 +17,7 @@ import orjson
 from bus import defaults
 from bus.errors import ConfigError
 from bus.logs import configure_logging
-from bus.routing import load_routing
+from bus.routing import RoutingTable, load_routing
 from bus.settings import Settings
 from fanout.run import routing_is_valid, serve_ingress, settings_or_exit
 
@@ -169,12 +169,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 # --- routes ----------------------------------------------------------------------------------------
 
 
-def cmd_routes_check(args: argparse.Namespace) -> int:
+def _routing_file(args: argparse.Namespace) -> tuple[Path, RoutingTable | None]:
+    """The routing file the command names (or the configured one), loaded; None after printing why not."""
     path = Path(args.file) if args.file else settings_or_exit().routing_file
     try:
-        table = load_routing(path)
+        return path, load_routing(path)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
+        return path, None
+
+
+def cmd_routes_check(args: argparse.Namespace) -> int:
+    path, table = _routing_file(args)
+    if table is None:
         return 1
     for warning in table.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -183,11 +190,8 @@ def cmd_routes_check(args: argparse.Namespace) -> int:
 
 
 def cmd_routes_explain(args: argparse.Namespace) -> int:
-    path = Path(args.file) if args.file else settings_or_exit().routing_file
-    try:
-        table = load_routing(path)
-    except ConfigError as err:
-        print(str(err), file=sys.stderr)
+    path, table = _routing_file(args)
+    if table is None:
         return 1
     match = table.match(args.event_type)
     if args.json:
