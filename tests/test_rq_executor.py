@@ -662,3 +662,66 @@ def test_the_rq_executor_docstring_shows_the_readme_rq_worker_command() -> None:
 
     [worker] = [c for c in readme_rq_commands() if c.split()[1] == "worker"]
     assert worker.removeprefix(".venv/bin/") in (rq_executor.__doc__ or "")
+
+
+def test_an_rq_jobs_forward_follows_a_destination_edited_in_routing_yaml(
+    prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers import rq_executor
+
+    def write(url_env: str) -> Path:
+        return routing_file(tmp_path, monkeypatch, f"""
+pools:
+  admin: {{executor: rq, {FAST}}}
+destinations:
+  backend: {{url_env: {url_env}, secret_env: BACKEND_SECRET}}
+routes:
+  test.many: {{admin: ["forward:backend"]}}
+""")
+
+    path = write("OLD_URL")
+    settings = make_settings(prefix, routing_file=path)
+    monkeypatch.setattr(rq_executor, "_runtimes", {})
+    first = rq_executor._runtime(settings)
+    forward = first.handlers.get("forward:backend", first.holder.table)
+    assert not isinstance(forward, Exception)
+    destinations = forward.func.args[1]  # type: ignore[attr-defined]
+    assert destinations["backend"].url_env == "OLD_URL"
+    write("NEW_URL")
+    os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))  # a distinct mtime, whatever the clock
+    second = rq_executor._runtime(settings)
+    assert second.holder.table.destinations["backend"].url_env == "NEW_URL"
+    assert destinations["backend"].url_env == "NEW_URL", "the next job forwards to the edited destination"
+
+
+def test_the_rq_reclaimer_holds_every_free_slot_while_it_works(
+    prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_client: redis.Redis
+) -> None:
+    from bus.reload import RoutingHolder
+    from workers.pool import Pool
+
+    path = routing_file(tmp_path, monkeypatch)
+    settings = make_settings(prefix, routing_file=path)
+    seen_free: list[int] = []
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(TEST_REDIS_URL)
+        try:
+            pool = Pool(settings, "iso", redis=client, holder=RoutingHolder.load(path))
+            assert pool.rq is not None
+
+            async def record(free: int) -> int:
+                seen_free.append(pool.free_slots())
+                await asyncio.sleep(0)  # the reader could run here
+                seen_free.append(pool.free_slots())
+                return 0
+
+            monkeypatch.setattr(pool.rq, "_reclaim_with", record)
+            await pool.rq.reclaim_once()
+            assert pool.free_slots() == pool.concurrency, "the slots are given back"
+            pool.rq.close()
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    assert seen_free == [0, 0], "a reader running meanwhile finds no slot to take"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,35 @@ def test_a_signal_while_run_starts_its_children_leaves_none_running(monkeypatch:
     monkeypatch.undo()
     assert len(children.procs) == 1  # the one started before the signal: stop() can reach it
     assert children.stop(grace_s=5) == [-15]
+
+
+def test_a_sigterm_while_the_supervisor_starts_its_children_reaches_every_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers import supervisor as sup
+
+    started: list[int] = []
+
+    class FakeProc:
+        def __init__(self) -> None:
+            self.signals: list[int] = []
+
+        def poll(self) -> int | None:
+            return 0 if self.signals else None
+
+        def send_signal(self, signum: int) -> None:
+            self.signals.append(signum)
+
+    procs: list[FakeProc] = []
+    supervisor = sup.Supervisor("alpha", 3)
+
+    def spawn(_: object) -> FakeProc:
+        proc = FakeProc()
+        procs.append(proc)
+        started.append(len(procs))
+        if len(procs) == 1:
+            supervisor._on_signal(signal.SIGTERM, None)  # the signal lands after the first child
+        return proc
+
+    monkeypatch.setattr(sup, "_spawn", spawn)
+    monkeypatch.setattr(sup.Children, "signal_all", lambda self, signum: [p.send_signal(signum) for p in self.procs])
+    assert supervisor.run() == 0
+    assert len(procs) == 3 and all(p.signals for p in procs), "every child was asked to stop"

@@ -111,8 +111,9 @@ class Pool:
         self.inflight: dict[str, asyncio.Task[None]] = {}
         # Slots the reader or the reclaimer took before awaiting Redis, not yet started or given back.
         self._reserved = 0
-        # Cleared while the reclaimer waits for the slots the reader holds in a blocking read:
-        # the reader then lets the retries go first.
+        # Cleared while the reclaimer waits for the slots the reader holds in a blocking read, so
+        # the reader does not take them straight back. What the reader's read returned still
+        # starts first: under a backlog, a due retry waits behind that batch (a delay, bounded).
         self._reader_may_reserve = asyncio.Event()
         self._reader_may_reserve.set()
         self._slot_freed = asyncio.Event()

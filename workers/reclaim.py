@@ -116,6 +116,8 @@ async def reclaim_once(pool: Pool) -> int:
         pool.release(taken)
     fields_by_id = {text(entry_id): fields for entry_id, fields in claimed if fields is not None}
     started = 0
+    # Start every claimed entry before any further await: XCLAIM counted a delivery for each,
+    # and the reader must not take their slots in between.
     for entry_id, delivered, _ in due:
         fields = fields_by_id.get(entry_id)
         if fields is not None:
@@ -123,7 +125,10 @@ async def reclaim_once(pool: Pool) -> int:
                 continue  # concurrency was lowered meanwhile: it stays pending, claimed again later
             pool.start(entry_id, fields, attempt=delivered + 1)
             started += 1
-        elif not await pool.redis.xrange(pool.stream, min=entry_id, max=entry_id):
+    for entry_id, delivered, _ in due:
+        if entry_id in fields_by_id:
+            continue
+        if not await pool.redis.xrange(pool.stream, min=entry_id, max=entry_id):
             # Pending, yet gone from the stream: say so in the dead-letter stream rather than lose it.
             failure = Failure("", f"entry {entry_id} was pending but is no longer in {pool.stream}", "")
             await pool.dead(entry_id, {b"dlq_missing_entry": entry_id.encode()}, REASON_TRIMMED,

@@ -113,11 +113,27 @@ class RqBridge:
     # --- reclaim ---------------------------------------------------------------------------------
 
     async def reclaim_once(self) -> int:
-        """One reclaim pass; returns how many entries were enqueued again."""
+        """One reclaim pass; returns how many entries were enqueued again.
+
+        The slots are reserved before the first await, as the async reclaimer does, so the
+        reader cannot take them meanwhile and find its own reply cut short.
+        """
         pool = self.pool
-        free = pool.free_slots()
-        if free <= 0 or pool.stopping:
+        if pool.stopping:
             return 0
+        free = pool.reserve(pool.free_slots())
+        if free <= 0:
+            return 0
+        try:
+            started = await self._reclaim_with(free)
+        finally:
+            pool.release(free)
+        if started:
+            pool.acks.count("retried", started)
+        return started
+
+    async def _reclaim_with(self, free: int) -> int:
+        pool = self.pool
         # Every pass looks at the entries whose job recorded a failure (the retry-time hash);
         # the whole pending list, where entries waiting in RQ can be many, only now and then.
         now_s = time.monotonic()
@@ -133,10 +149,7 @@ class RqBridge:
             await self._ack_finished(entry_id)
         failed = [d for d in due if states[d[0]] not in (None, FINISHED)]
         lost = [d for d in due if states[d[0]] is None]
-        started = await self._claim(failed, next_attempt=True) + await self._claim(lost, next_attempt=False)
-        if started:
-            pool.acks.count("retried", started)
-        return started
+        return await self._claim(failed, next_attempt=True) + await self._claim(lost, next_attempt=False)
 
     async def _due(self, limit: int) -> tuple[list[Due], dict[str, str | None]]:
         """Up to `limit` pending entries whose job is not queued or running, and are due; with job states.

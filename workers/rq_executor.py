@@ -192,8 +192,10 @@ def _runtime(settings: Settings) -> _Runtime:
             rq_log.addFilter(_HideJobArguments())
         found = _runtimes[settings.routing_file] = _Runtime(
             RoutingHolder.load(settings.routing_file), HandlerSet())
-    else:
-        found.holder.check()
+    elif found.holder.check():
+        # A reload: forward handlers read their destination from the handler set at each call,
+        # so refresh it, as the pool does, or edits to a destination would never reach RQ jobs.
+        found.handlers.load((), found.holder.table, strict=False)
     return found
 
 

@@ -191,6 +191,9 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.children.start()
+            if self._stopping:
+                # The signal came while children were still being started: the later ones missed it.
+                self.children.signal_all(signal.SIGTERM)
             log.info("supervisor.started", pool=self.pool, processes=len(self.children.procs))
             while True:
                 codes = [proc.poll() for proc in self.children.procs]
