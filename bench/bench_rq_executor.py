@@ -21,9 +21,7 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from bench.bench_workers import REDIS_URL, REPO, _cleanup, _drain, _fill, _run, ours_noop_per_s
+from bench.bench_workers import REDIS_URL, REPO, _drain, _fill, _run, bench_space, ours_noop_per_s
 from bus.keys import Keys
 from bus.settings import Settings
 from workers.rq_queue import SERIALIZER_PATH, queue_name
@@ -101,21 +99,14 @@ def _cleanup_rq(prefix: str) -> None:
 
 
 def measure() -> dict[str, Any]:
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory() as tmp:
-        routing = Path(tmp) / "routing.yaml"
-        routing.write_text(ROUTING)
-        settings = Settings.from_env({"REDIS_URL": REDIS_URL, "FANOUT_PREFIX": prefix,
-                                      "ROUTING_FILE": str(routing), "LOG_LEVEL": "warning"})
-        keys = Keys(prefix)
+    with bench_space(ROUTING) as (settings, keys, _):
         try:
             ours = ours_noop_per_s(settings, keys, ASYNC_JOBS, pool="plain")
             simple = rq_rates(settings, keys, "simple", SIMPLE_JOBS, "-w", "rq.SimpleWorker")
             forking = rq_rates(settings, keys, "forking", FORK_JOBS)
             warm = rq_rates(settings, keys, "warm", WARM_JOBS, "-c", "workers.rq_settings")
         finally:
-            _cleanup(prefix)
-            _cleanup_rq(prefix)
+            _cleanup_rq(settings.key_prefix)
     print(f"no-op events, one process each: async executor {ours:,.0f}/s ({ASYNC_JOBS} events)", flush=True)
     for label, figures, n in (("SimpleWorker", simple, SIMPLE_JOBS), ("forking Worker", forking, FORK_JOBS),
                               ("forking Worker, -c workers.rq_settings", warm, WARM_JOBS)):

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -247,32 +249,38 @@ def main() -> int:
     return 0
 
 
-def measure() -> dict[str, Any]:
+@contextmanager
+def bench_space(routing_text: str) -> Iterator[tuple[Settings, Keys, Path]]:
+    """Settings under a fresh key prefix and a temporary routing file; the prefix's keys go afterwards."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         routing = Path(tmp) / "routing.yaml"
-        routing.write_text(ROUTING)
+        routing.write_text(routing_text)
         settings = Settings.from_env({"REDIS_URL": REDIS_URL, "FANOUT_PREFIX": prefix,
                                       "ROUTING_FILE": str(routing), "LOG_LEVEL": "warning"})
-        keys = Keys(prefix)
         try:
-            rq_rate = rq_noop_per_s(NOOP_JOBS)
-            ours_rate = ours_noop_per_s(settings, keys, NOOP_JOBS)
-            print(f"no-op, {NOOP_JOBS} jobs, one process: stripe-fanout {ours_rate:,.0f}/s, "
-                  f"RQ SimpleWorker {rq_rate:,.0f}/s -> {ours_rate / rq_rate:.1f}x RQ (target >= 40x)",
-                  flush=True)
-            io_rate = ours_io_per_s(settings, keys, IO_EVENTS)
-            print(f"I/O-bound 20 ms handler, concurrency 64, {IO_EVENTS} events: {io_rate:,.0f}/s "
-                  f"= {io_rate / 3200:.1%} of the ideal 3,200/s (target >= 80%)", flush=True)
-            lat = latency_ms(settings, keys, routing)
-            print(f"latency to handler start at {LATENCY_RATE_PER_S}/s, {lat['events']:.0f} events, "
-                  f"worker in its own process: from the 200: p50 {lat['from_200_p50_ms']:.2f} ms, "
-                  f"p99 {lat['from_200_p99_ms']:.2f} ms (target p99 <= 10 ms; "
-                  f"{lat['started_before_200']:.0f} started before the 200); from the request: "
-                  f"p50 {lat['from_request_p50_ms']:.2f} ms, p99 {lat['from_request_p99_ms']:.2f} ms",
-                  flush=True)
+            yield settings, Keys(prefix), routing
         finally:
             _cleanup(prefix)
+
+
+def measure() -> dict[str, Any]:
+    with bench_space(ROUTING) as (settings, keys, routing):
+        rq_rate = rq_noop_per_s(NOOP_JOBS)
+        ours_rate = ours_noop_per_s(settings, keys, NOOP_JOBS)
+        print(f"no-op, {NOOP_JOBS} jobs, one process: stripe-fanout {ours_rate:,.0f}/s, "
+              f"RQ SimpleWorker {rq_rate:,.0f}/s -> {ours_rate / rq_rate:.1f}x RQ (target >= 40x)",
+              flush=True)
+        io_rate = ours_io_per_s(settings, keys, IO_EVENTS)
+        print(f"I/O-bound 20 ms handler, concurrency 64, {IO_EVENTS} events: {io_rate:,.0f}/s "
+              f"= {io_rate / 3200:.1%} of the ideal 3,200/s (target >= 80%)", flush=True)
+        lat = latency_ms(settings, keys, routing)
+        print(f"latency to handler start at {LATENCY_RATE_PER_S}/s, {lat['events']:.0f} events, "
+              f"worker in its own process: from the 200: p50 {lat['from_200_p50_ms']:.2f} ms, "
+              f"p99 {lat['from_200_p99_ms']:.2f} ms (target p99 <= 10 ms; "
+              f"{lat['started_before_200']:.0f} started before the 200); from the request: "
+              f"p50 {lat['from_request_p50_ms']:.2f} ms, p99 {lat['from_request_p99_ms']:.2f} ms",
+              flush=True)
     return {
         "noop_jobs": NOOP_JOBS, "noop_per_s": ours_rate, "rq_noop_per_s": rq_rate,
         "noop_vs_rq": ours_rate / rq_rate, "io_events": IO_EVENTS, "io_per_s": io_rate,

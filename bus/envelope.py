@@ -57,7 +57,7 @@ def shared_values(
 def entry_fields(
     event: RoutingFields, handlers: tuple[str, ...], version: str, received_ms: int, body: bytes
 ) -> dict[str, str | bytes]:
-    """The fields of one stream entry, as the publish script writes them (for replays and tests)."""
+    """The fields of one stream entry, as the publish script writes them (tests publish with it)."""
     return {
         F_HANDLERS: HANDLER_SEPARATOR.join(handlers),
         **dict(zip(SHARED_FIELDS, shared_values(event, version, received_ms, body), strict=True)),
