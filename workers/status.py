@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from bus.keys import Keys
-from workers.rq_queue import queue_figures
+from workers.rq.queue import queue_figures
 from workers.streams import id_ms, text
 
 COUNTERS = ("processed", "failed", "retried", "dead")
