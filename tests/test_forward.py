@@ -198,7 +198,7 @@ async def test_a_running_pool_forwards_to_the_url_routing_yaml_names_after_a_rel
 
     from bus.reload import RoutingHolder
     from tests.support import wait_for
-    from workers.pool import Pool
+    from workers.engine.consumer import Consumer
 
     before = f"""
 pools:
@@ -211,7 +211,7 @@ routes:
     routing = write_routing(tmp_path, before)
     settings = make_settings(prefix, routing_file=routing, BACKEND_URL=receiver.base + "/200",
                              NEW_BACKEND_URL=receiver.base + "/202", BACKEND_SECRET=DEST_SECRET)
-    pool = Pool(settings, "admin", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
+    pool = Consumer(settings, "admin", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
     task = asyncio.create_task(pool.run())
 
     async def received(n: int) -> bool:

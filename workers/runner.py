@@ -14,7 +14,7 @@ from bus.connection import async_redis
 from bus.reload import RoutingHolder
 from bus.routing import RoutingTable
 from bus.settings import Settings
-from workers.pool import Clock, Pool
+from workers.engine.consumer import Clock, Consumer
 
 log = structlog.get_logger("fanout.worker")
 
@@ -29,7 +29,7 @@ async def run_pool(
     burst: bool = False,
     concurrency: int | None = None,
     **options: Any,
-) -> Pool:
+) -> Consumer:
     """Run one consumer of `pool` until stopped (or, with burst, until the pool is drained).
 
     The Redis client and the clock are arguments so tests can drive the pool;
@@ -41,7 +41,7 @@ async def run_pool(
     )
     client = redis if redis is not None else async_redis(settings.redis_url)
     try:
-        consumer = Pool(settings, pool, redis=client, holder=holder, clock=clock, burst=burst,
+        consumer = Consumer(settings, pool, redis=client, holder=holder, clock=clock, burst=burst,
                         concurrency=concurrency, **options)
         await consumer.run()
     finally:
@@ -54,7 +54,7 @@ async def _serve(settings: Settings, pool: str, *, burst: bool, concurrency: int
     holder = RoutingHolder.load(settings.routing_file)
     client = async_redis(settings.redis_url, max_connections=None)
     try:
-        consumer = Pool(settings, pool, redis=client, holder=holder, burst=burst, concurrency=concurrency)
+        consumer = Consumer(settings, pool, redis=client, holder=holder, burst=burst, concurrency=concurrency)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, consumer.request_stop)

@@ -227,7 +227,7 @@ async def test_a_pool_timeout_during_smtp_waits_for_the_send_and_records_it_sent
         store: Store, store_env: dict[str, str], prefix: str, inbox: tuple[Inbox, str]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from workers.execute import Resolved, call_handler
+    from workers.handlers import Resolved, call_handler
 
     server, url = inbox
     server.data_delay_s = 1.0  # the server is slower than the handler's timeout

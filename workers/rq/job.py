@@ -58,17 +58,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import signal
-import threading
-import time
 import traceback
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import redis
 import structlog
@@ -77,87 +70,28 @@ from rq.timeouts import JobTimeoutException
 
 from bus.connection import async_redis, sync_redis
 from bus.envelope import Event
-from bus.errors import FanoutError
 from bus.keys import Keys
 from bus.logs import configure_logging
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from bus.settings import Settings
 from workers.context import Context, Resources
-from workers.deadletter import REASON_MALFORMED, REASON_MAX_ATTEMPTS, Failure, dead_fields
-from workers.execute import HandlerSet, call_handler
-from workers.retry import pool_backoff_ms
-from workers.rq.queue import ACK_SCRIPT, DEAD_SCRIPT, ack_script_args, dead_script_args
+from workers.deadletter import REASON_MALFORMED, Failure
+from workers.engine import outcomes
+from workers.handlers import HandlerSet, call_handler
+from workers.rq.deadline import INLINE, HandlerTimeout, handler_deadline
+from workers.rq.record import (
+    SKIPPED,
+    AttemptFailed,
+    Where,
+    ack_done,
+    dead,
+    record_failure,
+    times_delivered,
+)
 from workers.streams import text
 
 log = structlog.get_logger("fanout.worker")
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-class AttemptFailed(FanoutError):
-    """Raised by the job so RQ records it as failed; the entry stays pending (or was dead-lettered)."""
-
-
-class HandlerTimeout(BaseException):
-    """Raised in the job's thread when its handlers ran past timeout_s.
-
-    A BaseException, unlike RQ's JobTimeoutException: a handler's `except Exception` cannot
-    swallow it, so a timeout is always a failed attempt.
-    """
-
-
-# Past timeout_s, the job's alarm fires again this often while a handler still runs (one that
-# caught even a BaseException).
-TIMEOUT_REFIRE_S = 1.0
-# The job's alarm fires this long after timeout_s, so an async handler's own asyncio timeout
-# (exactly timeout_s) reports it first.
-TIMEOUT_SLACK_S = 0.2
-
-
-@contextmanager
-def _handler_deadline(timeout_s: float) -> Iterator[None]:
-    """Stop the handlers at timeout_s with HandlerTimeout (SIGALRM), and cancel RQ's alarm on the way out.
-
-    RQ's own hard timeout (the job timeout: ceil(timeout_s) + RQ_RECORDING_MARGIN_S) shares the
-    process's one real-time timer: it is replaced here for the handlers, and cancelled, with
-    ours, before the job records its outcome. Outside the main thread (no signals) the handlers'
-    own asyncio timeouts are all there is.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def fire(signum: int, frame: FrameType | None) -> None:
-        signal.setitimer(signal.ITIMER_REAL, TIMEOUT_REFIRE_S)
-        raise HandlerTimeout(f"the handlers ran past timeout_s ({timeout_s} s)")
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s + TIMEOUT_SLACK_S)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-class _Inline(Executor):
-    """Runs a sync handler right away, in the job's thread, where RQ's timeout can interrupt it."""
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        future: Future[T] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except JobTimeoutException:
-            raise
-        except Exception as err:
-            future.set_exception(err)
-        return future
-
-
-_INLINE = _Inline()
-
 
 class _HideJobArguments(logging.Filter):
     """RQ attaches a failed job's arguments (the raw body) to its log record; a JSON log handler
@@ -220,15 +154,19 @@ def _connection(settings: Settings) -> redis.Redis:
 
 def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attempts: int, timeout_s: float,
               backoff_base_s: float, backoff_max_s: float, ledger_ttl_s: int,
-              entry: dict[str, str]) -> dict[str, int]:
-    """The job function: run the entry's handlers not yet done; raise AttemptFailed if any failed."""
+              entry: dict[str, str], stream: str | None = None) -> dict[str, int]:
+    """The job function: run the entry's handlers not yet done; raise AttemptFailed if any failed.
+
+    `stream` is the entry's stream (jobs enqueued before it was passed: the pool's one stream).
+    """
     settings = dataclasses.replace(Settings.from_env(), key_prefix=prefix)
     runtime = _runtime(settings)
     client = _connection(settings)
     keys = Keys(prefix)
     config = PoolConfig(name=pool, max_attempts=max_attempts, timeout_s=timeout_s,
                         backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s)
-    delivered = _times_delivered(client, keys, pool, entry_id)
+    where = Where(keys, pool, stream or keys.stream(pool), entry_id)
+    delivered = times_delivered(client, where)
     if delivered != attempt:
         # Done (acked, dead-lettered), or another attempt owns it now: a job requeued by hand
         # (`rq requeue`), or a pool switched to async that took the entry over. Run nothing.
@@ -239,7 +177,7 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
         event = Event.from_entry(entry)  # type: ignore[arg-type]
     except (ValueError, KeyError) as err:
         failure = Failure("", f"{type(err).__name__}: {err}", "", permanent=True)
-        _dead(client, keys, pool, entry_id, entry, REASON_MALFORMED, [failure], attempt, None)
+        dead(client, where, entry, REASON_MALFORMED, [failure], attempt, None)
         raise AttemptFailed(f"malformed entry {entry_id}: dead-lettered") from err
     ledger_key = keys.ledger(pool, event.id)
     done = {text(h) for h in client.smembers(ledger_key)} if attempt > 1 else set()
@@ -247,7 +185,7 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
     succeeded: list[str] = []
     failures: list[Failure] = []
     try:
-        with _handler_deadline(timeout_s):
+        with handler_deadline(timeout_s):
             asyncio.run(_run_handlers(runtime, settings, event, pool, attempt, todo, timeout_s, succeeded,
                                       failures))
     except (HandlerTimeout, JobTimeoutException):
@@ -258,9 +196,9 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
     # From here on only recording, which RQ's alarm (already cancelled by _handler_deadline) must
     # never cut in half.
     if not failures:
-        _ack_done(client, keys, pool, entry_id, event, attempt, ledger_key, ledger_ttl_s)
+        ack_done(client, where, event, attempt, ledger_key, ledger_ttl_s)
         return {"handlers": len(todo)}
-    _record_failure(client, keys, config, entry_id, entry, event, attempt, succeeded, failures, ledger_ttl_s)
+    record_failure(client, where, config, entry, event, attempt, succeeded, failures, ledger_ttl_s)
     raise AttemptFailed(f"attempt {attempt} of entry {entry_id} ({event.type} {event.id}): "
                         + "; ".join(f"{f.handler}: {f.error}" for f in failures))
 
@@ -278,7 +216,7 @@ async def _run_handlers(runtime: _Runtime, settings: Settings, event: Event, poo
 
     async def one(name: str) -> None:
         failure = await call_handler(runtime.handlers.get(name, table), name, event, make_ctx, timeout_s,
-                                     lambda: _INLINE, passthrough=(JobTimeoutException,))
+                                     lambda: INLINE, passthrough=(JobTimeoutException,))
         if failure is None:
             succeeded.append(name)
         else:
@@ -294,84 +232,6 @@ async def _run_handlers(runtime: _Runtime, settings: Settings, event: Event, poo
         await client.aclose()
 
 
-def _record_failure(client: redis.Redis, keys: Keys, config: PoolConfig, entry_id: str, entry: dict[str, str],
-                    event: Event, attempt: int, succeeded: list[str], failures: list[Failure],
-                    ledger_ttl_s: int) -> None:
-    """What a failed attempt leaves behind: counts, the ledger, when to retry; or the dead letter."""
-    pool = config.name
-    ledger_key = keys.ledger(pool, event.id)
-    permanent = [f for f in failures if f.permanent]
-    if permanent or attempt >= config.max_attempts:
-        reason = permanent[0].reason if permanent else REASON_MAX_ATTEMPTS
-        _dead(client, keys, pool, entry_id, entry, reason, failures, attempt, ledger_key, failed=len(failures))
-        return
-    now_ms = int(time.time() * 1000)
-    defer_ms = max((int(f.defer_s * 1000) for f in failures if f.defer_s is not None), default=0)
-    pipe = client.pipeline(transaction=True)
-    pipe.hincrby(keys.pool_stats(pool), "failed", len(failures))
-    if succeeded:
-        pipe.sadd(ledger_key, *succeeded)
-        pipe.expire(ledger_key, ledger_ttl_s)
-    # Backoff from the end of this attempt, not from when the entry was enqueued.
-    pipe.hset(keys.retry_at(pool), entry_id, str(now_ms + max(pool_backoff_ms(config, attempt, entry_id), defer_ms)))
-    pipe.execute()
-
-
-# In the result of a job that ran nothing because its attempt is no longer the entry's current one.
-SKIPPED = "skipped"
-
-
-def _times_delivered(client: redis.Redis, keys: Keys, pool: str, entry_id: str) -> int | None:
-    """How often the pending entry was delivered (its current attempt); None when it is not pending."""
-    rows: Any = client.xpending_range(keys.stream(pool), keys.group(pool), min=entry_id, max=entry_id, count=1)
-    return int(rows[0]["times_delivered"]) if rows else None
-
-
-def _ack_done(client: redis.Redis, keys: Keys, pool: str, entry_id: str, event: Event, attempt: int,
-              ledger_key: str, ledger_ttl_s: int) -> None:
-    """Ack the entry and count it processed, inside the job, right after its handlers succeeded.
-
-    Not in RQ's success callback alone: RQ runs that before it saves the job as finished, and
-    marks the job failed if it raises, so a lost ack there meant a next attempt with no ledger,
-    running every handler again. If this ack fails, every handler is recorded as done in the
-    completion ledger (and the entry made due at once) before the job fails: the next attempt
-    runs nothing and acks.
-    """
-    ack_keys, argv = ack_script_args(keys, pool, entry_id, event.id if attempt > 1 else None)
-    try:
-        client.eval(ACK_SCRIPT, len(ack_keys), *ack_keys, *argv)
-    except redis.RedisError as err:
-        log.error("entry.ack_failed", pool=pool, executor="rq", entry_id=entry_id, attempt=attempt,
-                  event_id=event.id, event_type=event.type, error=f"{type(err).__name__}: {err}")
-        pipe = client.pipeline(transaction=True)
-        pipe.sadd(ledger_key, *event.handlers)
-        pipe.expire(ledger_key, ledger_ttl_s)
-        pipe.hset(keys.retry_at(pool), entry_id, str(int(time.time() * 1000)))
-        pipe.execute()
-        raise AttemptFailed(f"attempt {attempt} of entry {entry_id} ({event.type} {event.id}): every handler "
-                            f"succeeded but the ack failed ({type(err).__name__}: {err}); "
-                            "the next attempt only acks") from err
-
-
-def _dead(client: redis.Redis, keys: Keys, pool: str, entry_id: str, entry: dict[str, str], reason: str,
-          failures: list[Failure], attempts: int, ledger_key: str | None, *, failed: int = 0) -> None:
-    """Dead-letter the entry, ack it, count it (and `failed` handler failures) in one script.
-
-    One step, so a failure (or RQ's alarm) cannot leave a dead letter without the ack, which
-    would dead-letter the entry a second time and run its succeeded handlers again; a repeat
-    finds the entry no longer pending and writes nothing.
-    """
-    fields = dead_fields(entry_id, entry, reason=reason, failures=failures, attempts=attempts,
-                         now_ms=int(time.time() * 1000))
-    dead_keys, argv = dead_script_args(keys, pool, entry_id, ledger_key, failed, fields)
-    if not client.eval(DEAD_SCRIPT, len(dead_keys), *dead_keys, *argv):
-        log.info("entry.already_done", pool=pool, executor="rq", entry_id=entry_id, attempt=attempts)
-        return
-    log.error("entry.dead_lettered", pool=pool, executor="rq", entry_id=entry_id, reason=reason,
-              attempt=attempts, event_id=entry.get("id", ""), event_type=entry.get("type", ""),
-              handler=",".join(f.handler for f in failures), error=failures[0].error if failures else reason)
-
-
 def on_job_success(job: Job, connection: redis.Redis, result: Any) -> None:
     """RQ's success callback: a harmless repeat of the job's own ack (the script counts an entry once).
 
@@ -383,5 +243,5 @@ def on_job_success(job: Job, connection: redis.Redis, result: Any) -> None:
     kwargs: dict[str, Any] = job.kwargs
     keys = Keys(kwargs["prefix"])
     event_id = kwargs["entry"].get("id") if kwargs["attempt"] > 1 else None
-    ack_keys, argv = ack_script_args(keys, kwargs["pool"], kwargs["entry_id"], event_id)
-    connection.eval(ACK_SCRIPT, len(ack_keys), *ack_keys, *argv)
+    stream = kwargs.get("stream") or keys.stream(kwargs["pool"])
+    outcomes.ack_call(keys, kwargs["pool"], stream, kwargs["entry_id"], event_id).run(connection)

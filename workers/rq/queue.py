@@ -1,6 +1,6 @@
 """The RQ side of an `executor: rq` pool: queue and job names, the job payload, enqueueing, job states.
 
-The pool's stream consumer (workers/pool.py) turns each entry it owns into one
+The pool's stream consumer (workers/engine/, with workers/rq/bridge.py) turns each entry it owns into one
 RQ job; an RQ worker runs it (workers/rq/job.py). The job id is
 ``<prefix>-<pool>-<entry id>-a<attempt>``: one job per delivery attempt of an
 entry, never two, because it is enqueued with RQ's ``unique=True``, which
@@ -31,8 +31,8 @@ from rq.serializers import JSONSerializer
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from bus import defaults
-from bus.keys import Keys
 from bus.routing import PoolConfig
+from workers.engine.outcomes import ledger_ttl_s
 from workers.streams import Fields, text
 
 JOB_FUNCTION = "workers.rq.job.run_entry"
@@ -67,13 +67,14 @@ def entry_payload(fields: Fields) -> dict[str, str]:
 
 
 def job_kwargs(prefix: str, pool: str, entry_id: str, attempt: int, config: PoolConfig,
-               entry: Mapping[str, str]) -> dict[str, Any]:
+               entry: Mapping[str, str], *, stream: str | None = None) -> dict[str, Any]:
     """What the job function receives: where the entry came from, the pool's options, the entry."""
+    where = {"stream": stream} if stream is not None else {}
     return {
-        "prefix": prefix, "pool": pool, "entry_id": entry_id, "attempt": attempt,
+        "prefix": prefix, "pool": pool, **where, "entry_id": entry_id, "attempt": attempt,
         "max_attempts": config.max_attempts, "timeout_s": config.timeout_s,
         "backoff_base_s": config.backoff_base_s, "backoff_max_s": config.backoff_max_s,
-        "ledger_ttl_s": max(config.retention_s, defaults.LEDGER_TTL_S),
+        "ledger_ttl_s": ledger_ttl_s(config),
         "entry": dict(entry),
     }
 
@@ -210,50 +211,3 @@ async def queue_figures(client: aioredis.Redis, name: str) -> dict[str, Any]:
     pipe.scard(WORKERS_BY_QUEUE_KEY % name)
     queued, workers = await pipe.execute()
     return {"executor": "rq", "rq_queue": name, "rq_queued": int(queued), "rq_workers": int(workers)}
-
-
-# XACK, and only when it acked something: count the entry once and forget its ledger and
-# retry time. Both the job's success callback and a reclaim pass may ack the same entry.
-ACK_SCRIPT = """
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-  if KEYS[3] ~= KEYS[2] then redis.call('DEL', KEYS[3]) end
-  redis.call('HDEL', KEYS[4], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-
-def ack_script_args(keys: Keys, pool: str, entry_id: str, event_id: str | None,
-                    counter: str = "processed") -> tuple[list[str], list[str]]:
-    """(KEYS, ARGV) of ACK_SCRIPT; with no event id there is no ledger to delete."""
-    stats = keys.pool_stats(pool)
-    ledger = keys.ledger(pool, event_id) if event_id else stats
-    return [keys.stream(pool), stats, ledger, keys.retry_at(pool)], [keys.group(pool), entry_id, counter]
-
-
-# Dead-letter a pending entry in one step: the dead-letter XADD, the XACK, the counters, the
-# ledger DEL and the retry-time HDEL; nothing when the entry is no longer pending (a repeat).
-# KEYS: stream, stats, ledger (the stats key when there is none), retry times, dead-letter stream
-# (all under the {prefix} hash tag). ARGV: group, entry id, handler failures to count, then the
-# dead-letter entry's fields and values. XADD comes first: if it fails, nothing else happened.
-DEAD_SCRIPT = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then return 0 end
-redis.call('XADD', KEYS[5], '*', unpack(ARGV, 4))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[2], 'failed', ARGV[3]) end
-redis.call('HINCRBY', KEYS[2], 'dead', 1)
-if KEYS[3] ~= KEYS[2] then redis.call('DEL', KEYS[3]) end
-redis.call('HDEL', KEYS[4], ARGV[2])
-return 1
-"""
-
-
-def dead_script_args(keys: Keys, pool: str, entry_id: str, ledger_key: str | None, failed: int,
-                     fields: Mapping[Any, Any]) -> tuple[list[str], list[Any]]:
-    """(KEYS, ARGV) of DEAD_SCRIPT."""
-    stats = keys.pool_stats(pool)
-    flat: list[Any] = [item for pair in fields.items() for item in pair]
-    return ([keys.stream(pool), stats, ledger_key or stats, keys.retry_at(pool), keys.dead(pool)],
-            [keys.group(pool), entry_id, str(failed), *flat])

@@ -14,7 +14,7 @@ from bus.reload import RoutingHolder
 from tests.conftest import make_settings
 from tests.handlers_for_tests import where_key
 from tests.support import FAST_POOL, H, publish_many, runs, wait_for, write_routing
-from workers.pool import Pool
+from workers.engine.consumer import Consumer
 from workers.runner import run_pool
 
 pytestmark = pytest.mark.anyio
@@ -36,7 +36,7 @@ async def test_moving_a_handler_to_another_pool_changes_where_new_events_run(
     routing = write_routing(tmp_path, BEFORE)
     settings = make_settings(prefix, routing_file=routing)
     ingress_routes = RoutingHolder.load(routing)  # what the ingress holds
-    consumers = [Pool(settings, name, redis=aredis, holder=RoutingHolder.load(routing))
+    consumers = [Consumer(settings, name, redis=aredis, holder=RoutingHolder.load(routing))
                  for name in ("alpha", "beta")]
     pools = [asyncio.create_task(consumer.run()) for consumer in consumers]
     old = [f"evt_old{i}" for i in range(50)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bus.routing import PoolConfig
-from workers.retry import backoff_s, peer_claim_idle_ms, pool_backoff_ms
+from workers.engine.retry import backoff_s, peer_claim_idle_ms, pool_backoff_ms
 
 
 def test_backoff_doubles_per_attempt_within_jitter_bounds() -> None:

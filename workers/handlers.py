@@ -138,7 +138,7 @@ async def call_handler(
         return Failure(name, _error_line(err), traceback.format_exc(), permanent=True, reason=REASON_PERMANENT)
     except RetryLater as err:
         ctx.log.info("handler.retry_later", reason=str(err), defer_s=err.defer_s)
-        return Failure(name, _error_line(err), traceback.format_exc(), defer_s=err.defer_s)
+        return Failure(name, _error_line(err), traceback.format_exc(), defer_s=err.defer_s, retry_later=True)
     except TimeoutError:
         ctx.log.warning("handler.timeout", timeout_s=timeout_s)
         return Failure(name, f"TimeoutError: no result within {timeout_s} s", traceback.format_exc())

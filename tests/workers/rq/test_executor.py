@@ -365,7 +365,7 @@ def test_a_job_that_failed_without_recording_counts_as_an_attempt_and_is_dead_le
 def test_a_failed_ack_after_the_handlers_succeeded_does_not_run_them_again(
     sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import workers.rq.job as rq_executor
+    from workers.engine import outcomes
 
     routing = routing_file(tmp_path, monkeypatch)
     settings = make_settings(prefix, routing_file=routing)
@@ -374,7 +374,7 @@ def test_a_failed_ack_after_the_handlers_succeeded_does_not_run_them_again(
     entry_id = sync_client.xrange(keys.stream("iso"))[0][0].decode()
     # Every ack of this attempt fails in Redis (a failover, OOM...): the job's own and its callback's.
     with monkeypatch.context() as m:
-        m.setattr(rq_executor, "ACK_SCRIPT", "return redis.call('NOSUCHCOMMAND')")
+        m.setattr(outcomes, "ACK_SCRIPT", "return redis.call('NOSUCHCOMMAND')")
         work_burst(sync_client, prefix, "iso")
     assert runs(sync_client, prefix, "record") == {"evt_ack": 1}
     assert pending(sync_client, keys, "iso") == 1
@@ -504,7 +504,7 @@ def test_an_entry_whose_rq_worker_was_sigkilled_mid_job_is_retried_and_burst_wai
 def test_a_failure_between_dead_letter_and_ack_neither_duplicates_the_dead_letter_nor_reruns_handlers(
     sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import workers.rq.job as rq_executor
+    from workers.engine import outcomes
 
     routing = routing_file(tmp_path, monkeypatch)
     settings = make_settings(prefix, routing_file=routing)
@@ -512,7 +512,7 @@ def test_a_failure_between_dead_letter_and_ack_neither_duplicates_the_dead_lette
     asyncio.run(run_pool(settings, "iso", burst=True))
     # The ack script fails (as RQ's alarm landing after the dead-letter XADD would stop it).
     with monkeypatch.context() as m:
-        m.setattr(rq_executor, "ACK_SCRIPT", "return redis.call('NOSUCHCOMMAND')")
+        m.setattr(outcomes, "ACK_SCRIPT", "return redis.call('NOSUCHCOMMAND')")
         work_burst(sync_client, prefix, "iso")
     drain_rq(settings, "iso", sync_client)
     dead = asyncio.run(_list_dead(keys, "iso"))
@@ -698,7 +698,8 @@ def test_the_rq_reclaimer_holds_every_free_slot_while_it_works(
     prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_client: redis.Redis
 ) -> None:
     from bus.reload import RoutingHolder
-    from workers.pool import Pool
+    from workers.engine.consumer import Consumer
+    from workers.rq.bridge import RqExecutor
 
     path = routing_file(tmp_path, monkeypatch)
     settings = make_settings(prefix, routing_file=path)
@@ -707,19 +708,19 @@ def test_the_rq_reclaimer_holds_every_free_slot_while_it_works(
     async def go() -> None:
         client = aioredis.Redis.from_url(TEST_REDIS_URL)
         try:
-            pool = Pool(settings, "iso", redis=client, holder=RoutingHolder.load(path))
-            assert pool.rq is not None
+            pool = Consumer(settings, "iso", redis=client, holder=RoutingHolder.load(path))
+            assert isinstance(pool.executor, RqExecutor)
 
-            async def record(free: int) -> int:
-                seen_free.append(pool.free_slots())
+            async def record(stream: str, limit: int) -> int:
+                seen_free.append(pool.slots.free())
                 await asyncio.sleep(0)  # the reader could run here
-                seen_free.append(pool.free_slots())
+                seen_free.append(pool.slots.free())
                 return 0
 
-            monkeypatch.setattr(pool.rq, "_reclaim_with", record)
-            await pool.rq.reclaim_once()
-            assert pool.free_slots() == pool.concurrency, "the slots are given back"
-            pool.rq.close()
+            monkeypatch.setattr(pool.executor, "reclaim", record)
+            await pool.reclaim_once(pool.streams[0])
+            assert pool.slots.free() == pool.concurrency, "the slots are given back"
+            pool.executor.close()
         finally:
             await client.aclose()
 

@@ -72,11 +72,11 @@ async def test_own_failed_entry_is_due_after_its_backoff_but_a_finished_unacked_
 ) -> None:
     from bus.reload import RoutingHolder
     from tests.conftest import make_settings
-    from workers.pool import Pool
-    from workers.reclaim import due_entries
+    from workers.engine.consumer import Consumer
+    from workers.engine.reclaim import due_entries
 
     routing = write_routing(tmp_path, ROUTING)
-    pool = Pool(make_settings(prefix, routing_file=routing), "crash", redis=aredis,
+    pool = Consumer(make_settings(prefix, routing_file=routing), "crash", redis=aredis,
                 holder=RoutingHolder.load(routing), consumer="me")
     stream = keys.stream("crash")
     await aredis.xgroup_create(stream, "crash", id="0", mkstream=True)
@@ -89,6 +89,6 @@ async def test_own_failed_entry_is_due_after_its_backoff_but_a_finished_unacked_
                         idle=1000, justid=True)
     await aredis.xclaim(stream, "crash", "peer", min_idle_time=0, message_ids=["3000-0"],
                         idle=1000, justid=True)
-    pool.acks.unacked.add("2000-0")  # finished; its ack is on its way
-    due = await due_entries(pool, limit=10)
+    pool.outcomes.batch.unacked.add((stream, "2000-0"))  # finished; its ack is on its way
+    due = await due_entries(pool, stream, limit=10)
     assert [entry_id for entry_id, _, _ in due] == ["1000-0"]

@@ -11,10 +11,10 @@ from bus.keys import Keys
 from bus.reload import RoutingHolder
 from tests.conftest import make_settings
 from tests.support import H, write_routing
-from workers import reclaim, retention
 from workers.deadletter import list_dead
-from workers.pool import Pool
-from workers.retention import trim_bound
+from workers.engine import retention
+from workers.engine.consumer import Consumer
+from workers.engine.retention import trim_bound
 
 ROUTING = f"""
 pools:
@@ -43,9 +43,10 @@ async def test_trim_by_age_keeps_pending_and_undelivered_entries(
     await aredis.xreadgroup("keep", "gone", {stream: ">"}, count=3)
     await aredis.xack(stream, "keep", "1000-0", "2000-0")
     clock_s = 10_000.0  # every entry is far older than retention_s
-    pool = Pool(make_settings(prefix, routing_file=routing), "keep", redis=aredis,
+    pool = Consumer(make_settings(prefix, routing_file=routing), "keep", redis=aredis,
                 holder=RoutingHolder.load(routing), clock=lambda: clock_s)
-    assert await retention.trim_once(pool) == 2
+    assert await retention.trim_once(aredis, stream, pool.group, retention_s=pool.config.retention_s,
+                                     now_ms=pool.now_ms()) == 2
     remaining = [e[0].decode() for e in await aredis.xrange(stream)]
     assert remaining == ["3000-0", "4000-0", "5000-0"]
 
@@ -63,10 +64,10 @@ async def test_pending_entry_deleted_anyway_is_dead_lettered_with_a_reason(
     await aredis.xclaim(stream, "keep", "gone", min_idle_time=0, message_ids=["1000-0"],
                         idle=3_600_000, justid=True)
     await aredis.xdel(stream, "1000-0")
-    pool = Pool(make_settings(prefix, routing_file=routing), "keep", redis=aredis,
+    pool = Consumer(make_settings(prefix, routing_file=routing), "keep", redis=aredis,
                 holder=RoutingHolder.load(routing))
-    assert await reclaim.reclaim_once(pool) == 0
-    await pool.acks.flush()
+    assert await pool.reclaim_once(stream) == 0
+    await pool.outcomes.batch.flush()
     [dead] = await list_dead(aredis, keys, "keep")
     assert dead.reason == "entry trimmed from the stream while pending"
     assert int((await aredis.xpending(stream, "keep"))["pending"]) == 0

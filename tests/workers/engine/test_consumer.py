@@ -73,11 +73,11 @@ async def test_concurrency_holds_while_the_reader_and_the_reclaimer_both_start_e
     from bus.reload import RoutingHolder
     from tests.handlers_for_tests import PEAK_INFLIGHT
     from tests.support import wait_for
-    from workers.pool import Pool
+    from workers.engine.consumer import Consumer
 
     settings = make_settings(prefix, routing_file=routing)
     table = load(routing)
-    pool = Pool(settings, "pair", redis=aredis, holder=RoutingHolder.load(routing), block_ms=1000)
+    pool = Consumer(settings, "pair", redis=aredis, holder=RoutingHolder.load(routing), block_ms=1000)
     task = asyncio.create_task(pool.run())
 
     async def started(event_id: str, times: int) -> bool:
@@ -104,19 +104,19 @@ async def test_an_unexpected_error_in_the_reclaimer_is_logged_and_retries_go_on(
 
     from structlog.testing import capture_logs
 
-    from workers import reclaim
+    from workers.engine import reclaim
 
-    real = reclaim.reclaim_once
+    real = reclaim.reclaim_pass
     calls = 0
 
-    async def broken_once(pool: object) -> int:
+    async def broken_once(*args: object) -> int:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise ValueError("injected failure")
-        return await real(pool)  # type: ignore[arg-type]
+        return await real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(reclaim, "reclaim_once", broken_once)
+    monkeypatch.setattr(reclaim, "reclaim_pass", broken_once)
     settings = make_settings(prefix, routing_file=routing)
     await publish(aredis, keys, load(routing), "test.retry", "evt_bg")
     with capture_logs() as logs:
@@ -140,8 +140,8 @@ async def test_a_reload_resolves_new_handler_names_off_the_event_loop(
     from bus import reload
     from bus.reload import RoutingHolder
     from tests.support import wait_for
-    from workers import execute
-    from workers.pool import Pool
+    from workers import handlers as execute
+    from workers.engine.consumer import Consumer
 
     loop_thread = threading.get_ident()
     threads: dict[str, set[bool]] = {}
@@ -156,7 +156,7 @@ async def test_a_reload_resolves_new_handler_names_off_the_event_loop(
         return real_load(path)
 
     settings = make_settings(prefix, routing_file=routing)
-    pool = Pool(settings, "alpha", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
+    pool = Consumer(settings, "alpha", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
     monkeypatch.setattr(execute, "resolve_handler", resolve)
     monkeypatch.setattr(reload, "load_routing", load_routing)
     task = asyncio.create_task(pool.run())
@@ -325,13 +325,13 @@ async def test_a_stream_deleted_under_a_running_worker_is_recreated_and_read_aga
     from bus.reload import RoutingHolder
     from ingress.parse import routing_fields
     from tests.support import event_body, wait_for
-    from workers.pool import Pool
+    from workers.engine.consumer import Consumer
 
-    async def pool_read_failed(pool: Pool) -> bool:
+    async def pool_read_failed(pool: Consumer) -> bool:
         return pool.read_failures > 0
 
     settings = make_settings(prefix, routing_file=routing)
-    pool = Pool(settings, "alpha", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
+    pool = Consumer(settings, "alpha", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
     task = asyncio.create_task(pool.run())
     try:
         await publish(aredis, keys, load(routing), "test.many", "evt_before")

@@ -1,0 +1,300 @@
+"""The consumer of one pool: read, hold the slots, reclaim, trim, drain, follow routing.yaml.
+
+One process runs one consumer of the pool's group. Its tasks:
+
+* the reader: XREADGROUP with COUNT equal to the free concurrency slots (slots.py);
+* one task per in-flight entry, run by the pool's executor (executor.py);
+* the flusher: the acks and counts gathered since its last pass (outcomes.py);
+* the reclaimer (reclaim.py), the trimmer (retention.py), the routing watcher.
+
+An entry is acked only once every handler it names has succeeded, or once it
+is in the dead-letter stream (one script with the ack). Anything else leaves it
+pending, so a crash leaves duplicates, never losses.
+
+Every entry carries its stream (`Entry.stream`); reading, reclaiming and
+trimming are written per stream, for pools that will have several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from bus import defaults
+from bus.errors import ConfigError
+from bus.keys import Keys
+from bus.reload import RoutingHolder
+from bus.routing import PoolConfig, RoutingTable
+from bus.settings import Settings
+from workers.context import Resources
+from workers.engine import reclaim, retention
+from workers.engine.async_executor import AsyncExecutor
+from workers.engine.entries import run_entry
+from workers.engine.executor import Entry, Executor
+from workers.engine.observer import NoObserver, Observer
+from workers.engine.outcomes import Outcomes
+from workers.engine.periodic import every
+from workers.engine.slots import Slots
+from workers.handlers import HandlerSet, pool_handler_names
+from workers.rq.bridge import RqExecutor
+from workers.streams import ensure_group, text
+
+log = structlog.get_logger("fanout.worker")
+
+Clock = Callable[[], float]
+
+
+def consumer_name() -> str:
+    """Unique per process, so a restarted worker never inherits a dead one's pending entries by name."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Consumer:
+    """One consumer of a pool. Build it, then `await run()`; `request_stop()` drains and returns."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        *,
+        redis: aioredis.Redis,
+        holder: RoutingHolder,
+        clock: Clock = time.time,
+        concurrency: int | None = None,
+        burst: bool = False,
+        consumer: str | None = None,
+        block_ms: int = defaults.BLOCK_MS,
+        burst_block_ms: int = defaults.BURST_BLOCK_MS,
+        shutdown_grace_s: float = defaults.SHUTDOWN_GRACE_S,
+        claim_margin_s: float = defaults.CLAIM_MARGIN_S,
+        trim_interval_s: float = defaults.TRIM_INTERVAL_S,
+        watch_routing: bool = True,
+        strict: bool = True,
+        resources: Resources | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        if name not in holder.table.pools:
+            known = ", ".join(sorted(holder.table.pools)) or "none"
+            raise ConfigError(f"pool {name!r} is not declared in {holder.path} (pools: {known})")
+        self.settings = settings
+        self.name = name
+        self.redis = redis
+        self.holder = holder
+        self.clock = clock
+        self.keys = Keys(settings.key_prefix)
+        # The streams this consumer reads: one today (partitions will make it several).
+        self.streams = [self.keys.stream(name)]
+        self.group = self.keys.group(name)
+        self.consumer = consumer or consumer_name()
+        self.burst = burst
+        self.claim_margin_s = claim_margin_s
+        self.trim_interval_s = trim_interval_s
+        self.resources = resources or Resources()
+        self.observer: Observer = observer or NoObserver()
+        self._concurrency = concurrency
+        self._block_ms = burst_block_ms if burst else block_ms
+        self._shutdown_grace_s = shutdown_grace_s
+        self._watch_routing = watch_routing
+        self._config = holder.table.pools[name]
+        self.handlers = HandlerSet()
+        self.handlers.load(pool_handler_names(holder.table, name), holder.table, strict=strict)
+        self._threads: ThreadPoolExecutor | None = None
+        self.log = log.bind(pool=name, consumer=self.consumer)
+        # Entries being run by this process, by (stream, entry id).
+        self.inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.slots = Slots(lambda: self.concurrency)
+        self._stopping = False
+        self.read_failures = 0
+        self.outcomes = Outcomes(redis, self.keys, name, self.now_ms)
+        # The executor is fixed for the life of the process: `rq` enqueues jobs, `async` runs here.
+        self.executor_kind = self._config.executor
+        self.executor: Executor = RqExecutor(self) if self.executor_kind == "rq" else AsyncExecutor(self)
+
+    # --- configuration ---------------------------------------------------------------------------
+
+    @property
+    def config(self) -> PoolConfig:
+        """The pool's options from the routing table in use (the last known, if the pool was removed)."""
+        current = self.holder.table.pools.get(self.name)
+        if current is not None:
+            self._config = current
+        return self._config
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency or self.config.concurrency
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def busy(self, stream: str, entry_id: str) -> bool:
+        """Running here, or finished with its ack on its way: not to be run again meanwhile."""
+        return (stream, entry_id) in self.inflight or self.outcomes.unacked(stream, entry_id)
+
+    async def _on_routing_change(self, table: RoutingTable) -> None:
+        new = table.pools.get(self.name)
+        if new is not None and new.executor != self.executor_kind:
+            self.log.warning("pool.executor_changed", executor=self.executor_kind, new_executor=new.executor,
+                             action="restart this pool's workers to switch")
+        for err in await self.handlers.load_async(pool_handler_names(table, self.name), table):
+            self.log.error("handler.unresolved", error=str(err))
+
+    async def _watch_routing_file(self) -> None:
+        """Follow routing.yaml: pool options apply at once, new handler names are resolved."""
+        while True:
+            await asyncio.sleep(defaults.RELOAD_POLL_S)
+            if await self.holder.check_async():
+                await self._on_routing_change(self.holder.table)
+
+    # --- running ---------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def request_stop(self) -> None:
+        """Stop reading; in-flight entries finish (within the grace period), are acked, and run() returns."""
+        self._stopping = True
+        self.slots.wake()
+
+    async def run(self) -> None:
+        await ensure_group(self.redis, self.keys, self.name)
+        self.log.info("pool.started", concurrency=self.concurrency, burst=self.burst)
+        flusher = asyncio.create_task(self.outcomes.batch.run(), name="flusher")
+
+        def stopping() -> bool:
+            return self._stopping
+
+        background = [
+            asyncio.create_task(every(self._reclaim_interval_s, self._reclaim, stopping, self.log), name="reclaim"),
+            asyncio.create_task(every(lambda: self.trim_interval_s, self._trim, stopping, self.log), name="trim"),
+        ]
+        if self._watch_routing:
+            background.append(asyncio.create_task(self._watch_routing_file(), name="routing-watch"))
+        try:
+            await self._read_loop()
+        finally:
+            self._stopping = True
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._drain()
+            self.outcomes.batch.close()
+            await flusher
+            for stream in self.streams:
+                await retention.leave_group(self.redis, stream, self.group, self.consumer)
+            if self._threads is not None:
+                self._threads.shutdown(wait=False)
+            self.executor.close()
+            await self.resources.aclose()
+            self.log.info("pool.stopped")
+
+    async def _read_loop(self) -> None:
+        streams = {stream: ">" for stream in self.streams}
+        while not self._stopping:
+            await self.slots.reader_turn()
+            free = self.slots.free()
+            if free <= 0:
+                await self.slots.wait_freed()
+                continue
+            taken = self.slots.reserve(free)
+            try:
+                reply: Any = await self.redis.xreadgroup(
+                    self.group, self.consumer, streams, count=taken, block=self._block_ms  # type: ignore[arg-type]
+                )
+            except RedisError as err:
+                self.slots.release(taken)
+                self.read_failures += 1
+                self.log.error("pool.read_failed", error=f"{type(err).__name__}: {err}")
+                await asyncio.sleep(self._block_ms / 1000)
+                if "NOGROUP" in str(err):  # the stream was deleted by hand: start it again
+                    await ensure_group(self.redis, self.keys, self.name)
+                continue
+            except BaseException:
+                self.slots.release(taken)
+                raise
+            self.slots.release(taken)
+            if reply:
+                for stream_key, entries in reply:
+                    self.observer.read_batch(self.name, len(entries))
+                    stream = text(stream_key)
+                    # More than the free slots only if concurrency was lowered meanwhile: the rest stays
+                    # pending and is reclaimed later, rather than running over the limit.
+                    for entry_id, fields in entries[:max(0, self.slots.free())]:
+                        self.start(Entry(stream, text(entry_id), fields, 1))
+            elif self.burst and await self._drained():
+                return
+
+    async def _drained(self) -> bool:
+        """Burst mode's exit test: nothing in flight or unflushed, nothing new, nothing pending."""
+        if self.inflight:
+            return False
+        await self.outcomes.batch.flush()
+        for stream in self.streams:
+            if not await self.executor.drained(stream):
+                return False
+        return True
+
+    async def _drain(self) -> None:
+        """Let in-flight entries finish within the grace period; what is left stays pending."""
+        if not self.inflight:
+            return
+        tasks = list(self.inflight.values())
+        self.log.info("pool.draining", inflight=len(tasks), grace_s=self._shutdown_grace_s)
+        _, unfinished = await asyncio.wait(tasks, timeout=self._shutdown_grace_s)
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            self.log.warning("pool.drain_timeout", left_pending=len(unfinished))
+
+    def _reclaim_interval_s(self) -> float:
+        return max(0.01, min(defaults.RECLAIM_INTERVAL_S, self.config.backoff_base_s / 2))
+
+    async def _reclaim(self) -> None:
+        for stream in self.streams:
+            await self.reclaim_once(stream)
+
+    async def reclaim_once(self, stream: str) -> int:
+        """One reclaim pass over `stream` (workers/engine/reclaim.py); how many entries started."""
+        return await reclaim.reclaim_pass(self, self.executor, stream, lambda: self._stopping)
+
+    async def _trim(self) -> None:
+        for stream in self.streams:
+            await retention.trim_once(self.redis, stream, self.group, retention_s=self.config.retention_s,
+                                      now_ms=self.now_ms())
+
+    # --- one entry -------------------------------------------------------------------------------
+
+    def start(self, entry: Entry) -> None:
+        """Run an entry this consumer now owns (read new, or claimed for a retry)."""
+        self.slots.occupy()
+        self.inflight[(entry.stream, entry.entry_id)] = asyncio.create_task(self._process(entry))
+        self.observer.entries_in_flight(self.name, len(self.inflight))
+
+    async def _process(self, entry: Entry) -> None:
+        try:
+            await run_entry(self, self.executor, entry)
+        except RedisError as err:
+            # The entry stays pending; a reclaim pass runs it again.
+            self.log.error("entry.redis_failed", entry_id=entry.entry_id, error=f"{type(err).__name__}: {err}")
+        finally:
+            del self.inflight[(entry.stream, entry.entry_id)]
+            self.slots.vacate()
+            self.observer.entries_in_flight(self.name, len(self.inflight))
+
+    def thread_pool(self) -> ThreadPoolExecutor:
+        """Threads for sync handlers (async executor) and for RQ's blocking enqueue (rq executor)."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"pool-{self.name}")
+        return self._threads

@@ -1,0 +1,35 @@
+"""What the engine does with an owned entry before its executor runs it.
+
+A malformed entry, and one past max_attempts (the consumer or RQ job running
+its last allowed attempt stopped before it finished), are dead-lettered here,
+the same way whatever the executor; every other entry goes to the executor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bus.envelope import Event
+from workers.deadletter import REASON_MALFORMED, REASON_MAX_ATTEMPTS, Failure
+from workers.engine.executor import Entry, Executor, Owner
+from workers.engine.outcomes import lost_attempt_failures
+from workers.streams import text
+
+
+async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:
+    try:
+        event = Event.from_entry(entry.fields)
+    except (ValueError, KeyError) as err:  # UnicodeDecodeError is a ValueError
+        failure = Failure("", f"{type(err).__name__}: {err}", "", permanent=True)
+        await owner.outcomes.dead_letter(entry.stream, entry.entry_id, entry.fields, reason=REASON_MALFORMED,
+                                         failures=[failure], attempts=entry.attempt)
+        return
+    if entry.attempt > owner.config.max_attempts:
+        ledger_key = owner.keys.ledger(owner.name, event.id)
+        members: Any = await owner.redis.smembers(ledger_key)
+        failures = lost_attempt_failures(event.handlers, {text(h) for h in members},
+                                         executor.lost_attempt_error(entry.attempt - 1))
+        await owner.outcomes.dead_letter(entry.stream, entry.entry_id, entry.fields, reason=REASON_MAX_ATTEMPTS,
+                                         failures=failures, attempts=entry.attempt - 1, ledger_key=ledger_key)
+        return
+    await executor.run(entry, event)

@@ -1,0 +1,31 @@
+"""A hook for metrics: the engine and the outcomes report here; the default does nothing."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+# handler_finished's outcome, per handler call:
+OK = "ok"            # it succeeded
+FAILED = "failed"    # it raised or timed out; the entry will be retried
+RETRY = "retry"      # it raised RetryLater; the entry will be retried
+DEAD = "dead"        # its failure dead-lettered the entry
+STALE = "stale"      # its failure would have dead-lettered the entry, but another consumer owns it now
+
+
+class Observer(Protocol):
+    def handler_finished(self, pool: str, handler: str, outcome: str, duration_s: float) -> None: ...
+    def entries_in_flight(self, pool: str, count: int) -> None: ...
+    def read_batch(self, pool: str, size: int) -> None: ...
+
+
+class NoObserver:
+    """The default: metrics cost one method call each."""
+
+    def handler_finished(self, pool: str, handler: str, outcome: str, duration_s: float) -> None:
+        pass
+
+    def entries_in_flight(self, pool: str, count: int) -> None:
+        pass
+
+    def read_batch(self, pool: str, size: int) -> None:
+        pass
