@@ -94,7 +94,7 @@ async def _fill(client: aioredis.Redis, keys: Keys, pool: str, event_type: str, 
 
 
 async def _drain(settings: Settings, pool: str, client: aioredis.Redis) -> float:
-    from workers.runner import run_pool
+    from workers.supervision.runner import run_pool
 
     started = time.perf_counter()
     await run_pool(settings, pool, redis=client, burst=True, burst_block_ms=5)

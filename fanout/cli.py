@@ -59,11 +59,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_or_exit()
     if args.processes > 1:
-        from workers.supervisor import Supervisor
+        from workers.supervision.supervisor import Supervisor
 
         return Supervisor(args.pool, args.processes, burst=args.burst,
                           concurrency=args.concurrency).run()
-    from workers.runner import serve
+    from workers.supervision.runner import serve
 
     try:
         return serve(settings, args.pool, burst=args.burst, concurrency=args.concurrency)
@@ -88,8 +88,8 @@ def _with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from bus.keys import Keys
+    from workers.ops.status import collect_status, render_text
     from workers.rq.queue import queue_name
-    from workers.status import collect_status, render_text
 
     settings = settings_or_exit()
     try:
@@ -111,7 +111,7 @@ DLQ_TRACEBACK_LINES = 6
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     from bus.keys import Keys
-    from workers.deadletter import list_dead
+    from workers.ops.deadletter import list_dead
 
     settings = settings_or_exit()
     dead = _with_redis(settings, lambda r: list_dead(r, Keys(settings.key_prefix), args.pool))
@@ -130,7 +130,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     from bus.keys import Keys
-    from workers.deadletter import replay_dead
+    from workers.ops.deadletter import replay_dead
 
     if args.all == bool(args.ids):
         print("fanout dlq replay: give --all or one or more ENTRY_IDs (not both)", file=sys.stderr)
@@ -146,7 +146,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from bus.keys import Keys
-    from workers.streams import replay_entries
+    from workers.ops.replay import replay_entries
 
     settings = settings_or_exit()
     since = None

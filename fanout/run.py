@@ -127,7 +127,12 @@ def run_banner(settings: Settings, table: RoutingTable, url: str, where: str,
 def run_everything(host: str, port: int) -> int:
     """`fanout run`: the ingress in this process, each pool as a child, stand-ins for unset destinations."""
     from fanout import embedded, standin
-    from workers.supervisor import CONFIG_ERROR_EXIT, Children, rq_worker_command, worker_command
+    from workers.supervision.supervisor import (
+        CONFIG_ERROR_EXIT,
+        Children,
+        rq_worker_command,
+        worker_command,
+    )
 
     # Before anything starts: a port already taken would otherwise stop everything it started.
     why = cannot_listen(host, port)

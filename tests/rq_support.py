@@ -19,7 +19,7 @@ from bus.keys import Keys
 from bus.settings import Settings
 from tests.conftest import TEST_REDIS_URL
 from workers.rq.queue import queue_name
-from workers.runner import run_pool
+from workers.supervision.runner import run_pool
 
 
 def rq_queue_of(client: redis.Redis, prefix: str, pool: str) -> Queue:

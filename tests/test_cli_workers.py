@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from bus.keys import Keys
 from tests.conftest import make_settings
 from tests.support import FAST_POOL, H, load, publish, runs, worker_env, write_routing
-from workers.runner import run_pool
+from workers.supervision.runner import run_pool
 
 pytestmark = pytest.mark.anyio
 

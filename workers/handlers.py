@@ -21,7 +21,7 @@ from bus.envelope import Event
 from bus.errors import ConfigError, PermanentFailure, RetryLater
 from bus.routing import Destination, RoutingTable
 from workers.context import Context, Handler
-from workers.deadletter import REASON_PERMANENT, REASON_UNKNOWN_HANDLER, Failure
+from workers.engine.failures import REASON_PERMANENT, REASON_UNKNOWN_HANDLER, Failure
 from workers.importer import resolve_handler
 
 log = structlog.get_logger("fanout.worker")

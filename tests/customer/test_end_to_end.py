@@ -27,8 +27,8 @@ from tests.conftest import TEST_SECRET, make_settings
 from tests.customer.smtp_inbox import Inbox, smtp_inbox
 from tests.live import serve
 from workers.customer.store.base import Store
-from workers.runner import run_pool
-from workers.streams import replay_entries
+from workers.ops.replay import replay_entries
+from workers.supervision.runner import run_pool
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

@@ -13,15 +13,15 @@ from typing import Any
 
 from bus.envelope import Event
 from workers.context import Context
-from workers.deadletter import Failure
 from workers.engine import observer as outcome
 from workers.engine import reclaim
 from workers.engine.executor import Entry, Owner
+from workers.engine.failures import Failure
 from workers.engine.outcomes import dead_reason
 from workers.engine.reclaim import Due
 from workers.handlers import call_handler
 from workers.rq.queue import STARTED, abandoned_jobs, job_id, job_states, queue_name
-from workers.streams import text
+from workers.stream_ops import text
 
 Result = tuple[str, Failure | None, float]
 

@@ -47,7 +47,7 @@ from workers.engine.periodic import every
 from workers.engine.slots import Slots
 from workers.handlers import HandlerSet, pool_handler_names
 from workers.rq.bridge import RqExecutor
-from workers.streams import ensure_group, text
+from workers.stream_ops import ensure_group, text
 
 log = structlog.get_logger("fanout.worker")
 

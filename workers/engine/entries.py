@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from bus.envelope import Event
-from workers.deadletter import REASON_MALFORMED, REASON_MAX_ATTEMPTS, Failure
 from workers.engine.executor import Entry, Executor, Owner
+from workers.engine.failures import REASON_MALFORMED, REASON_MAX_ATTEMPTS, Failure
 from workers.engine.outcomes import lost_attempt_failures
-from workers.streams import text
+from workers.stream_ops import text
 
 
 async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:

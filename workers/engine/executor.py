@@ -25,7 +25,7 @@ from workers.engine.observer import Observer
 from workers.engine.outcomes import Outcomes
 from workers.engine.slots import Slots
 from workers.handlers import HandlerSet
-from workers.streams import Fields
+from workers.stream_ops import Fields
 
 
 @dataclass(frozen=True, slots=True)

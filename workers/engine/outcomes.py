@@ -31,9 +31,9 @@ from redis.exceptions import RedisError
 from bus import defaults
 from bus.keys import Keys
 from bus.routing import PoolConfig
-from workers.deadletter import REASON_MAX_ATTEMPTS, REASON_TRIMMED, Failure, dead_fields
+from workers.engine.failures import REASON_MAX_ATTEMPTS, REASON_TRIMMED, Failure, dead_fields
 from workers.engine.retry import pool_backoff_ms
-from workers.streams import text
+from workers.stream_ops import text
 
 log = structlog.get_logger("fanout.worker")
 

@@ -8,7 +8,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bus import defaults
-from workers.streams import text
+from workers.stream_ops import text
 
 
 async def pending_pages(

@@ -29,7 +29,7 @@ from workers.engine.outcomes import Outcomes
 from workers.engine.pending import pending_pages
 from workers.engine.retry import peer_claim_idle_ms, pool_backoff_ms
 from workers.engine.slots import Slots
-from workers.streams import text
+from workers.stream_ops import text
 
 # (entry id, times delivered, the idle time it needed in ms)
 Due = tuple[str, int, int]

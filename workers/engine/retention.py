@@ -14,7 +14,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from bus import defaults
-from workers.streams import text
+from workers.stream_ops import text
 
 log = structlog.get_logger("fanout.worker")
 

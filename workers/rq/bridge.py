@@ -37,9 +37,9 @@ import structlog
 from bus import defaults
 from bus.connection import sync_redis
 from bus.envelope import Event
-from workers.deadletter import REASON_MALFORMED, Failure
 from workers.engine import reclaim
 from workers.engine.executor import Entry, Owner
+from workers.engine.failures import REASON_MALFORMED, Failure
 from workers.engine.pending import pending_pages
 from workers.engine.reclaim import Due
 from workers.rq.queue import (
@@ -55,7 +55,7 @@ from workers.rq.queue import (
     job_states,
     rq_queue,
 )
-from workers.streams import text
+from workers.stream_ops import text
 
 log = structlog.get_logger("fanout.worker")
 

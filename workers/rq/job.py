@@ -76,8 +76,8 @@ from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from bus.settings import Settings
 from workers.context import Context, Resources
-from workers.deadletter import REASON_MALFORMED, Failure
 from workers.engine import outcomes
+from workers.engine.failures import REASON_MALFORMED, Failure
 from workers.handlers import HandlerSet, call_handler
 from workers.rq.deadline import INLINE, HandlerTimeout, handler_deadline
 from workers.rq.record import (
@@ -89,7 +89,7 @@ from workers.rq.record import (
     record_failure,
     times_delivered,
 )
-from workers.streams import text
+from workers.stream_ops import text
 
 log = structlog.get_logger("fanout.worker")
 

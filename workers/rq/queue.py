@@ -33,7 +33,7 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 from bus import defaults
 from bus.routing import PoolConfig
 from workers.engine.outcomes import ledger_ttl_s
-from workers.streams import Fields, text
+from workers.stream_ops import Fields, text
 
 JOB_FUNCTION = "workers.rq.job.run_entry"
 SUCCESS_CALLBACK = "workers.rq.job.on_job_success"

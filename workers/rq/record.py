@@ -13,8 +13,8 @@ from bus.envelope import Event
 from bus.errors import FanoutError
 from bus.keys import Keys
 from bus.routing import PoolConfig
-from workers.deadletter import Failure
 from workers.engine import outcomes
+from workers.engine.failures import Failure
 
 log = structlog.get_logger("fanout.worker")
 

@@ -11,8 +11,8 @@ from bus.keys import Keys
 from tests.conftest import make_settings
 from tests.handlers_for_tests import order_key, poison_seen_key
 from tests.support import FAST_POOL, H, load, publish, publish_many, runs, write_routing
-from workers.deadletter import list_dead
-from workers.runner import run_pool
+from workers.ops.deadletter import list_dead
+from workers.supervision.runner import run_pool
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from bus.keys import Keys
 from tests.support import H, load, publish, runs, start_worker, worker_env, write_routing
-from workers.deadletter import list_dead
+from workers.ops.deadletter import list_dead
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +28,7 @@ routes:
 VICTIM = """
 import os, signal
 from bus.settings import Settings
-from workers.runner import serve
+from workers.supervision.runner import serve
 
 def kill_after(real):
     async def wrapped(*args, **kwargs):

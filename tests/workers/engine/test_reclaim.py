@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from bus.keys import Keys
 from tests.support import H, load, publish_many, runs, start_worker, wait_for, write_routing
-from workers.deadletter import list_dead
+from workers.ops.deadletter import list_dead
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,7 @@ from tests.conftest import make_settings
 from tests.handlers_for_tests import where_key
 from tests.support import FAST_POOL, H, publish_many, runs, wait_for, write_routing
 from workers.engine.consumer import Consumer
-from workers.runner import run_pool
+from workers.supervision.runner import run_pool
 
 pytestmark = pytest.mark.anyio
 

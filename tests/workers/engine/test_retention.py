@@ -11,10 +11,10 @@ from bus.keys import Keys
 from bus.reload import RoutingHolder
 from tests.conftest import make_settings
 from tests.support import H, write_routing
-from workers.deadletter import list_dead
 from workers.engine import retention
 from workers.engine.consumer import Consumer
 from workers.engine.retention import trim_bound
+from workers.ops.deadletter import list_dead
 
 ROUTING = f"""
 pools:

@@ -30,10 +30,10 @@ from tests.conftest import TEST_REDIS_URL, make_settings
 from tests.handlers_for_tests import runs_key, where_key
 from tests.rq_support import delete_rq_keys, drain_rq, pending, rq_queue_of, work_burst
 from tests.support import H, load, publish_many, start_worker, write_routing
-from workers.deadletter import list_dead
+from workers.ops.deadletter import list_dead
+from workers.ops.status import collect_status
 from workers.rq.queue import enqueue, job_id, job_kwargs, queue_name
-from workers.runner import run_pool
-from workers.status import collect_status
+from workers.supervision.runner import run_pool
 
 pytestmark = pytest.mark.timeout(90, method="thread")
 
@@ -627,7 +627,7 @@ def test_stopping_the_rq_worker_child_of_fanout_run_leaves_no_work_horse_behind(
     sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.conftest import REPO
-    from workers.supervisor import Children, rq_worker_command
+    from workers.supervision.supervisor import Children, rq_worker_command
 
     routing = routing_file(tmp_path, monkeypatch, HANG.replace("timeout_s: 1,", "timeout_s: 30,"))
     monkeypatch.setenv("PYTHONPATH", str(REPO))

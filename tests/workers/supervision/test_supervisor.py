@@ -226,7 +226,7 @@ def test_a_signal_while_run_starts_its_children_leaves_none_running(monkeypatch:
     import subprocess
     import sys
 
-    from workers import supervisor
+    from workers.supervision import supervisor
 
     class Interrupted(BaseException):
         """What `fanout run`'s signal handler raises (StopRequested) in the middle of start()."""
@@ -250,7 +250,7 @@ def test_a_signal_while_run_starts_its_children_leaves_none_running(monkeypatch:
 
 
 def test_a_sigterm_while_the_supervisor_starts_its_children_reaches_every_child(monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers import supervisor as sup
+    from workers.supervision import supervisor as sup
 
     started: list[int] = []
 

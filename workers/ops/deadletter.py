@@ -1,8 +1,7 @@
-"""The pool's dead-letter stream: write (always before the ack), list, replay.
+"""The pool's dead-letter stream for operators: list, replay.
 
-A dead-letter entry holds the original stream fields unchanged plus ``dlq_*``
-fields: why, the error and traceback of each failed handler, the attempt count,
-the handlers that had not succeeded, and the original entry id.
+Dead letters are written by workers/engine/outcomes.py (with the ack, in one
+script); their fields are described in workers/engine/failures.py.
 """
 
 from __future__ import annotations
@@ -10,43 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 
 from bus.envelope import F_HANDLERS, F_ID, F_TYPE, HANDLER_SEPARATOR
 from bus.keys import Keys
-from workers.streams import Fields, ensure_group, text
-
-DLQ_PREFIX = "dlq_"
-F_REASON = "dlq_reason"
-F_ERROR = "dlq_error"
-F_TRACEBACK = "dlq_traceback"
-F_ERRORS = "dlq_errors"
-F_ATTEMPTS = "dlq_attempts"
-F_FAILED_HANDLERS = "dlq_handlers"
-F_ENTRY_ID = "dlq_entry_id"
-F_FAILED_MS = "dlq_failed_ms"
-
-REASON_UNKNOWN_HANDLER = "unknown handler"
-REASON_PERMANENT = "permanent failure"
-REASON_MAX_ATTEMPTS = "max attempts reached"
-REASON_TRIMMED = "entry trimmed from the stream while pending"
-REASON_MALFORMED = "malformed entry"
-
-
-@dataclass(frozen=True)
-class Failure:
-    """One handler's failed run: its name, the error line and the traceback."""
-
-    handler: str
-    error: str
-    traceback: str
-    permanent: bool = False
-    reason: str = ""
-    # Set when the handler raised RetryLater(defer_s=...): the next run waits at least this long.
-    defer_s: float | None = None
-    # The handler raised RetryLater (with or without defer_s), rather than an error.
-    retry_later: bool = False
+from workers.engine.failures import (
+    DLQ_PREFIX,
+    F_ATTEMPTS,
+    F_ENTRY_ID,
+    F_ERROR,
+    F_FAILED_HANDLERS,
+    F_FAILED_MS,
+    F_REASON,
+    F_TRACEBACK,
+)
+from workers.stream_ops import Fields, ensure_group, text
 
 
 @dataclass(frozen=True)
@@ -68,39 +45,6 @@ class DeadEntry:
                 "reason": self.reason, "error": self.error, "handlers": list(self.handlers),
                 "attempts": self.attempts, "entry_id": self.entry_id, "failed_ms": self.failed_ms,
                 "traceback": self.traceback}
-
-
-def dead_fields(
-    entry_id: str, fields: Fields, *, reason: str, failures: list[Failure], attempts: int, now_ms: int
-) -> dict[Any, Any]:
-    """The fields of the dead-letter entry for one stream entry."""
-    out: dict[Any, Any] = {
-        k: v for k, v in fields.items() if not text(k).startswith(DLQ_PREFIX)
-    }
-    first = failures[0] if failures else None
-    out[F_REASON] = reason
-    out[F_ERROR] = first.error if first else reason
-    out[F_TRACEBACK] = first.traceback if first else ""
-    out[F_ERRORS] = orjson.dumps(
-        [{"handler": f.handler, "error": f.error, "traceback": f.traceback} for f in failures]
-    )
-    out[F_ATTEMPTS] = str(attempts)
-    out[F_FAILED_HANDLERS] = HANDLER_SEPARATOR.join(f.handler for f in failures)
-    out[F_ENTRY_ID] = entry_id
-    out[F_FAILED_MS] = str(now_ms)
-    return out
-
-
-async def dead_letter(
-    redis: aioredis.Redis, keys: Keys, pool: str, entry_id: str, fields: Fields, *,
-    reason: str, failures: list[Failure], attempts: int, now_ms: int,
-) -> str:
-    """Write the entry to the pool's dead-letter stream; the caller acks only after this returns."""
-    new_id = await redis.xadd(
-        keys.dead(pool),
-        dead_fields(entry_id, fields, reason=reason, failures=failures, attempts=attempts, now_ms=now_ms),
-    )
-    return text(new_id)
 
 
 def _dead_entry(dead_id: bytes | str, fields: Fields) -> DeadEntry:

@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 
 from bus.keys import Keys
 from workers.rq.queue import queue_figures
-from workers.streams import id_ms, text
+from workers.stream_ops import id_ms, text
 
 COUNTERS = ("processed", "failed", "retried", "dead")
 

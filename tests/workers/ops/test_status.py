@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from bus.keys import Keys
 from tests.conftest import make_settings
 from tests.support import FAST_POOL, H, load, publish, publish_many, write_routing
-from workers.runner import run_pool
-from workers.status import collect_status, render_text
+from workers.ops.status import collect_status, render_text
+from workers.supervision.runner import run_pool
 
 pytestmark = pytest.mark.anyio
 

@@ -10,8 +10,8 @@ import redis.asyncio as aioredis
 from bus.keys import Keys
 from tests.conftest import make_settings
 from tests.support import FAST_POOL, H, load, publish, runs, write_routing
-from workers.deadletter import list_dead, replay_dead
-from workers.runner import run_pool
+from workers.ops.deadletter import list_dead, replay_dead
+from workers.supervision.runner import run_pool
 
 pytestmark = pytest.mark.anyio
 

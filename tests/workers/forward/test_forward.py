@@ -22,9 +22,9 @@ from bus.routing import Destination
 from tests.conftest import make_settings
 from tests.support import FAST_POOL, event_body, load, publish, write_routing
 from workers.context import Context, Resources
-from workers.deadletter import list_dead
 from workers.forward.handler import forward
-from workers.runner import run_pool
+from workers.ops.deadletter import list_dead
+from workers.supervision.runner import run_pool
 
 DEST_SECRET = "whsec_destination_secret_never_logged"
 DEST = Destination(name="backend", url_env="BACKEND_URL", secret_env="BACKEND_SECRET", timeout_s=0.5)

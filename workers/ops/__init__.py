@@ -1,0 +1,1 @@
+"""Operator-facing data functions: dead letters (list, replay), replay, status. The CLI prints them."""
