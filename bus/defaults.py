@@ -59,9 +59,16 @@ CONSUMER_PRUNE_IDLE_S = 3600.0
 # After SIGTERM, in-flight handler calls get this long to finish before the process exits
 # (what is unfinished stays pending and is claimed by a peer).
 SHUTDOWN_GRACE_S = 25.0
-# Retry backoff when routing.yaml says nothing: exponential from about 1 s, capped at 10 min.
+# A pool's options when routing.yaml says nothing (bus/routing_table.PoolConfig).
+POOL_CONCURRENCY = 16
+MAX_ATTEMPTS = 10
+HANDLER_TIMEOUT_S = 30.0
+# Retry backoff: exponential from about 1 s, capped at 10 min.
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 600.0
+# How long a pool's stream keeps entries (XTRIM MINID): as long as the dedupe remembers an id.
+STREAM_RETENTION_S = 7 * 24 * 3600
+POOL_EXECUTOR = "async"
 # The ledger of handlers done for a partly failed entry lives at most this long.
 LEDGER_TTL_S = 7 * 24 * 3600
 # `fanout worker --processes N`: a child that exits unexpectedly is restarted after this.

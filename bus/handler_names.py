@@ -8,6 +8,9 @@ when they start.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Literal
 
 FORWARD_PREFIX = "forward:"
 
@@ -28,8 +31,17 @@ IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[
 DESTINATION_NAME = re.compile(r"^[A-Za-z_][\w-]*$")
 
 
-def handler_name_problem(name: str, destinations: frozenset[str]) -> str | None:
-    """Why `name` cannot name a handler, or None when it can."""
+@dataclass(frozen=True)
+class HandlerName:
+    """What a handler name stands for: a forward to a destination, or a "module:attr" to import."""
+
+    kind: Literal["forward", "import"]
+    # The destination's name (forward), or the "module:attr" path (a built-in's, or the name itself).
+    target: str
+
+
+def classify_handler(name: str, destinations: Collection[str]) -> HandlerName | str:
+    """What `name` stands for, or why it cannot name a handler (the one wording, for routes check and workers)."""
     if name.startswith(FORWARD_PREFIX):
         dest = name[len(FORWARD_PREFIX) :]
         if not dest:
@@ -37,15 +49,22 @@ def handler_name_problem(name: str, destinations: frozenset[str]) -> str | None:
         if dest not in destinations:
             known = ", ".join(sorted(destinations)) or "none are declared"
             return f"handler {name!r} forwards to unknown destination {dest!r} (destinations: {known})"
-        return None
-    if name in BUILTIN_HANDLERS:
-        return None
+        return HandlerName("forward", dest)
+    builtin = BUILTIN_HANDLERS.get(name)
+    if builtin is not None:
+        return HandlerName("import", builtin)
     if ":" in name:
         if IMPORT_PATH.match(name):
-            return None
+            return HandlerName("import", name)
         return f"handler {name!r} is not a valid 'package.module:function' path"
     return (
         f"unknown handler {name!r}: use a built-in "
         f"({', '.join(sorted(BUILTIN_HANDLERS))}), 'forward:<destination>', "
         "or 'package.module:function'"
     )
+
+
+def handler_name_problem(name: str, destinations: Collection[str]) -> str | None:
+    """Why `name` cannot name a handler, or None when it can."""
+    found = classify_handler(name, destinations)
+    return found if isinstance(found, str) else None

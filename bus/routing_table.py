@@ -9,19 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bus import defaults
+
 MatchKind = Literal["exact", "wildcard", "catch-all"]
 
 
 @dataclass(frozen=True)
 class PoolConfig:
     name: str
-    concurrency: int = 16
-    max_attempts: int = 10
-    timeout_s: float = 30.0
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 600.0
-    retention_s: int = 7 * 24 * 3600
-    executor: str = "async"
+    concurrency: int = defaults.POOL_CONCURRENCY
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    timeout_s: float = defaults.HANDLER_TIMEOUT_S
+    backoff_base_s: float = defaults.BACKOFF_BASE_S
+    backoff_max_s: float = defaults.BACKOFF_MAX_S
+    retention_s: int = defaults.STREAM_RETENTION_S
+    executor: str = defaults.POOL_EXECUTOR
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class Destination:
     name: str
     url_env: str
     secret_env: str
-    timeout_s: float = 10.0
+    timeout_s: float = defaults.FORWARD_TIMEOUT_S
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bus.errors import ConfigError
-from bus.handler_names import BUILTIN_HANDLERS, FORWARD_PREFIX, IMPORT_PATH
+from bus.handler_names import IMPORT_PATH, classify_handler
 from bus.routing import Destination
 from workers.context import Handler
 
@@ -44,28 +44,21 @@ def import_from_string(path: str) -> Any:
 def resolve_handler(name: str, destinations: Mapping[str, Destination]) -> Handler:
     """The callable a handler name stands for; raise ConfigError naming what is missing.
 
+    The name is classified as routing validation does (bus.handler_names.classify_handler).
     A forward handler looks its destination up in `destinations` at each call, so a
     mapping kept current (as the pool's HandlerSet does) makes routing.yaml edits apply.
     """
-    if name.startswith(FORWARD_PREFIX):
-        dest_name = name[len(FORWARD_PREFIX):]
-        destination = destinations.get(dest_name)
-        if destination is None:
-            known = ", ".join(sorted(destinations)) or "none are declared"
-            raise ConfigError(f"handler {name!r}: unknown destination {dest_name!r} (destinations: {known})")
+    found = classify_handler(name, destinations)
+    if isinstance(found, str):
+        raise ConfigError(found)
+    if found.kind == "forward":
         from workers.forward.handler import forward_to
 
-        handler: Handler = functools.partial(forward_to, dest_name, destinations)
+        handler: Handler = functools.partial(forward_to, found.target, destinations)
         return handler
-    target = BUILTIN_HANDLERS.get(name, name)
-    if target == name and ":" not in name:
-        raise ConfigError(
-            f"unknown handler {name!r}: not a built-in ({', '.join(sorted(BUILTIN_HANDLERS))}), "
-            "not 'forward:<destination>', not 'package.module:function'"
-        )
     try:
-        resolved: Handler = import_from_string(target)
+        resolved: Handler = import_from_string(found.target)
     except ConfigError as err:
-        where = f" (built-in {name!r} -> {target!r})" if target != name else ""
+        where = f" (built-in {name!r} -> {found.target!r})" if found.target != name else ""
         raise ConfigError(f"handler {name!r}{where}: {err}") from err
     return resolved
