@@ -88,7 +88,7 @@ async def _fill(client: aioredis.Redis, keys: Keys, pool: str, event_type: str, 
         for i in range(start, min(n, start + 1000)):
             event_id = f"evt_{pool}_{i}"
             fields = entry_fields(RoutingFields(event_id, event_type, 1700000000, False, None, "obj_1"),
-                                  (handler,), "bench", int(time.time() * 1000), _body(event_id, event_type))
+                                  (handler,), "bench", _body(event_id, event_type))
             pipe.xadd(stream, fields)  # type: ignore[arg-type]
         await pipe.execute()
 
@@ -201,7 +201,7 @@ def latency_ms(settings: Settings, keys: Keys, routing: Path) -> dict[str, float
         publisher = Publisher(client, keys, retention_s=3600, budget_s=2.0)
         match = table.match("bench.latency")
         await publisher.publish(Fields("evt_warmup", "bench.latency", 1, False, None, "o"), match,
-                                table.version, int(time.time() * 1000), _body("evt_warmup", "bench.latency"))
+                                table.version, _body("evt_warmup", "bench.latency"))
         # The worker is another process: its progress is only visible in Redis.
         while not await client.hexists(f"{{{settings.key_prefix}}}:bench:started", "evt_warmup"):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
@@ -216,7 +216,7 @@ def latency_ms(settings: Settings, keys: Keys, routing: Path) -> dict[str, float
             event_id = f"evt_lat_{i}"
             called[event_id] = time.time()
             await publisher.publish(Fields(event_id, "bench.latency", 1, False, None, "o"), match,
-                                    table.version, int(time.time() * 1000), _body(event_id, "bench.latency"))
+                                    table.version, _body(event_id, "bench.latency"))
             answered[event_id] = time.time()
         key = f"{{{settings.key_prefix}}}:bench:started"
         while int(await client.hlen(key)) < len(answered) + 1:  # noqa: ASYNC110

@@ -1,8 +1,9 @@
 """The stream entry: what the ingress writes and what a worker reads.
 
 Each entry is self-contained: the raw body, the fields routing used, the
-handler list decided at publish time, the routing-table version and the time
-received. A worker never needs the routing table to run an entry.
+handler list decided at publish time and the version of the routing table that
+decided it (dead letters show it). A worker never needs the routing table to
+run an entry. The time received is the stream entry id's (workers.stream_ops.id_ms).
 """
 
 from __future__ import annotations
@@ -23,15 +24,13 @@ F_ACCOUNT = "account"
 F_OBJECT_ID = "object_id"
 F_HANDLERS = "handlers"
 F_VERSION = "version"
-F_RECEIVED_MS = "received_ms"
 F_BODY = "body"
 
 HANDLER_SEPARATOR = ","
 
 # Fields every pool's copy of an event shares, in the order the publish script writes
 # them after `handlers`. The script names them itself, so a publish sends values only.
-SHARED_FIELDS = (F_ID, F_TYPE, F_CREATED, F_LIVEMODE, F_ACCOUNT, F_OBJECT_ID, F_VERSION,
-                 F_RECEIVED_MS, F_BODY)
+SHARED_FIELDS = (F_ID, F_TYPE, F_CREATED, F_LIVEMODE, F_ACCOUNT, F_OBJECT_ID, F_VERSION, F_BODY)
 
 
 @dataclass(frozen=True)
@@ -46,27 +45,24 @@ class RoutingFields:
     object_id: str | None
 
 
-def shared_values(
-    event: RoutingFields, version: str, received_ms: int, body: bytes
-) -> tuple[str | bytes, ...]:
+def shared_values(event: RoutingFields, version: str, body: bytes) -> tuple[str | bytes, ...]:
     """Values of SHARED_FIELDS for one event, in that order."""
     return (event.id, event.type, str(event.created), "1" if event.livemode else "0",
-            event.account or "", event.object_id or "", version, str(received_ms), body)
+            event.account or "", event.object_id or "", version, body)
 
 
 def entry_fields(
-    event: RoutingFields, handlers: tuple[str, ...], version: str, received_ms: int, body: bytes
+    event: RoutingFields, handlers: tuple[str, ...], version: str, body: bytes
 ) -> dict[str, str | bytes]:
     """The fields of one stream entry, as the publish script writes them (tests publish with it)."""
     return {
         F_HANDLERS: HANDLER_SEPARATOR.join(handlers),
-        **dict(zip(SHARED_FIELDS, shared_values(event, version, received_ms, body), strict=True)),
+        **dict(zip(SHARED_FIELDS, shared_values(event, version, body), strict=True)),
     }
 
 
 _BYTE_NAMES = {name: name.encode() for name in
-               (F_ID, F_TYPE, F_CREATED, F_LIVEMODE, F_ACCOUNT, F_OBJECT_ID, F_HANDLERS, F_VERSION,
-                F_RECEIVED_MS, F_BODY)}
+               (F_ID, F_TYPE, F_CREATED, F_LIVEMODE, F_ACCOUNT, F_OBJECT_ID, F_HANDLERS, F_VERSION, F_BODY)}
 
 
 def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str:
@@ -88,8 +84,8 @@ class Event:
     account: str | None
     object_id: str | None
     handlers: tuple[str, ...]
+    # The version of the routing table that chose `handlers` (bus.routing_table.RoutingTable.version).
     table_version: str
-    received_ms: int
     body: bytes = field(repr=False)
 
     @cached_property
@@ -117,6 +113,5 @@ class Event:
             object_id=_text(fields, F_OBJECT_ID) or None,
             handlers=tuple(h for h in handlers.split(HANDLER_SEPARATOR) if h),
             table_version=_text(fields, F_VERSION),
-            received_ms=int(_text(fields, F_RECEIVED_MS) or 0),
             body=body if isinstance(body, bytes) else str(body).encode(),
         )

@@ -122,7 +122,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
         print(f"{args.pool}: the dead-letter stream is empty")
     for d in dead:
         print(f"{d.id}  {d.event_id}  {d.event_type}  attempts={d.attempts}  "
-              f"handlers={','.join(d.handlers) or '-'}  {d.reason}: {d.error}")
+              f"handlers={','.join(d.handlers) or '-'}  routing={d.routing_version or '-'}  "
+              f"{d.reason}: {d.error}")
         for line in d.traceback.rstrip("\n").splitlines()[-DLQ_TRACEBACK_LINES:]:
             print(f"    {line}")
     return 0

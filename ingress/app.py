@@ -54,7 +54,6 @@ class Ingress:
         holder: RoutingHolder,
         *,
         redis: aioredis.Redis | None = None,
-        clock: Callable[[], float] = time.time,
         watch_routing: bool = True,
         freeze_gc: bool = False,
     ) -> None:
@@ -66,7 +65,6 @@ class Ingress:
         self.redis = redis if redis is not None else async_redis(settings.redis_url)
         self.publisher = Publisher(self.redis, Keys(settings.key_prefix), settings.seen_retention_s,
                                    budget_s=PUBLISH_BUDGET_S)
-        self._clock = clock
         self._watch_routing = watch_routing
         self._freeze_gc = freeze_gc
         self._watcher: asyncio.Task[None] | None = None
@@ -151,9 +149,7 @@ class Ingress:
         table = self.holder.table
         match = table.match(event.type)
         try:
-            result = await self.publisher.publish(
-                event, match, table.version, int(self._clock() * 1000), body
-            )
+            result = await self.publisher.publish(event, match, table.version, body)
         except StoreUnavailable as err:
             log.warning("webhook.store_unavailable", event_id=event.id, event_type=event.type,
                         error=type(err.__cause__ or err).__name__)
@@ -219,8 +215,8 @@ def create_app(
         if table is not None
         else RoutingHolder.load(settings.routing_file, on_change=on_change)
     )
-    ingress = Ingress(settings, holder, redis=redis, clock=clock,
-                     watch_routing=watch_routing, freeze_gc=freeze_gc)
+    ingress = Ingress(settings, holder, redis=redis,
+                      watch_routing=watch_routing, freeze_gc=freeze_gc)
     return ingress
 
 

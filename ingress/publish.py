@@ -92,14 +92,14 @@ class Publisher:
         self._route_parts: dict[Targets, tuple[bytes, bytes, bytes]] = {}
 
     async def publish(
-        self, event: RoutingFields, match: RouteMatch, table_version: str, received_ms: int, body: bytes
+        self, event: RoutingFields, match: RouteMatch, table_version: str, body: bytes
     ) -> PublishResult:
         """Store the event once in every routed pool's stream; raise StoreUnavailable if Redis fails."""
         head, streams, per_pool = self._route_parts.get(match.targets) or self._pack_route(match.targets)
         stats, retention = self._stats_and_retention
         command = b"".join((
             head, _bulk(self._keys.seen(event.id)), stats, streams, retention,
-            *map(_bulk, shared_values(event, table_version, received_ms, body)), per_pool,
+            *map(_bulk, shared_values(event, table_version, body)), per_pool,
         ))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()

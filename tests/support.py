@@ -44,8 +44,7 @@ async def publish(redis: aioredis.Redis, keys: Keys, table: RoutingTable, event_
     body = event_body(event_id, event_type, **obj)
     fields = routing_fields(body)
     publisher = Publisher(redis, keys, retention_s=3600, budget_s=2.0)
-    result = await publisher.publish(fields, table.match(event_type), table.version,
-                                     int(time.time() * 1000), body)
+    result = await publisher.publish(fields, table.match(event_type), table.version, body)
     return not result.duplicate
 
 

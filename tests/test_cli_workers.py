@@ -79,11 +79,14 @@ async def test_dlq_list_shows_error_handler_attempts_and_the_traceback(
         "RuntimeError: poison event", [H + "fail_if_poison"], 3)
     assert dead["traceback"].startswith("Traceback (most recent call last):")
     assert dead["traceback"].rstrip().endswith("RuntimeError: poison event")
+    # Which routing table chose the handlers: the version the entry was published under.
+    assert dead["routing_version"] == load(routing).version != ""
 
     text = fanout(prefix, routing, "dlq", "list", "alpha").stdout
     first, *rest = text.rstrip("\n").split("\n")
     assert "evt_tb" in first and "attempts=3" in first and f"handlers={H}fail_if_poison" in first
     assert "RuntimeError: poison event" in first
+    assert f"routing={load(routing).version}" in first
     assert rest, text
     assert all(line.startswith("    ") for line in rest), text
     assert rest[-1].strip() == "RuntimeError: poison event"

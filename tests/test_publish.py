@@ -43,7 +43,7 @@ async def test_after_a_script_cache_miss_only_the_calls_that_did_not_run_are_sen
     monkeypatch.setattr(publisher._redis, "script_load", loaded)
     events = [routing_fields(delivery("charge.refunded")[0]) for _ in range(3)]
     match = TABLE.match("charge.refunded")
-    results = await asyncio.gather(*(publisher.publish(e, match, "v", 1, b"{}") for e in events))
+    results = await asyncio.gather(*(publisher.publish(e, match, "v", b"{}") for e in events))
     assert publisher.batches == [3, 1]
     assert [r.duplicate for r in results] == [False, False, True]
 
@@ -52,5 +52,5 @@ async def test_one_loop_tick_of_publishes_is_one_batch() -> None:
     publisher = ScriptedPublisher([[1] * 5])
     match = TABLE.match("charge.refunded")
     events = [routing_fields(delivery("charge.refunded")[0]) for _ in range(5)]
-    await asyncio.gather(*(publisher.publish(e, match, "v", 1, b"{}") for e in events))
+    await asyncio.gather(*(publisher.publish(e, match, "v", b"{}") for e in events))
     assert publisher.batches == [5]

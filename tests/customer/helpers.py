@@ -23,7 +23,7 @@ def event_from(payload: dict[str, Any], handlers: tuple[str, ...] = ()) -> Event
                            object_id=obj.get("id"))
     body = orjson.dumps(payload, option=orjson.OPT_INDENT_2)
     entry: dict[bytes | str, bytes | str] = dict(
-        entry_fields(fields, handlers, "test", int(time.time() * 1000), body))
+        entry_fields(fields, handlers, "test", body))
     return Event.from_entry(entry)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bus.envelope import F_HANDLERS, F_ID, F_TYPE, HANDLER_SEPARATOR
+from bus.envelope import F_HANDLERS, F_ID, F_TYPE, F_VERSION, HANDLER_SEPARATOR
 from bus.keys import Keys
 from workers.engine.failures import (
     DLQ_PREFIX,
@@ -39,12 +39,14 @@ class DeadEntry:
     failed_ms: int
     # The first failed handler's traceback ("" when there was none, e.g. a malformed entry).
     traceback: str = ""
+    # The version of the routing table that chose the entry's handlers ("" when unknown).
+    routing_version: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return {"id": self.id, "event_id": self.event_id, "event_type": self.event_type,
                 "reason": self.reason, "error": self.error, "handlers": list(self.handlers),
                 "attempts": self.attempts, "entry_id": self.entry_id, "failed_ms": self.failed_ms,
-                "traceback": self.traceback}
+                "traceback": self.traceback, "routing_version": self.routing_version}
 
 
 def _dead_entry(dead_id: bytes | str, fields: Fields) -> DeadEntry:
@@ -56,7 +58,7 @@ def _dead_entry(dead_id: bytes | str, fields: Fields) -> DeadEntry:
         error=get(F_ERROR),
         handlers=tuple(h for h in get(F_FAILED_HANDLERS).split(HANDLER_SEPARATOR) if h),
         attempts=int(get(F_ATTEMPTS) or 0), entry_id=get(F_ENTRY_ID),
-        failed_ms=int(get(F_FAILED_MS) or 0), traceback=get(F_TRACEBACK),
+        failed_ms=int(get(F_FAILED_MS) or 0), traceback=get(F_TRACEBACK), routing_version=get(F_VERSION),
     )
 
 

@@ -345,7 +345,7 @@ async def test_a_stream_deleted_under_a_running_worker_is_recreated_and_read_aga
         # Written without the publish script, so nothing but the worker can create the group.
         body = event_body("evt_after", "test.many")
         await aredis.xadd(keys.stream("alpha"), entry_fields(  # type: ignore[arg-type]
-            routing_fields(body), (H + "record",), "v", 0, body))
+            routing_fields(body), (H + "record",), "v", body))
         await wait_for(lambda: ran("evt_after"))
     finally:
         pool.request_stop()

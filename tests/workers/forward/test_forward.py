@@ -85,7 +85,7 @@ def receiver() -> Iterator[Receiver]:
 def _event(event_id: str = "evt_fwd") -> Event:
     body = event_body(event_id, "charge.refunded")
     fields = {b"id": event_id.encode(), b"type": b"charge.refunded", b"created": b"1", b"livemode": b"0",
-              b"handlers": b"forward:backend", b"version": b"v", b"received_ms": b"1", b"body": body}
+              b"handlers": b"forward:backend", b"version": b"v", b"body": body}
     return Event.from_entry(fields)
 
 
