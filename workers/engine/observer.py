@@ -1,4 +1,10 @@
-"""A hook for metrics: the engine and the outcomes report here; the default does nothing."""
+"""A hook for metrics: the engine and the async executor report here; the default does nothing.
+
+`entries_in_flight` and `read_batch` come from the engine, for both executors.
+`handler_finished` comes from the async executor, once per handler call. An
+`executor: rq` pool does not report it: its handlers run in RQ worker
+processes, which have no observer (RQ's own job registries count them).
+"""
 
 from __future__ import annotations
 
