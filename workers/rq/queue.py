@@ -31,6 +31,7 @@ from rq.serializers import JSONSerializer
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from bus import defaults
+from bus.keys import Keys
 from bus.routing import PoolConfig
 from workers.engine.outcomes import ledger_ttl_s
 from workers.stream_ops import Fields, text
@@ -69,7 +70,9 @@ def entry_payload(fields: Fields) -> dict[str, str]:
 def job_kwargs(prefix: str, pool: str, entry_id: str, attempt: int, config: PoolConfig,
                entry: Mapping[str, str], *, stream: str | None = None) -> dict[str, Any]:
     """What the job function receives: where the entry came from, the pool's options, the entry."""
-    where = {"stream": stream} if stream is not None else {}
+    # Only a stream other than the pool's own travels with the job, so RQ workers started before
+    # jobs carried it keep running today's jobs.
+    where = {"stream": stream} if stream is not None and stream != Keys(prefix).stream(pool) else {}
     return {
         "prefix": prefix, "pool": pool, **where, "entry_id": entry_id, "attempt": attempt,
         "max_attempts": config.max_attempts, "timeout_s": config.timeout_s,

@@ -1,4 +1,5 @@
-"""workers/ has no import circle: every import counts, also under `if TYPE_CHECKING:` and inside functions."""
+"""workers/ stays navigable: no import circle (every import counts, also under `if TYPE_CHECKING:` and inside
+functions), no module over 300 lines."""
 
 from __future__ import annotations
 
@@ -77,3 +78,9 @@ def test_the_cycle_finder_sees_a_circle_hidden_under_type_checking(tmp_path: Pat
     (pkg / "reclaim.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from workers.pool import Pool\n")
     assert find_cycle(import_graph(pkg)) == ["workers.pool", "workers.reclaim", "workers.pool"]
+
+
+def test_no_module_in_workers_is_over_300_lines() -> None:
+    long = {str(p.relative_to(REPO)): n for p in sorted((REPO / "workers").rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > 300}
+    assert long == {}, "split these by concept"
