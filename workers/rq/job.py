@@ -37,7 +37,7 @@ How one entry flows, and why nothing is lost or run twice:
    pool's retry-time hash: its backoff, or longer for RetryLater(defer_s)), then
    raises, so RQ marks the job failed. The entry stays pending. On the last
    attempt, or for a PermanentFailure, it dead-letters, acks and counts the
-   entry in one script (DEAD_SCRIPT), which does nothing if the entry is no
+   entry in one script (DEAD_SCRIPT, workers/engine/outcomes.py), which does nothing if the entry is no
    longer pending: never a second dead letter.
 5. Retries are the stream consumer's: its reclaim pass (workers/rq/bridge.py)
    XCLAIMs a due entry whose job failed, which counts the delivery, and enqueues
