@@ -8,7 +8,6 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -129,41 +128,26 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from bus.keys import Keys
-    from workers.deadletter import replay_dead
+    from fanout.recovery import dlq_replay
 
     if args.all == bool(args.ids):
         print("fanout dlq replay: give --all or one or more ENTRY_IDs (not both)", file=sys.stderr)
         return 2
     settings = settings_or_exit()
     ids = None if args.all else list(args.ids)
-    added, missing = _with_redis(settings, lambda r: replay_dead(r, Keys(settings.key_prefix), args.pool, ids))
-    print(f"{args.pool}: {len(added)} entries put back in the stream")
-    for dead_id in missing:
-        print(f"not found (or nothing to replay): {dead_id}", file=sys.stderr)
-    return 1 if missing else 0
+    return dlq_replay(settings, args.pool, ids, reroute=args.reroute)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from bus.keys import Keys
-    from workers.streams import replay_entries
+    from fanout.recovery import parse_time, replay
 
     settings = settings_or_exit()
     since = None
     if args.since:
-        try:
-            since = datetime.fromisoformat(args.since)
-        except ValueError:
-            print(f"fanout replay: --since {args.since!r} is not an ISO 8601 time", file=sys.stderr)
+        since = parse_time("replay", "--since", args.since)
+        if since is None:
             return 2
-        if since.tzinfo is None:
-            print("fanout replay: --since needs a time zone (for example 2026-01-31T12:00:00Z)",
-                  file=sys.stderr)
-            return 2
-    added = _with_redis(settings, lambda r: replay_entries(
-        r, Keys(settings.key_prefix), args.pool, since=since, event_id=args.event))
-    print(f"{args.pool}: {len(added)} entries published again")
-    return 0 if added or args.since else 1
+    return replay(settings, args.pool, since=since, event_id=args.event, reroute=args.reroute)
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -226,6 +210,9 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 # --- parser ----------------------------------------------------------------------------------------
 
+REROUTE_HELP = ("run the handlers $ROUTING_FILE names now for each event's type and this pool, "
+                "instead of the stored list (handlers already done stay done)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fanout", description=__doc__)
@@ -275,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pool")
     p.add_argument("ids", nargs="*", metavar="ENTRY_ID")
     p.add_argument("--all", action="store_true")
+    p.add_argument("--reroute", action="store_true", help=REROUTE_HELP)
     p.set_defaults(func=cmd_dlq_replay)
 
     p = sub.add_parser("replay", help="run again events still held in a pool's stream")
@@ -282,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--since", help="ISO 8601 time with zone, e.g. 2026-01-31T12:00:00Z")
     which.add_argument("--event", help="one Stripe event id (evt_...)")
+    p.add_argument("--reroute", action="store_true", help=REROUTE_HELP)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("send", help="sign and POST a realistic sample event")

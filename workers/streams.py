@@ -9,7 +9,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from bus.envelope import F_ID
 from bus.keys import Keys
 
 # Stream entry fields as redis-py returns them (bytes keys and values).
@@ -41,28 +40,8 @@ async def replay_entries(
     redis: aioredis.Redis, keys: Keys, pool: str, *, since: datetime | None = None,
     event_id: str | None = None, page_size: int = 1000,
 ) -> list[str]:
-    """Publish again, with a fresh attempt count, the entries still in the pool's stream.
+    """Publish events of the pool's stream again, each once; the new ids. See workers/replay.py."""
+    from workers.replay import replay_stream  # it builds on this module
 
-    `since` selects entries received at or after that time; `event_id` selects one
-    Stripe event (the stream is scanned, so this is linear in its length).
-    """
-    if (since is None) == (event_id is None):
-        raise ValueError("give exactly one of since or event_id")
-    await ensure_group(redis, keys, pool)
-    stream = keys.stream(pool)
-    start = f"{int(since.timestamp() * 1000)}-0" if since is not None else "-"
-    # Stop at the current end, so the copies we add are not read back and copied again.
-    last: Any = await redis.xrevrange(stream, count=1)
-    if not last:
-        return []
-    end = text(last[0][0])
-    added: list[str] = []
-    while True:
-        page: Any = await redis.xrange(stream, min=start, max=end, count=page_size)
-        for _, fields in page:
-            if event_id is not None and text(fields.get(F_ID.encode())) != event_id:
-                continue
-            added.append(text(await redis.xadd(stream, dict(fields))))
-        if len(page) < page_size:
-            return added
-        start = "(" + text(page[-1][0])
+    result = await replay_stream(redis, keys, pool, since=since, event_id=event_id, page_size=page_size)
+    return result.added
