@@ -150,6 +150,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return replay(settings, args.pool, since=since, event_id=args.event, reroute=args.reroute)
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from fanout.recovery import parse_time, parse_types, reconcile
+
+    settings = settings_or_exit()
+    since = parse_time("reconcile", "--since", args.since)
+    until = parse_time("reconcile", "--until", args.until) if args.until else None
+    types = parse_types(args.types)
+    if isinstance(types, str):
+        print(f"fanout reconcile: {types}", file=sys.stderr)
+        return 2
+    if since is None or (args.until and until is None):
+        return 2
+    return reconcile(settings, since=since, until=until, types=types, dry_run=args.dry_run,
+                     as_json=args.json)
+
+
 # --- routes ----------------------------------------------------------------------------------------
 
 
@@ -272,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--event", help="one Stripe event id (evt_...)")
     p.add_argument("--reroute", action="store_true", help=REROUTE_HELP)
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("reconcile", help="publish events Stripe's Events API lists that were never received")
+    p.add_argument("--since", required=True, help="events created at or after this ISO 8601 time, with zone")
+    p.add_argument("--until", help="and at or before this one (default: now)")
+    p.add_argument("--types", help="only these exact event types, comma-separated (up to 20)")
+    p.add_argument("--dry-run", action="store_true", help="write nothing; list what would be published")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("send", help="sign and POST a realistic sample event")
     p.add_argument("event_type")

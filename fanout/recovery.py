@@ -10,7 +10,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -106,9 +106,89 @@ def replay(settings: Settings, pool: str, *, since: datetime | None, event_id: s
     return 0 if result.added or result.nothing_to_run or since is not None else 1
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+# --- reconcile -------------------------------------------------------------------------------------
+
+# Stripe accepts up to 20 exact names in `types[]`.
+MAX_TYPES = 20
 
 
-def dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+def parse_types(raw: str | None) -> tuple[str, ...] | str:
+    """`--types a,b` as a tuple; a message (str) when it is not a list of exact event types."""
+    if not raw:
+        return ()
+    types = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
+    if any("*" in t for t in types):
+        return "--types takes exact event types (Stripe's Events API has no wildcards in types[])"
+    if len(types) > MAX_TYPES:
+        return f"--types takes at most {MAX_TYPES} event types (Stripe's limit), got {len(types)}"
+    return types
+
+
+def reconcile(settings: Settings, *, since: datetime, until: datetime | None, types: tuple[str, ...],
+              dry_run: bool, as_json: bool) -> int:
+    import httpx
+
+    from bus import defaults
+    from bus.errors import StoreUnavailable
+    from bus.stripe_events import EventPages, EventQuery, RateLimiter, StripeApiError
+    from ingress.reconcile import reconcile as run_reconcile
+
+    api_key = settings.secret("STRIPE_API_KEY")
+    if api_key is None:
+        print("fanout reconcile: STRIPE_API_KEY is not set. Set it to a secret key (sk_...) or a "
+              "restricted key with read access to events.", file=sys.stderr)
+        return 2
+    table = current_table("reconcile", settings)
+    if table is None:
+        return 1
+    oldest_deduped = time.time() - settings.seen_retention_s
+    if since.timestamp() < oldest_deduped:
+        print(f"fanout reconcile: warning: the ingress remembers event ids for SEEN_RETENTION_S="
+              f"{settings.seen_retention_s} s; events created before "
+              f"{datetime.fromtimestamp(oldest_deduped, since.tzinfo).isoformat()} that were delivered "
+              "already are no longer known as seen and will run again", file=sys.stderr)
+    query = EventQuery(created_gte=int(since.timestamp()),
+                       created_lte=int(until.timestamp()) if until else None, types=types)
+    base_url = settings.env.get("STRIPE_API_BASE") or defaults.STRIPE_API_BASE
+
+    async def run(redis: Any) -> tuple[Any, int]:
+        async with httpx.AsyncClient(timeout=defaults.STRIPE_API_TIMEOUT_S) as client:
+            pages = EventPages(client, api_key, base_url=base_url,
+                               limiter=RateLimiter(defaults.STRIPE_API_RATE_PER_S))
+            summary = await run_reconcile(redis, Keys(settings.key_prefix), table, pages.pages(query),
+                                          seen_retention_s=settings.seen_retention_s, dry_run=dry_run)
+            return summary, pages.requests
+
+    try:
+        summary, requests = with_redis(settings, run)
+    except StripeApiError as err:
+        print(f"fanout reconcile: {err}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as err:
+        print(f"fanout reconcile: {err}; what was published is skipped when you run it again",
+              file=sys.stderr)
+        return 1
+    if as_json:
+        print(orjson.dumps({**summary.as_dict(), "requests": requests}).decode())
+    else:
+        _print_reconcile(summary, query, requests, until is not None)
+    for event_id, error in summary.invalid:
+        print(f"not a routable Stripe event, skipped: {event_id}: {error}", file=sys.stderr)
+    return 1 if summary.invalid else 0
+
+
+def _print_reconcile(summary: Any, query: Any, requests: int, bounded: bool) -> None:
+    start = datetime.fromtimestamp(query.created_gte, UTC).isoformat()
+    end = datetime.fromtimestamp(query.created_lte, UTC).isoformat() if bounded else "now"
+    kinds = ", ".join(query.types) if query.types else "every type"
+    print(f"events created {start} to {end}, {kinds} ({requests} requests)"
+          + (": dry run, nothing written" if summary.dry_run else ""))
+    rows = [("listed", summary.listed), ("already seen", summary.already_seen),
+            ("would publish" if summary.dry_run else "published", summary.published),
+            *((f"  {pool}", n) for pool, n in sorted(summary.per_pool.items())),
+            ("unrouted", summary.unrouted)]
+    for label, value in rows:
+        print(f"{label:<15}{value}")
+    if summary.dry_run:
+        for planned in summary.events:
+            print(f"  {planned.event_id}  {planned.event_type}  -> {', '.join(planned.pools)}")
