@@ -213,6 +213,16 @@ def cmd_routes_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_routes_diff(args: argparse.Namespace) -> int:
+    from fanout.recovery import parse_time, routes_diff
+
+    settings = settings_or_exit()
+    since = parse_time("routes diff", "--since", args.since) if args.since else None
+    if args.since and since is None:
+        return 2
+    return routes_diff(settings, args.file, args.new_file, since=since, as_json=args.json)
+
+
 # --- send ------------------------------------------------------------------------------------------
 
 
@@ -245,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=defaults.PORT)
     p.set_defaults(func=cmd_run)
 
-    routes = sub.add_parser("routes", help="check or explain routing.yaml")
+    routes = sub.add_parser("routes", help="check, explain or diff routing.yaml")
     routes_sub = routes.add_subparsers(dest="routes_command", required=True, metavar="ACTION")
     p = routes_sub.add_parser("check", help="validate a routing file (exit 1 with the errors)")
     p.add_argument("file", nargs="?", help="default: $ROUTING_FILE or routing.yaml")
@@ -255,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="default: $ROUTING_FILE or routing.yaml")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_routes_explain)
+    p = routes_sub.add_parser("diff", help="what a new routing file would change for the traffic the "
+                                           "streams hold (writes nothing)")
+    p.add_argument("new_file", metavar="NEW_ROUTING_FILE")
+    p.add_argument("--since", help="only traffic stored at or after this ISO 8601 time, with zone "
+                                   "(default: all the streams hold)")
+    p.add_argument("--file", help="the table in use (default: $ROUTING_FILE or routing.yaml)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_routes_diff)
 
     p = sub.add_parser("worker", help="run a pool's consumer (one per process; scale with --processes)")
     p.add_argument("pool")

@@ -192,3 +192,52 @@ def _print_reconcile(summary: Any, query: Any, requests: int, bounded: bool) -> 
     if summary.dry_run:
         for planned in summary.events:
             print(f"  {planned.event_id}  {planned.event_type}  -> {', '.join(planned.pools)}")
+
+
+# --- routes diff -----------------------------------------------------------------------------------
+
+
+def routes_diff(settings: Settings, old_path: str | None, new_path: str, *, since: datetime | None,
+                as_json: bool) -> int:
+    from pathlib import Path
+
+    from bus.routing_diff import routing_diff
+
+    old_file = Path(old_path) if old_path else settings.routing_file
+    tables = []
+    for path in (old_file, Path(new_path)):
+        try:
+            tables.append(load_routing(path))
+        except ConfigError as err:
+            print(f"fanout routes diff: {err}", file=sys.stderr)
+            return 1
+    old, new = tables
+    since_ms = int(since.timestamp() * 1000) if since else None
+    diff = with_redis(settings, lambda r: routing_diff(r, Keys(settings.key_prefix), old, new, since_ms))
+    if as_json:
+        print(orjson.dumps(diff.as_dict()).decode())
+        return 0
+    window = f"since {since.isoformat()}" if since else "all they hold"
+    print(f"{old_file} (version {old.version}) -> {new_path} (version {new.version}): "
+          f"{diff.events} events of {len(diff.types)} types in the streams ({window})")
+    rows = [("event type", "events", "pool", "change")]
+    for t in diff.changed:
+        for i, c in enumerate(t.changes):
+            rows.append((t.event_type if i == 0 else "", str(t.events) if i == 0 else "", c.pool,
+                         _change_text(c.change, c.handlers_added, c.handlers_removed)))
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for r in rows:
+            print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip())
+    unchanged = [t for t in diff.types if not t.changes]
+    print(f"{diff.affected_events} of {diff.events} events would run differently; "
+          f"{len(unchanged)} types unchanged ({sum(t.events for t in unchanged)} events)")
+    return 0
+
+
+def _change_text(change: str, added: tuple[str, ...], removed: tuple[str, ...]) -> str:
+    if change == "added":
+        return "pool added: " + ", ".join(added)
+    if change == "removed":
+        return "pool removed: " + ", ".join(removed)
+    return " ".join([*(f"+{h}" for h in added), *(f"-{h}" for h in removed)])
