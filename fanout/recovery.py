@@ -181,7 +181,7 @@ def _print_reconcile(summary: Any, query: Any, requests: int, bounded: bool) -> 
     start = datetime.fromtimestamp(query.created_gte, UTC).isoformat()
     end = datetime.fromtimestamp(query.created_lte, UTC).isoformat() if bounded else "now"
     kinds = ", ".join(query.types) if query.types else "every type"
-    print(f"events created {start} to {end}, {kinds} ({requests} requests)"
+    print(f"events created {start} to {end}, {kinds} ({_plural(requests, 'request')})"
           + (": dry run, nothing written" if summary.dry_run else ""))
     rows = [("listed", summary.listed), ("already seen", summary.already_seen),
             ("would publish" if summary.dry_run else "published", summary.published),
@@ -231,7 +231,7 @@ def routes_diff(settings: Settings, old_path: str | None, new_path: str, *, sinc
             print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip())
     unchanged = [t for t in diff.types if not t.changes]
     print(f"{diff.affected_events} of {diff.events} events would run differently; "
-          f"{len(unchanged)} types unchanged ({sum(t.events for t in unchanged)} events)")
+          f"{_plural(len(unchanged), 'type')} unchanged ({sum(t.events for t in unchanged)} events)")
     return 0
 
 
@@ -241,3 +241,7 @@ def _change_text(change: str, added: tuple[str, ...], removed: tuple[str, ...]) 
     if change == "removed":
         return "pool removed: " + ", ".join(removed)
     return " ".join([*(f"+{h}" for h in added), *(f"-{h}" for h in removed)])
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -105,7 +105,7 @@ async def test_reconcile_publishes_what_was_never_delivered_and_skips_what_was(
     assert out[1:] == ["listed         4", "already seen   1", "published      3", "  alpha        2",
                        "  beta         1", "unrouted       0"]
     start = datetime.fromtimestamp(SINCE_TS, UTC).isoformat()
-    assert out[0] == f"events created {start} to now, every type (1 requests)"
+    assert out[0] == f"events created {start} to now, every type (1 request)"
     assert await aredis.xlen(keys.stream("alpha")) == 3 and await aredis.xlen(keys.stream("beta")) == 1
     # The stored body is the event as the API listed it.
     stored = {orjson.loads(f[b"body"])["id"]: orjson.loads(f[b"body"])
