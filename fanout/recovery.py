@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -20,6 +20,10 @@ from bus.keys import Keys
 from bus.routing import RoutingTable, load_routing
 from bus.settings import Settings
 from workers.replay import ReplayResult, Skipped
+
+if TYPE_CHECKING:
+    from bus.stripe_events import EventQuery
+    from ingress.reconcile import ReconcileSummary
 
 T = TypeVar("T")
 
@@ -151,7 +155,7 @@ def reconcile(settings: Settings, *, since: datetime, until: datetime | None, ty
                        created_lte=int(until.timestamp()) if until else None, types=types)
     base_url = settings.env.get("STRIPE_API_BASE") or defaults.STRIPE_API_BASE
 
-    async def run(redis: Any) -> tuple[Any, int]:
+    async def run(redis: Any) -> tuple[ReconcileSummary, int]:
         async with httpx.AsyncClient(timeout=defaults.STRIPE_API_TIMEOUT_S) as client:
             pages = EventPages(client, api_key, base_url=base_url,
                                limiter=RateLimiter(defaults.STRIPE_API_RATE_PER_S))
@@ -171,15 +175,16 @@ def reconcile(settings: Settings, *, since: datetime, until: datetime | None, ty
     if as_json:
         print(orjson.dumps({**summary.as_dict(), "requests": requests}).decode())
     else:
-        _print_reconcile(summary, query, requests, until is not None)
+        _print_reconcile(summary, query, requests)
     for event_id, error in summary.invalid:
         print(f"not a routable Stripe event, skipped: {event_id}: {error}", file=sys.stderr)
     return 1 if summary.invalid else 0
 
 
-def _print_reconcile(summary: Any, query: Any, requests: int, bounded: bool) -> None:
+def _print_reconcile(summary: ReconcileSummary, query: EventQuery, requests: int) -> None:
     start = datetime.fromtimestamp(query.created_gte, UTC).isoformat()
-    end = datetime.fromtimestamp(query.created_lte, UTC).isoformat() if bounded else "now"
+    until = query.created_lte
+    end = datetime.fromtimestamp(until, UTC).isoformat() if until is not None else "now"
     kinds = ", ".join(query.types) if query.types else "every type"
     print(f"events created {start} to {end}, {kinds} ({_plural(requests, 'request')})"
           + (": dry run, nothing written" if summary.dry_run else ""))

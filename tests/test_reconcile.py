@@ -225,6 +225,18 @@ async def test_an_api_key_refused_is_an_error_that_does_not_quote_the_key(
     assert "sk_test" not in str(raised.value)
 
 
+def test_the_command_reports_a_refused_key_without_printing_it(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_wrong_key_1234")
+    with serve(EventsDouble().app()) as base:
+        monkeypatch.setenv("STRIPE_API_BASE", base)
+        assert main(["reconcile", "--since", SINCE]) == 1
+    captured = capsys.readouterr()
+    assert "STRIPE_API_KEY was refused" in captured.err
+    assert "wrong_key" not in captured.out + captured.err
+
+
 async def test_the_rate_limiter_spaces_requests_to_the_rate() -> None:
     now = [0.0]
     slept: list[float] = []
