@@ -77,3 +77,20 @@ RESPAWN_DELAY_S = 1.0
 FORWARD_TIMEOUT_S = 10.0
 # In --burst mode the reader waits less per XREADGROUP, so it notices "drained" sooner.
 BURST_BLOCK_MS = 100
+
+# Stripe's API (fanout reconcile). STRIPE_API_BASE overrides the address, for tests and proxies.
+STRIPE_API_BASE = "https://api.stripe.com"
+# Stripe allows 25 read requests per second in live mode by default.
+STRIPE_API_RATE_PER_S = 25.0
+# The largest page the Events API serves.
+STRIPE_EVENTS_PAGE_LIMIT = 100
+STRIPE_API_TIMEOUT_S = 30.0
+# A 429, a 5xx or a transport error is retried this many times, then the command stops.
+STRIPE_API_MAX_RETRIES = 6
+# Waits between retries without a Retry-After: doubling from the base, capped.
+STRIPE_API_BACKOFF_BASE_S = 1.0
+STRIPE_API_BACKOFF_MAX_S = 30.0
+# A Retry-After longer than this is not waited for in full.
+STRIPE_API_RETRY_AFTER_MAX_S = 60.0
+# Redis gets this long to store one page of reconciled events.
+RECONCILE_PUBLISH_BUDGET_S = 10.0

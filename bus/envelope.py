@@ -25,6 +25,12 @@ F_OBJECT_ID = "object_id"
 F_HANDLERS = "handlers"
 F_VERSION = "version"
 F_BODY = "body"
+# Set only on entries put in a stream again by `replay` or `dlq replay`: the id of the
+# entry the ingress wrote, so a later `replay --since` can tell a copy from an original.
+F_REPLAY_OF = "replay_of"
+# Set only on replayed entries: handlers already done for the event before the copy was
+# made (they are not in its handler list), so a later `--reroute` keeps them done.
+F_DONE = "done"
 
 HANDLER_SEPARATOR = ","
 

@@ -8,7 +8,6 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -130,41 +129,42 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from bus.keys import Keys
-    from workers.ops.deadletter import replay_dead
+    from fanout.recovery import dlq_replay
 
     if args.all == bool(args.ids):
         print("fanout dlq replay: give --all or one or more ENTRY_IDs (not both)", file=sys.stderr)
         return 2
     settings = settings_or_exit()
     ids = None if args.all else list(args.ids)
-    added, missing = _with_redis(settings, lambda r: replay_dead(r, Keys(settings.key_prefix), args.pool, ids))
-    print(f"{args.pool}: {len(added)} entries put back in the stream")
-    for dead_id in missing:
-        print(f"not found (or nothing to replay): {dead_id}", file=sys.stderr)
-    return 1 if missing else 0
+    return dlq_replay(settings, args.pool, ids, reroute=args.reroute)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from bus.keys import Keys
-    from workers.ops.replay import replay_entries
+    from fanout.recovery import parse_time, replay
 
     settings = settings_or_exit()
     since = None
     if args.since:
-        try:
-            since = datetime.fromisoformat(args.since)
-        except ValueError:
-            print(f"fanout replay: --since {args.since!r} is not an ISO 8601 time", file=sys.stderr)
+        since = parse_time("replay", "--since", args.since)
+        if since is None:
             return 2
-        if since.tzinfo is None:
-            print("fanout replay: --since needs a time zone (for example 2026-01-31T12:00:00Z)",
-                  file=sys.stderr)
-            return 2
-    added = _with_redis(settings, lambda r: replay_entries(
-        r, Keys(settings.key_prefix), args.pool, since=since, event_id=args.event))
-    print(f"{args.pool}: {len(added)} entries published again")
-    return 0 if added or args.since else 1
+    return replay(settings, args.pool, since=since, event_id=args.event, reroute=args.reroute)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from fanout.recovery import parse_time, parse_types, reconcile
+
+    settings = settings_or_exit()
+    since = parse_time("reconcile", "--since", args.since)
+    until = parse_time("reconcile", "--until", args.until) if args.until else None
+    types = parse_types(args.types)
+    if isinstance(types, str):
+        print(f"fanout reconcile: {types}", file=sys.stderr)
+        return 2
+    if since is None or (args.until and until is None):
+        return 2
+    return reconcile(settings, since=since, until=until, types=types, dry_run=args.dry_run,
+                     as_json=args.json)
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -214,6 +214,16 @@ def cmd_routes_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_routes_diff(args: argparse.Namespace) -> int:
+    from fanout.recovery import parse_time, routes_diff
+
+    settings = settings_or_exit()
+    since = parse_time("routes diff", "--since", args.since) if args.since else None
+    if args.since and since is None:
+        return 2
+    return routes_diff(settings, args.file, args.new_file, since=since, as_json=args.json)
+
+
 # --- send ------------------------------------------------------------------------------------------
 
 
@@ -226,6 +236,9 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 # --- parser ----------------------------------------------------------------------------------------
+
+REROUTE_HELP = ("run the handlers $ROUTING_FILE names now for each event's type and this pool, "
+                "instead of the stored list (handlers already done stay done)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=defaults.PORT)
     p.set_defaults(func=cmd_run)
 
-    routes = sub.add_parser("routes", help="check or explain routing.yaml")
+    routes = sub.add_parser("routes", help="check, explain or diff routing.yaml")
     routes_sub = routes.add_subparsers(dest="routes_command", required=True, metavar="ACTION")
     p = routes_sub.add_parser("check", help="validate a routing file (exit 1 with the errors)")
     p.add_argument("file", nargs="?", help="default: $ROUTING_FILE or routing.yaml")
@@ -253,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="default: $ROUTING_FILE or routing.yaml")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_routes_explain)
+    p = routes_sub.add_parser("diff", help="what a new routing file would change for the traffic the "
+                                           "streams hold (writes nothing)")
+    p.add_argument("new_file", metavar="NEW_ROUTING_FILE")
+    p.add_argument("--since", help="only traffic stored at or after this ISO 8601 time, with zone "
+                                   "(default: all the streams hold)")
+    p.add_argument("--file", help="the table in use (default: $ROUTING_FILE or routing.yaml)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_routes_diff)
 
     p = sub.add_parser("worker", help="run a pool's consumer (one per process; scale with --processes)")
     p.add_argument("pool")
@@ -276,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pool")
     p.add_argument("ids", nargs="*", metavar="ENTRY_ID")
     p.add_argument("--all", action="store_true")
+    p.add_argument("--reroute", action="store_true", help=REROUTE_HELP)
     p.set_defaults(func=cmd_dlq_replay)
 
     p = sub.add_parser("replay", help="run again events still held in a pool's stream")
@@ -283,7 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--since", help="ISO 8601 time with zone, e.g. 2026-01-31T12:00:00Z")
     which.add_argument("--event", help="one Stripe event id (evt_...)")
+    p.add_argument("--reroute", action="store_true", help=REROUTE_HELP)
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("reconcile", help="publish events Stripe's Events API lists that were never received")
+    p.add_argument("--since", required=True, help="events created at or after this ISO 8601 time, with zone")
+    p.add_argument("--until", help="and at or before this one (default: now)")
+    p.add_argument("--types", help="only these exact event types, comma-separated (up to 20)")
+    p.add_argument("--dry-run", action="store_true", help="write nothing; list what would be published")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("send", help="sign and POST a realistic sample event")
     p.add_argument("event_type")

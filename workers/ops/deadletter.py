@@ -1,4 +1,4 @@
-"""The pool's dead-letter stream for operators: list, replay.
+"""The pool's dead-letter stream for operators: list; replay is workers/ops/replay.py.
 
 Dead letters are written by workers/engine/outcomes.py (with the ack, in one
 script); their fields are described in workers/engine/failures.py.
@@ -11,10 +11,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bus.envelope import F_HANDLERS, F_ID, F_TYPE, F_VERSION, HANDLER_SEPARATOR
+from bus.envelope import F_ID, F_TYPE, F_VERSION, HANDLER_SEPARATOR
 from bus.keys import Keys
 from workers.engine.failures import (
-    DLQ_PREFIX,
     F_ATTEMPTS,
     F_ENTRY_ID,
     F_ERROR,
@@ -23,7 +22,7 @@ from workers.engine.failures import (
     F_REASON,
     F_TRACEBACK,
 )
-from workers.stream_ops import Fields, ensure_group, text
+from workers.stream_ops import Fields, text
 
 
 @dataclass(frozen=True)
@@ -71,37 +70,8 @@ async def list_dead(redis: aioredis.Redis, keys: Keys, pool: str, count: int | N
 async def replay_dead(
     redis: aioredis.Redis, keys: Keys, pool: str, ids: list[str] | None = None
 ) -> tuple[list[str], list[str]]:
-    """Put dead entries (all when `ids` is None) back in the pool's stream with a fresh attempt count.
+    """Put dead entries back in the stream; (new stream ids, ids not found). See workers/ops/replay.py."""
+    from workers.ops.replay import replay_dead_entries  # it builds on this module
 
-    Only the handlers that had not succeeded run again. The new entry is added
-    before the dead one is deleted, so a crash in between leaves a duplicate.
-    Returns (new stream ids, ids that were not found).
-    """
-    await ensure_group(redis, keys, pool)
-    dead_key = keys.dead(pool)
-    rows: Any
-    if ids is None:
-        rows = await redis.xrange(dead_key)
-        missing: list[str] = []
-    else:
-        rows, missing = [], []
-        for dead_id in ids:
-            found = await redis.xrange(dead_key, min=dead_id, max=dead_id)
-            if found:
-                rows.extend(found)
-            else:
-                missing.append(dead_id)
-    added: list[str] = []
-    for dead_id, fields in rows:
-        original: dict[Any, Any] = {
-            k: v for k, v in fields.items() if not text(k).startswith(DLQ_PREFIX)
-        }
-        if F_ID.encode() not in original:
-            missing.append(text(dead_id))  # nothing left to replay (the entry was trimmed)
-            continue
-        failed = text(fields.get(F_FAILED_HANDLERS.encode()))
-        if failed:
-            original[F_HANDLERS.encode()] = failed
-        added.append(text(await redis.xadd(keys.stream(pool), original)))
-        await redis.xdel(dead_key, dead_id)
-    return added, missing
+    result = await replay_dead_entries(redis, keys, pool, ids)
+    return result.added, result.missing

@@ -1,0 +1,242 @@
+"""Replay and `--reroute`: recovering what a bad routing table dead-lettered, and `replay --since` once per event."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from bus.keys import Keys
+from tests.conftest import make_settings
+from tests.support import FAST_POOL, H, load, publish, runs, worker_env, write_routing
+from workers.ops.deadletter import list_dead
+from workers.ops.replay import replay_dead_entries, replay_stream
+from workers.supervision.runner import run_pool
+
+pytestmark = pytest.mark.anyio
+
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+# The typo of the story: a module that does not exist (`handlers_for_test`, no "s").
+TYPO = "tests.handlers_for_test:record_other"
+
+WITH_TYPO = f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+routes:
+  test.order: {{alpha: ["{H}record", "{TYPO}"]}}
+"""
+
+FIXED = f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+routes:
+  test.order: {{alpha: ["{H}record", "{H}record_other"]}}
+"""
+
+
+def fanout(prefix: str, routing: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fanout.cli", *args], env=worker_env(prefix, routing),
+                          capture_output=True, text=True, timeout=30)
+
+
+async def dead_handlers(aredis: aioredis.Redis, keys: Keys, pool: str) -> dict[str, tuple[str, ...]]:
+    return {d.event_id: d.handlers for d in await list_dead(aredis, keys, pool)}
+
+
+async def test_after_a_handler_typo_is_fixed_reroute_recovers_every_dead_lettered_event(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, WITH_TYPO)
+    settings = make_settings(prefix, routing_file=routing)
+    # `routes check` accepts the typo: it is a well-formed module:function name.
+    assert fanout(prefix, routing, "routes", "check").returncode == 0
+    table = load(routing)
+    for event_id in ("evt_1", "evt_2", "evt_3", "evt_4"):
+        await publish(aredis, keys, table, "test.order", event_id)
+    # A running worker that hot-reloaded this table resolves names leniently (strict=False):
+    # each entry is dead-lettered "unknown handler", with the broken name stored in it.
+    await run_pool(settings, "alpha", redis=aredis, burst=True, strict=False)
+    dead = await list_dead(aredis, keys, "alpha")
+    assert {(d.event_id, d.reason, d.handlers) for d in dead} == {
+        (e, "unknown handler", (TYPO,)) for e in ("evt_1", "evt_2", "evt_3", "evt_4")}
+    assert await runs(aredis, prefix, "record") == {"evt_1": 1, "evt_2": 1, "evt_3": 1, "evt_4": 1}
+
+    routing.write_text(FIXED)
+    # Without --reroute the stored, broken name runs again: nothing is recovered.
+    plain = fanout(prefix, routing, "dlq", "replay", "alpha", "--all")
+    assert plain.returncode == 0 and "4 entries put back" in plain.stdout
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await dead_handlers(aredis, keys, "alpha") == {e: (TYPO,) for e in ("evt_1", "evt_2", "evt_3", "evt_4")}
+    assert await runs(aredis, prefix, "record_other") == {}
+
+    # One event is recovered from the stream, the others from the dead-letter stream.
+    stream_plain = fanout(prefix, routing, "replay", "alpha", "--event", "evt_4")
+    assert stream_plain.returncode == 0 and "1 entries published again" in stream_plain.stdout
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "record_other") == {}  # the stored list, typo included
+    stream = fanout(prefix, routing, "replay", "alpha", "--event", "evt_4", "--reroute")
+    assert stream.returncode == 0 and "1 entries published again" in stream.stdout, stream.stderr
+
+    dead_ids = [d.id for d in await list_dead(aredis, keys, "alpha") if d.event_id != "evt_4"]
+    rerouted = fanout(prefix, routing, "dlq", "replay", "alpha", *dead_ids, "--reroute")
+    assert rerouted.returncode == 0, rerouted.stderr
+    assert "3 entries put back" in rerouted.stdout
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+
+    assert await runs(aredis, prefix, "record_other") == {"evt_1": 1, "evt_2": 1, "evt_3": 1, "evt_4": 1}
+    # From the dead-letter stream, `record` (done before the typo failed) stays done. A stream
+    # entry keeps no record of what succeeded once it was dead-lettered, so `replay` runs it
+    # again, as a replay of a stream entry always does: once more per replay of evt_4.
+    assert await runs(aredis, prefix, "record") == {"evt_1": 1, "evt_2": 1, "evt_3": 1, "evt_4": 3}
+    # evt_4's dead letters (from the first run and the plain replays) stay until replayed.
+    assert set(await dead_handlers(aredis, keys, "alpha")) == {"evt_4"}
+
+
+async def test_reroute_reports_a_dead_letter_its_pool_no_longer_gets_and_keeps_it(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+  beta: {{{FAST_POOL}}}
+routes:
+  test.poison: {{alpha: ["{H}fail_if_poison"]}}
+  test.moved: {{alpha: ["{H}permanent"]}}
+""")
+    settings = make_settings(prefix, routing_file=routing)
+    table = load(routing)
+    await publish(aredis, keys, table, "test.poison", "evt_p", poison=True)
+    await publish(aredis, keys, table, "test.moved", "evt_m")
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert set(await dead_handlers(aredis, keys, "alpha")) == {"evt_p", "evt_m"}
+
+    # test.moved now goes to beta only; test.poison to a handler that succeeds.
+    routing.write_text(f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+  beta: {{{FAST_POOL}}}
+routes:
+  test.poison: {{alpha: ["{H}record"]}}
+  test.moved: {{beta: ["{H}record"]}}
+""")
+    result = fanout(prefix, routing, "dlq", "replay", "alpha", "--all", "--reroute")
+    assert result.returncode == 1
+    assert "1 entries put back" in result.stdout
+    assert "not routed to alpha" in result.stderr and "evt_m  test.moved" in result.stderr
+    assert "left in the dead-letter stream" in result.stderr
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "record") == {"evt_p": 1}
+    assert await dead_handlers(aredis, keys, "alpha") == {"evt_m": (H + "permanent",)}
+
+
+async def test_reroute_keeps_handlers_done_before_an_earlier_replay_done(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+routes:
+  test.poison: {{alpha: ["{H}record", "{H}fail_if_poison"]}}
+""")
+    settings = make_settings(prefix, routing_file=routing)
+    await publish(aredis, keys, load(routing), "test.poison", "evt_p", poison=True)
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    # A plain replay runs only fail_if_poison, which dead-letters the copy again: that
+    # dead letter's stored list no longer names `record`.
+    await replay_dead_entries(aredis, keys, "alpha")
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await dead_handlers(aredis, keys, "alpha") == {"evt_p": (H + "fail_if_poison",)}
+
+    routing.write_text(f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+routes:
+  test.poison: {{alpha: ["{H}record", "{H}record_other"]}}
+""")
+    result = await replay_dead_entries(aredis, keys, "alpha", table=load(routing))
+    assert len(result.added) == 1 and not result.unrouted
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "record") == {"evt_p": 1}
+    assert await runs(aredis, prefix, "record_other") == {"evt_p": 1}
+    assert await list_dead(aredis, keys, "alpha") == []
+
+
+async def test_reroute_skips_handlers_the_completion_ledger_holds_and_drops_a_dead_letter_with_nothing_left(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+routes:
+  test.poison: {{alpha: ["{H}record", "{H}fail_if_poison"]}}
+""")
+    settings = make_settings(prefix, routing_file=routing)
+    await publish(aredis, keys, load(routing), "test.poison", "evt_p", poison=True)
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    # The failing handler is removed from the route: everything left for evt_p is done.
+    routing.write_text(f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+routes:
+  test.poison: {{alpha: ["{H}record"]}}
+""")
+    result = await replay_dead_entries(aredis, keys, "alpha", table=load(routing))
+    assert (result.added, [s.event_id for s in result.nothing_to_run]) == ([], ["evt_p"])
+    assert await list_dead(aredis, keys, "alpha") == []
+
+    # An entry still being retried has a ledger of what succeeded; a rerouted replay skips it.
+    await aredis.sadd(keys.ledger("alpha", "evt_p"), H + "record")
+    result = await replay_stream(aredis, keys, "alpha", event_id="evt_p", table=load(routing))
+    assert result.added == [] and [s.event_id for s in result.nothing_to_run] == ["evt_p"]
+
+
+async def test_replay_since_publishes_each_event_in_the_window_once(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+routes:
+  test.ok: {{alpha: ["{H}record"]}}
+  test.poison: {{alpha: ["{H}fail_if_poison"]}}
+""")
+    settings = make_settings(prefix, routing_file=routing)
+    table = load(routing)
+    for event_id in ("evt_a", "evt_b", "evt_c"):
+        await publish(aredis, keys, table, "test.ok", event_id)
+    await publish(aredis, keys, table, "test.poison", "evt_bad", poison=True)
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    # Two earlier copies in the stream: one from `replay --event`, one from `dlq replay`.
+    assert len((await replay_stream(aredis, keys, "alpha", event_id="evt_a")).added) == 1
+    assert len((await replay_dead_entries(aredis, keys, "alpha")).added) == 1
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await aredis.xlen(keys.stream("alpha")) == 6
+
+    result = fanout(prefix, routing, "replay", "alpha", "--since", "2000-01-01T00:00:00Z")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "alpha: 4 entries published again (2 copies from earlier replays skipped)"
+    await run_pool(settings, "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "record") == {"evt_a": 3, "evt_b": 2, "evt_c": 2}
+    # The copies just made are marked too: a second run replays the same 4 events again, once each.
+    again = await replay_stream(aredis, keys, "alpha", since=EPOCH)
+    assert (len(again.added), again.skipped_copies) == (4, 6)
+
+
+async def test_replay_since_skips_unmarked_copies_of_an_event_already_replayed(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    """Copies made before copies were marked carry no `replay_of`: the event id catches them."""
+    routing = write_routing(tmp_path, f"pools: {{alpha: {{{FAST_POOL}}}}}\nroutes: {{test.ok: {{alpha: ['{H}record']}}}}\n")
+    await publish(aredis, keys, load(routing), "test.ok", "evt_a")
+    [(_, fields)] = await aredis.xrange(keys.stream("alpha"))
+    await aredis.xadd(keys.stream("alpha"), fields)  # an old-style, unmarked copy
+    result = await replay_stream(aredis, keys, "alpha", since=EPOCH)
+    assert (len(result.added), result.skipped_copies) == (1, 1)
+    [*_, (_, copy)] = await aredis.xrange(keys.stream("alpha"))
+    assert orjson.loads(copy[b"body"])["id"] == "evt_a" and copy[b"replay_of"]
