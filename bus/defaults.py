@@ -70,3 +70,13 @@ RESPAWN_DELAY_S = 1.0
 FORWARD_TIMEOUT_S = 10.0
 # In --burst mode the reader waits less per XREADGROUP, so it notices "drained" sooner.
 BURST_BLOCK_MS = 100
+
+# The Stripe API, for handlers that fetch a thin event's object (workers/stripe_api.py).
+STRIPE_API_BASE = "https://api.stripe.com"
+# Stripe's default limit is 25 requests/s per account in live mode: stay under it per process.
+STRIPE_API_RATE_PER_S = 25.0
+STRIPE_API_TIMEOUT_S = 10.0
+# A 429 is retried this many times in the handler (waiting its Retry-After), then RetryLater.
+STRIPE_API_429_RETRIES = 3
+# The longest Retry-After waited for inside a handler; a longer one becomes RetryLater.
+STRIPE_API_MAX_WAIT_S = 10.0

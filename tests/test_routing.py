@@ -19,7 +19,7 @@ pools:
 destinations:
   backend: {url_env: BACKEND_URL, secret_env: BACKEND_SECRET}
 routes:
-  customer.*: {customer: [profiles.upsert]}
+  customer.*: {customer: [noop]}
   customer.subscription.*: {admin: ["forward:backend"]}
   customer.subscription.deleted: {customer: [analytics.track], admin: ["forward:backend"]}
   "*": {admin: [noop]}
