@@ -42,8 +42,10 @@ DEFAULT_PATH = "var/fanout.sqlite3"
 ORDERS_QUERY = "select checkout_session_id, status, amount_total, currency, customer_email from orders"
 BUSY_TIMEOUT_MS = 5000
 
-SCHEMA = """
-create table if not exists orders (
+ORDER_STATUSES = ("pending", "paid", "failed", "setup", "no_payment_required")
+
+ORDERS_TABLE = """
+create table if not exists {name} (
     checkout_session_id text primary key,
     payment_intent_id   text,
     customer_id         text,
@@ -54,16 +56,19 @@ create table if not exists orders (
     amount_shipping     integer,
     currency            text,
     payment_status      text    not null,
-    status              text    not null check (status in ('pending', 'paid', 'failed')),
+    status              text    not null check (status in ({statuses})),
     failure_reason      text,
     shipping            text,
-    metadata            text    not null default '{}',
+    metadata            text    not null default '{{}}',
     livemode            integer not null default 0,
     last_event_id       text    not null,
     last_event_created  integer not null,
     created_at          text    not null,
     updated_at          text    not null
 );
+"""
+
+SCHEMA = ORDERS_TABLE.format(name="orders", statuses=", ".join(f"'{s}'" for s in ORDER_STATUSES)) + """
 create unique index if not exists orders_payment_intent_id_key
     on orders (payment_intent_id) where payment_intent_id is not null;
 create table if not exists customers (
@@ -142,6 +147,27 @@ def _decode(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
+async def _migrate_order_statuses(conn: aiosqlite.Connection) -> None:
+    """Widen the status check of an orders table made before 'setup' and 'no_payment_required'.
+
+    SQLite cannot alter a constraint, so the table is rebuilt in one transaction
+    (the same change as supabase/migrations/20261201000000_order_status_setup.sql).
+    """
+    async with conn.execute("select sql from sqlite_master where type = 'table' and name = 'orders'") as cur:
+        found = await cur.fetchone()
+    if found is None or "'setup'" in found[0]:
+        return
+    statuses = ", ".join(f"'{s}'" for s in ORDER_STATUSES)
+    await conn.executescript(
+        "begin immediate;"
+        + ORDERS_TABLE.format(name="orders_widened", statuses=statuses)
+        + "; insert into orders_widened select * from orders; drop table orders;"
+        " alter table orders_widened rename to orders;"
+        " create unique index if not exists orders_payment_intent_id_key"
+        " on orders (payment_intent_id) where payment_intent_id is not null; commit;"
+    )
+
+
 class SqliteStore:
     """Store on one aiosqlite connection (a thread of its own) to a local file."""
 
@@ -162,6 +188,7 @@ class SqliteStore:
         await conn.execute("pragma journal_mode=wal")
         await conn.execute(f"pragma busy_timeout={BUSY_TIMEOUT_MS}")
         await conn.executescript(SCHEMA)
+        await _migrate_order_statuses(conn)
         return cls(conn, file)
 
     async def aclose(self) -> None:
@@ -189,9 +216,9 @@ class SqliteStore:
             f"on conflict (checkout_session_id) do update set {updates}, updated_at = :now "
             "where excluded.last_event_created >= orders.last_event_created "
             "and not (orders.status = 'paid' and excluded.status <> 'paid') "
-            # Same-second tie: a terminal status (paid/failed) is not downgraded to pending.
+            # Same-second tie: a terminal status is not downgraded to pending.
             "and not (excluded.last_event_created = orders.last_event_created "
-            "and excluded.status = 'pending' and orders.status in ('paid', 'failed')) "
+            "and excluded.status = 'pending' and orders.status <> 'pending') "
             "returning checkout_session_id"
         )
         return bool(await self._rows(sql, row))
