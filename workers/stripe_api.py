@@ -64,8 +64,10 @@ class TokenBucket:
                 now = self._clock()
                 self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate_per_s)
                 self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                # The epsilon absorbs float rounding: a sleep of exactly the missing time
+                # can leave 0.999...; without it, the next sleep would be too small to pass.
+                if self._tokens >= 1 - 1e-9:
+                    self._tokens = max(0.0, self._tokens - 1)
                     return
                 await self._sleep((1 - self._tokens) / self.rate_per_s)
 
