@@ -17,6 +17,7 @@ leaves duplicates, never losses.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import time
@@ -46,6 +47,7 @@ from workers.deadletter import (
     dead_letter,
 )
 from workers.execute import HandlerSet, call_handler, pool_handler_names
+from workers.importer import unresolved  # issue 11: reload vetting
 from workers.rq.bridge import RqBridge
 from workers.streams import Fields, ensure_group, text
 
@@ -105,6 +107,11 @@ class Pool:
         self._config = holder.table.pools[name]
         self._handlers = HandlerSet()
         self._handlers.load(pool_handler_names(holder.table, name), holder.table, strict=strict)
+        # --- issue 11 (payloads): a hot reload whose handlers for this pool do not import is
+        # refused and the last good table kept (bus/reload.py RoutingHolder.vet). Carry over.
+        if strict:
+            holder.vet = functools.partial(unresolved, pool=name)
+        # --- end issue 11
         self._executor: ThreadPoolExecutor | None = None
         self._log = log.bind(pool=name, consumer=self.consumer)
         # Entries being run by this process, by stream id.
