@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -131,3 +132,30 @@ def test_a_malformed_bracket_is_a_malformed_route(pattern: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_routing(f'pools: {{a: {{}}}}\nroutes:\n  "{pattern}": {{a: [noop]}}\n')
     assert "malformed route" in str(caught.value)
+
+
+def test_fanout_send_posts_a_thin_event_that_the_ingress_stores(
+        prefix: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import redis
+
+    from bus import defaults
+    from bus.keys import Keys
+    from fanout.cli import main
+    from ingress.app import create_app
+    from tests.conftest import make_settings
+    from tests.live import serve
+
+    routing = tmp_path / "routing.yaml"
+    routing.write_text("pools: {admin: {}}\nroutes:\n  v1.customer.*: {admin: [noop]}\n")
+    settings = make_settings(prefix, routing_file=routing, secrets=defaults.DEV_WEBHOOK_SECRET)
+    with serve(create_app(settings)) as base:
+        assert main(["send", "v1.customer.created", "--url", base + defaults.WEBHOOK_PATH,
+                     "--object", "customer=cus_sent"]) == 0
+        answer = capsys.readouterr().out.splitlines()[-1]
+    assert answer.startswith("200 ") and '"pools":["admin"]' in answer
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        [(_, entry)] = client.xrange(Keys(prefix).stream("admin"))
+    finally:
+        client.close()
+    assert entry[b"type"] == b"v1.customer.created" and entry[b"object_id"] == b"cus_sent"
