@@ -78,13 +78,20 @@ FORWARD_TIMEOUT_S = 10.0
 # In --burst mode the reader waits less per XREADGROUP, so it notices "drained" sooner.
 BURST_BLOCK_MS = 100
 
-# Stripe's API (fanout reconcile). STRIPE_API_BASE overrides the address, for tests and proxies.
+# The Stripe API: `fanout reconcile` (bus/stripe_events.py) and handlers' ctx.stripe (workers/stripe_api.py).
+# STRIPE_API_BASE overrides the address, for tests and proxies.
 STRIPE_API_BASE = "https://api.stripe.com"
-# Stripe allows 25 read requests per second in live mode by default.
+# Stripe allows 25 read requests per second in live mode by default: stay under it per process.
 STRIPE_API_RATE_PER_S = 25.0
-# The largest page the Events API serves.
+# A handler's request waits at most this long (the pool's timeout_s bounds the whole handler).
+STRIPE_API_TIMEOUT_S = 10.0
+# A handler's 429 is retried this many times (waiting its Retry-After), then RetryLater.
+STRIPE_API_429_RETRIES = 3
+# The longest Retry-After waited for inside a handler; a longer one becomes RetryLater.
+STRIPE_API_MAX_WAIT_S = 10.0
+# `fanout reconcile`: the largest page the Events API serves, and each request's timeout.
 STRIPE_EVENTS_PAGE_LIMIT = 100
-STRIPE_API_TIMEOUT_S = 30.0
+STRIPE_EVENTS_TIMEOUT_S = 30.0
 # A 429, a 5xx or a transport error is retried this many times, then the command stops.
 STRIPE_API_MAX_RETRIES = 6
 # Waits between retries without a Retry-After: doubling from the base, capped.

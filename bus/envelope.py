@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from bus.errors import PermanentFailure
+
 # Field names inside a stream entry. Short, because they are stored per entry.
 F_ID = "id"
 F_TYPE = "type"
@@ -33,6 +35,8 @@ F_REPLAY_OF = "replay_of"
 F_DONE = "done"
 
 HANDLER_SEPARATOR = ","
+# The `object` of a thin event notification (event destinations; every v2 type, and v1.* types).
+THIN_EVENT_OBJECT = "v2.core.event"
 
 # Fields every pool's copy of an event shares, in the order the publish script writes
 # them after `handlers`. The script names them itself, so a publish sends values only.
@@ -79,6 +83,19 @@ def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
+class ThinEventError(PermanentFailure):
+    """A handler read a snapshot field (data.object) of a thin event; retrying cannot help."""
+
+
+@dataclass(frozen=True)
+class RelatedObject:
+    """What a thin event is about: `id` (None for a singleton), Stripe `type`, API `url` to fetch."""
+
+    id: str | None
+    type: str
+    url: str
+
+
 @dataclass(frozen=True)
 class Event:
     """A Stripe event as a handler sees it."""
@@ -101,8 +118,31 @@ class Event:
         return parsed
 
     @property
+    def is_thin(self) -> bool:
+        """A thin event notification (`"object": "v2.core.event"`): a reference, no snapshot."""
+        return self.payload.get("object") == THIN_EVENT_OBJECT
+
+    @property
+    def related_object(self) -> RelatedObject | None:
+        """A thin event's `related_object` ({id, type, url}); None for a snapshot event or none sent."""
+        if not self.is_thin:
+            return None
+        related = self.payload.get("related_object")
+        if not isinstance(related, dict):
+            return None
+        ref_id, ref_type, url = related.get("id"), related.get("type"), related.get("url")
+        return RelatedObject(id=ref_id if isinstance(ref_id, str) else None,
+                             type=str(ref_type or ""), url=str(url or ""))
+
+    @property
     def data_object(self) -> dict[str, Any]:
-        """`data.object`: the Stripe object the event is about."""
+        """`data.object`: the Stripe object the event is about (a snapshot event's only)."""
+        if self.is_thin:
+            raise ThinEventError(
+                f"{self.type} ({self.id}) is a thin event: it carries no data.object. Fetch the "
+                "object with `await ctx.stripe.fetch_related_object(event)` (or the whole event "
+                "with `await ctx.stripe.fetch_event(event)`)"
+            )
         obj: dict[str, Any] = self.payload["data"]["object"]
         return obj
 

@@ -26,6 +26,36 @@ BUILTIN_HANDLERS: dict[str, str] = {
     "noop": "workers.builtin:noop",
 }
 
+# The event types each built-in handler can handle, by the shape of the object Stripe sends
+# for them. `routes check` (bus/routing.py) refuses a route that would send a built-in any
+# other type, exact or through a wildcard; declared here so validation imports no handler.
+# ANY_TYPE: every type, thin events included. Handlers not listed take snapshot events only.
+ANY_TYPE = "*"
+BUILTIN_ACCEPTS: dict[str, frozenset[str]] = {
+    # A Checkout Session object; completed, or settled later for a delayed payment method.
+    "orders.create_from_checkout": frozenset({
+        "checkout.session.completed", "checkout.session.async_payment_succeeded"}),
+    "orders.mark_paid": frozenset({
+        "payment_intent.succeeded", "checkout.session.async_payment_succeeded"}),
+    "orders.mark_failed": frozenset({
+        "payment_intent.payment_failed", "checkout.session.async_payment_failed"}),
+    # Customer objects only: customer.discount.*, customer.subscription.*, customer.source.*,
+    # customer.tax_id.* carry discounts, subscriptions, cards and tax ids.
+    "profiles.upsert": frozenset({"customer.created", "customer.updated", "customer.deleted"}),
+    "email.order_confirmation": frozenset({
+        "checkout.session.completed", "checkout.session.async_payment_succeeded"}),
+    # Any snapshot object, and thin events by their related object's reference.
+    "analytics.track": frozenset({ANY_TYPE}),
+    "noop": frozenset({ANY_TYPE}),
+}
+
+
+def handler_accepts(name: str, event_type: str) -> bool:
+    """Whether the built-in `name` can handle `event_type` (custom and forward handlers: always)."""
+    accepted = BUILTIN_ACCEPTS.get(name)
+    return accepted is None or ANY_TYPE in accepted or event_type in accepted
+
+
 # "package.module:function", the way uvicorn names an app.
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 DESTINATION_NAME = re.compile(r"^[A-Za-z_][\w-]*$")

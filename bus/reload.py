@@ -37,16 +37,21 @@ class RoutingHolder:
         path: Path,
         table: RoutingTable,
         on_change: Callable[[RoutingTable | None, str | None], None] | None = None,
+        vet: Callable[[RoutingTable], list[str]] | None = None,
     ) -> None:
         self.path = path
         self.table = table
+        # More checks a new table must pass to replace the current one (a worker: its handlers
+        # import); each problem is a "file:line: ..." message. Run where the file is parsed.
+        self.vet = vet
         self.last_error: str | None = None
         self._stamp = _stamp(path)
         self._on_change = on_change
 
     @classmethod
-    def load(cls, path: Path, **kwargs: Callable[[RoutingTable | None, str | None], None]) -> RoutingHolder:
-        return cls(path, load_routing(path), **kwargs)
+    def load(cls, path: Path,
+             on_change: Callable[[RoutingTable | None, str | None], None] | None = None) -> RoutingHolder:
+        return cls(path, load_routing(path), on_change=on_change)
 
     def check(self) -> bool:
         """Reload when the file changed; True when a new table is now in use."""
@@ -55,7 +60,7 @@ class RoutingHolder:
             return False
         self._stamp = stamp
         try:
-            table = load_routing(self.path)
+            table = self._load()
         except ConfigError as err:
             return self._rejected(err)
         return self._loaded(table)
@@ -67,10 +72,17 @@ class RoutingHolder:
             return False
         self._stamp = stamp
         try:
-            table = await asyncio.to_thread(load_routing, self.path)
+            table = await asyncio.to_thread(self._load)
         except ConfigError as err:
             return self._rejected(err)
         return self._loaded(table)
+
+    def _load(self) -> RoutingTable:
+        table = load_routing(self.path)
+        problems = self.vet(table) if self.vet is not None else []
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return table
 
     def _rejected(self, err: ConfigError) -> bool:
         self.last_error = str(err)

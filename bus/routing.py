@@ -20,7 +20,13 @@ import orjson
 import yaml
 
 from bus.errors import ConfigError
-from bus.handler_names import DESTINATION_NAME, handler_name_problem
+from bus.handler_names import (
+    ANY_TYPE,
+    BUILTIN_ACCEPTS,
+    DESTINATION_NAME,
+    handler_accepts,
+    handler_name_problem,
+)
 from bus.routing_table import (
     Destination,
     MatchKind,
@@ -40,18 +46,35 @@ __all__ = [
     "known_event_types",
     "load_routing",
     "parse_routing",
+    "thin_event_types",
 ]
 
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-EVENT_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+# Dot-separated lowercase segments; a segment may name a sub-resource in brackets, as thin
+# v2 types do: v2.core.account[configuration.customer].capability_status_updated.
+_SEGMENT = r"[a-z0-9_]+(\[[a-z0-9_]+(\.[a-z0-9_]+)*\])?"
+EVENT_NAME = re.compile(rf"^{_SEGMENT}(\.{_SEGMENT})*$")
 EXECUTORS = ("async", "rq")
 
 @cache
 def known_event_types() -> frozenset[str]:
-    """Every v1 event type the installed Stripe SDK knows."""
+    """Every event type the installed Stripe SDK knows: snapshot types and thin (v1.*, v2.*) ones."""
     import stripe
 
-    return frozenset(typing.get_args(stripe.Event.__annotations__["type"]))
+    return frozenset(typing.get_args(stripe.Event.__annotations__["type"])) | thin_event_types()
+
+
+@cache
+def thin_event_types() -> frozenset[str]:
+    """The thin event notification types of the installed SDK (v1.customer.created, v2.core.*...).
+
+    The SDK maps each type to its EventNotification class in one table, the one
+    `StripeClient.parse_event_notification` dispatches on; its keys are the types.
+    """
+    from stripe.events import _event_classes
+
+    lookup: dict[str, object] = getattr(_event_classes, "_V2_EVENT_NOTIFICATION_CLASS_LOOKUP", {})
+    return frozenset(lookup)
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -106,6 +129,7 @@ def parse_routing(text: str, source: str = "routing.yaml") -> RoutingTable:
     pools = _load_pools(sections.get("pools"), problems, root)
     destinations = _load_destinations(sections.get("destinations"), problems)
     routes = _load_routes(sections.get("routes"), problems, root, pools, destinations)
+    _check_handler_types(routes, problems)
 
     if problems.errors:
         raise ConfigError("\n".join(problems.errors))
@@ -116,6 +140,12 @@ def parse_routing(text: str, source: str = "routing.yaml") -> RoutingTable:
         "routes": {r.pattern: [[p, list(h)] for p, h in r.targets] for r in routes},
     }
     version = hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+    return _table(routes, pools=pools, destinations=destinations, version=version, source=source,
+                  warnings=tuple(problems.warnings))
+
+
+def _table(routes: list[Route], **fields: Any) -> RoutingTable:
+    """A RoutingTable over `routes`, with its match indexes built."""
     exact = {r.pattern: r for r in routes if r.kind == "exact"}
     wildcards = sorted(
         ((r.pattern[:-1], r) for r in routes if r.kind == "wildcard"),
@@ -124,16 +154,57 @@ def parse_routing(text: str, source: str = "routing.yaml") -> RoutingTable:
     )
     catch_all = next((r for r in routes if r.kind == "catch-all"), None)
     return RoutingTable(
-        pools=pools,
-        destinations=destinations,
         routes=tuple(routes),
-        version=version,
-        source=source,
-        warnings=tuple(problems.warnings),
         _exact=exact,
         _wildcards=tuple(wildcards),
         _catch_all=catch_all,
+        **fields,
     )
+
+
+# How many of the types a route would wrongly send a handler an error message names.
+_TYPES_SHOWN = 4
+
+
+def _check_handler_types(routes: list[Route], problems: _Problems) -> None:
+    """Refuse a route that sends a built-in handler an event type it cannot handle.
+
+    A wildcard (or '*') is judged by the known types it actually wins, so
+    `customer.*` with profiles.upsert is refused (it would get customer.discount.*,
+    customer.subscription.*, ...) unless more specific routes take those.
+    """
+    restricted = [(route, pool, name) for route in routes for pool, names in route.targets
+                  for name in names if name in BUILTIN_ACCEPTS and ANY_TYPE not in BUILTIN_ACCEPTS[name]]
+    if not restricted:
+        return
+    table = _table(routes, pools={}, destinations={}, version="", source=problems.source)
+    won: dict[str, list[str]] = {}
+    if any(route.kind != "exact" for route, _, _ in restricted):
+        for event_type in sorted(known_event_types()):
+            hit = table.match(event_type).route
+            if hit is not None and hit.kind != "exact":
+                won.setdefault(hit.pattern, []).append(event_type)
+    for route, pool, name in restricted:
+        accepted = sorted(BUILTIN_ACCEPTS[name])
+        takes = f"{name} takes only {', '.join(accepted)}"
+        where = f"{problems.source}:{route.line}: route {route.pattern!r}, pool {pool!r}"
+        if route.kind == "exact":
+            if route.pattern not in BUILTIN_ACCEPTS[name]:
+                thin = (" (a thin event carries a reference, not the object; route the snapshot "
+                        "type instead)" if route.pattern in thin_event_types() else "")
+                problems.errors.append(f"{where}: {takes}; it cannot handle {route.pattern!r}{thin}")
+            continue
+        wrong = [t for t in won.get(route.pattern, []) if not handler_accepts(name, t)]
+        if wrong:
+            shown = ", ".join(wrong[:_TYPES_SHOWN])
+            more = f" and {len(wrong) - _TYPES_SHOWN} more" if len(wrong) > _TYPES_SHOWN else ""
+            instead = "; ".join(f"{t}: {{{pool}: [{name}]}}" for t in accepted)
+            others = sum(len(names) for _, names in route.targets) > 1
+            keep = f", and keep {route.pattern!r} for its other handlers" if others else ""
+            problems.errors.append(
+                f"{where}: {takes}, but this route also sends it {shown}{more}. Route the "
+                f"types it takes by name instead ({instead}){keep}"
+            )
 
 
 def _mapping(

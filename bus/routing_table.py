@@ -1,7 +1,9 @@
 """The routing table: frozen, validated by bus/routing.py, and matched per event type.
 
 Matching: an exact event type wins, then the longest wildcard prefix
-(``customer.*`` matches ``customer.subscription.created``), then ``*``.
+(``customer.*`` matches ``customer.subscription.created``), then ``*``. A
+bracketed sub-resource counts as a segment of its resource (``v2.core.account.*``
+matches ``v2.core.account[requirements].updated``).
 """
 
 from __future__ import annotations
@@ -78,8 +80,11 @@ class RoutingTable:
             return hit
         route = self._exact.get(event_type)
         if route is None:
+            # A bracketed sub-resource belongs to its resource: v2.core.account.* matches
+            # v2.core.account[requirements].updated (and v2.core.account[requirements].* too).
+            dotted = event_type.replace("[", ".") if "[" in event_type else event_type
             for prefix, candidate in self._wildcards:
-                if event_type.startswith(prefix):
+                if event_type.startswith(prefix) or dotted.startswith(prefix):
                     route = candidate
                     break
             else:

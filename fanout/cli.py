@@ -186,6 +186,15 @@ def cmd_routes_check(args: argparse.Namespace) -> int:
         return 1
     for warning in table.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    # Import every handler, as `fanout worker` will: modules are found from here too.
+    from workers.importer import unresolved
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    problems = unresolved(table)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
     print(f"{path}: ok (version {table.version}; {len(table.pools)} pools, {len(table.routes)} routes)")
     return 0
 

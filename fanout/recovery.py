@@ -156,7 +156,7 @@ def reconcile(settings: Settings, *, since: datetime, until: datetime | None, ty
     base_url = settings.env.get("STRIPE_API_BASE") or defaults.STRIPE_API_BASE
 
     async def run(redis: Any) -> tuple[ReconcileSummary, int]:
-        async with httpx.AsyncClient(timeout=defaults.STRIPE_API_TIMEOUT_S) as client:
+        async with httpx.AsyncClient(timeout=defaults.STRIPE_EVENTS_TIMEOUT_S) as client:
             pages = EventPages(client, api_key, base_url=base_url,
                                limiter=RateLimiter(defaults.STRIPE_API_RATE_PER_S))
             summary = await run_reconcile(redis, Keys(settings.key_prefix), table, pages.pages(query),

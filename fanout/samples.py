@@ -1,5 +1,9 @@
 """Realistic sample Stripe events for `fanout send`, shaped like the API's own payloads.
 
+Snapshot events (`sample_event`) carry their object in `data.object`; thin
+event notifications (`thin_event`: `"object": "v2.core.event"`, sent by event
+destinations) carry only a `related_object` reference and an RFC 3339 `created`.
+
 Ids are fresh each call so every send is a new event, unless the caller fixes
 the event id (to show deduplication). The objects carry the fields the built-in
 handlers read: session/payment-intent/customer ids, amounts, email, shipping.
@@ -164,5 +168,51 @@ def sample_event(
         "livemode": False,
         "pending_webhooks": 1,
         "request": {"id": _id("req"), "idempotency_key": secrets.token_hex(16)},
+        "type": event_type,
+    }
+
+
+# Thin event type prefix -> (related_object.type, id prefix, API path of the object).
+THIN_RELATED: dict[str, tuple[str, str, str]] = {
+    "v1.customer.": ("customer", "cus", "/v1/customers/"),
+    "v1.billing.meter.": ("billing.meter", "mtr", "/v1/billing/meters/"),
+    "v1.payment_intent.": ("payment_intent", "pi", "/v1/payment_intents/"),
+    "v1.checkout.session.": ("checkout.session", "cs_test", "/v1/checkout/sessions/"),
+    "v1.charge.": ("charge", "ch", "/v1/charges/"),
+    "v2.core.account_person.": ("v2.core.account_person", "person", "/v2/core/accounts/acct_1/persons/"),
+    "v2.core.account": ("v2.core.account", "acct", "/v2/core/accounts/"),
+    "v2.core.event_destination.": ("v2.core.event_destination", "ed_test", "/v2/core/event_destinations/"),
+}
+
+
+def thin_event(
+    event_type: str,
+    *,
+    event_id: str | None = None,
+    related_id: str | None = None,
+    context: str | None = None,
+    created: float | None = None,
+) -> Object:
+    """A thin event notification of `event_type`, as an event destination delivers it.
+
+    Its related object is inferred from the type (v1.customer.* -> a customer);
+    the StripeClient's parse_event_notification accepts it.
+    """
+    when = time.time() if created is None else created
+    kind, prefix, path = next(
+        (spec for start, spec in THIN_RELATED.items() if event_type.startswith(start)),
+        (event_type.split(".")[1], "obj", f"/v1/{event_type.split('.')[1]}s/"),
+    )
+    object_id = related_id or _id(prefix)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z"
+    return {
+        "id": event_id or f"evt_test_{secrets.token_hex(24)}",
+        "object": "v2.core.event",
+        "context": context,
+        "created": stamp,
+        "livemode": False,
+        "reason": {"type": "request",
+                   "request": {"id": _id("req"), "idempotency_key": secrets.token_hex(16)}},
+        "related_object": {"id": object_id, "type": kind, "url": path + object_id},
         "type": event_type,
     }

@@ -162,3 +162,16 @@ def sync_swallows_timeouts(event: Event, ctx: Context) -> None:
         time.sleep(30)
     except Exception:
         return
+
+
+def fetched_key(prefix: str) -> str:
+    """Hash: thin event id -> the JSON of its related object, as fetched through ctx.stripe."""
+    return "{" + prefix + "}:test:fetched"
+
+
+async def fetch_related(event: Event, ctx: Context) -> None:
+    """A thin event handler: fetch the object the event refers to, and keep it."""
+    import orjson
+
+    obj = await ctx.stripe.fetch_related_object(event)
+    await ctx.redis.hset(fetched_key(ctx.settings.key_prefix), event.id, orjson.dumps(obj))

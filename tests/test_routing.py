@@ -19,7 +19,7 @@ pools:
 destinations:
   backend: {url_env: BACKEND_URL, secret_env: BACKEND_SECRET}
 routes:
-  customer.*: {customer: [profiles.upsert]}
+  customer.*: {customer: [noop]}
   customer.subscription.*: {admin: ["forward:backend"]}
   customer.subscription.deleted: {customer: [analytics.track], admin: ["forward:backend"]}
   "*": {admin: [noop]}
@@ -243,3 +243,61 @@ def test_a_type_stripe_does_not_know_is_a_warning_with_the_closest_name() -> Non
 def test_a_wildcard_that_matches_no_stripe_type_is_a_warning() -> None:
     table = parse_routing("pools: {a: {}}\nroutes:\n  custmer.*: {a: [noop]}\n", source="r.yaml")
     assert len(table.warnings) == 1 and "did you mean 'customer.*'" in table.warnings[0]
+
+
+# --- built-in handlers get only the event types they can handle ------------------------------------
+
+
+def test_a_wildcard_that_would_send_profiles_upsert_non_customer_objects_is_refused() -> None:
+    found = errors_of("""\
+        pools: {customer: {}}
+        routes:
+          customer.*: {customer: [profiles.upsert, analytics.track]}
+        """)
+    assert "r.yaml:3:" in found and "profiles.upsert takes only customer.created" in found
+    assert "customer.discount.created" in found and "customer.source.created" in found
+    assert "customer.created: {customer: [profiles.upsert]}" in found, "it says what to write instead"
+    assert "keep 'customer.*' for its other handlers" in found
+
+
+def test_a_wildcard_narrowed_by_more_specific_routes_may_keep_profiles_upsert() -> None:
+    table = parse_routing("""\
+pools: {customer: {}}
+routes:
+  customer.*: {customer: [profiles.upsert]}
+  customer.cash_balance.*: {customer: [noop]}
+  customer.discount.*: {customer: [noop]}
+  customer.source.*: {customer: [noop]}
+  customer.subscription.*: {customer: [noop]}
+  customer.tax_id.*: {customer: [noop]}
+""")
+    assert table.match("customer.updated").targets == (("customer", ("profiles.upsert",)),)
+
+
+def test_a_built_in_routed_to_a_type_it_cannot_handle_is_refused() -> None:
+    found = errors_of("""\
+        pools: {customer: {}}
+        routes:
+          customer.subscription.created: {customer: [profiles.upsert]}
+          charge.refunded: {customer: [orders.mark_paid]}
+          v1.customer.created: {customer: [profiles.upsert]}
+          "*": {customer: [email.order_confirmation]}
+        """)
+    assert "r.yaml:3:" in found and "cannot handle 'customer.subscription.created'" in found
+    assert "r.yaml:4:" in found and "orders.mark_paid takes only" in found
+    assert "r.yaml:5:" in found and "thin event carries a reference" in found
+    assert "r.yaml:6:" in found and "email.order_confirmation takes only" in found
+
+
+def test_handlers_that_take_any_type_may_sit_on_any_route() -> None:
+    table = parse_routing("""\
+pools: {customer: {}}
+routes:
+  "*": {customer: [analytics.track, noop, "mypkg.handlers:any"]}
+  v2.core.account.*: {customer: [analytics.track]}
+""")
+    assert table.match("v2.core.account[requirements].updated").pools == ("customer",)
+
+
+def test_the_shipped_routing_file_passes_the_handler_type_check() -> None:
+    assert load_routing(REPO / "routing.yaml").warnings == ()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
 
 from bus.envelope import Event
 from bus.settings import Settings
+
+if TYPE_CHECKING:
+    from workers.stripe_api import StripeFetcher
 
 T = TypeVar("T")
 
@@ -62,3 +65,15 @@ class Context:
     redis: aioredis.Redis
     settings: Settings
     resources: Resources
+
+    @property
+    def stripe(self) -> StripeFetcher:
+        """The Stripe API, for what a thin event only refers to (see workers/stripe_api.py).
+
+        `await ctx.stripe.fetch_related_object(event)` is the object as it is now;
+        `await ctx.stripe.fetch_event(event)` the full event. STRIPE_API_KEY gives the
+        key; requests are rate-bounded per process and 429s retried.
+        """
+        from workers.stripe_api import StripeFetcher
+
+        return StripeFetcher(self.settings, self.resources)

@@ -13,7 +13,7 @@ from typing import Any
 
 from bus.errors import ConfigError
 from bus.handler_names import IMPORT_PATH, classify_handler
-from bus.routing import Destination
+from bus.routing import Destination, RoutingTable
 from workers.context import Handler
 
 
@@ -62,3 +62,30 @@ def resolve_handler(name: str, destinations: Mapping[str, Destination]) -> Handl
         where = f" (built-in {name!r} -> {found.target!r})" if found.target != name else ""
         raise ConfigError(f"handler {name!r}{where}: {err}") from err
     return resolved
+
+
+def unresolved(table: RoutingTable, pool: str | None = None) -> list[str]:
+    """Why each handler name of `table` (of `pool` only, if given) cannot be resolved, one
+    message per (route, pool, name), as "file:line: route ..., pool ...: <import error>".
+
+    `fanout routes check` reports these (the ingress never imports handler code), and a
+    worker's hot reload refuses a table that has any for its pool, keeping the last good one.
+    """
+    problems: list[str] = []
+    failed: dict[str, ConfigError | None] = {}
+    for route in table.routes:
+        for target, names in route.targets:
+            if pool is not None and target != pool:
+                continue
+            for name in names:
+                if name not in failed:
+                    try:
+                        resolve_handler(name, table.destinations)
+                        failed[name] = None
+                    except ConfigError as import_error:
+                        failed[name] = import_error
+                problem = failed[name]
+                if problem is not None:
+                    problems.append(f"{table.source}:{route.line}: route {route.pattern!r}, "
+                                    f"pool {target!r}: {problem}")
+    return problems

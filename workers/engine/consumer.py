@@ -34,13 +34,14 @@ from bus import defaults
 from bus.errors import ConfigError
 from bus.keys import Keys
 from bus.reload import RoutingHolder
-from bus.routing import PoolConfig, RoutingTable
+from bus.routing import PoolConfig
 from bus.settings import Settings
 from workers.context import Resources
 from workers.engine import reclaim, retention
 from workers.engine.async_executor import AsyncExecutor
 from workers.engine.entries import run_entry
 from workers.engine.executor import Entry, Executor
+from workers.engine.follow import follow_routing, vet_reloads
 from workers.engine.observer import NoObserver, Observer
 from workers.engine.outcomes import Outcomes
 from workers.engine.periodic import every
@@ -108,6 +109,8 @@ class Consumer:
         self._config = holder.table.pools[name]
         self.handlers = HandlerSet()
         self.handlers.load(pool_handler_names(holder.table, name), holder.table, strict=strict)
+        if strict:
+            vet_reloads(holder, name)
         self._threads: ThreadPoolExecutor | None = None
         self.log = log.bind(pool=name, consumer=self.consumer)
         # Entries being run by this process, by (stream, entry id).
@@ -141,21 +144,6 @@ class Consumer:
         """Running here, or finished with its ack on its way: not to be run again meanwhile."""
         return (stream, entry_id) in self.inflight or self.outcomes.unacked(stream, entry_id)
 
-    async def _on_routing_change(self, table: RoutingTable) -> None:
-        new = table.pools.get(self.name)
-        if new is not None and new.executor != self.executor_kind:
-            self.log.warning("pool.executor_changed", executor=self.executor_kind, new_executor=new.executor,
-                             action="restart this pool's workers to switch")
-        for err in await self.handlers.load_async(pool_handler_names(table, self.name), table):
-            self.log.error("handler.unresolved", error=str(err))
-
-    async def _watch_routing_file(self) -> None:
-        """Follow routing.yaml: pool options apply at once, new handler names are resolved."""
-        while True:
-            await asyncio.sleep(defaults.RELOAD_POLL_S)
-            if await self.holder.check_async():
-                await self._on_routing_change(self.holder.table)
-
     # --- running ---------------------------------------------------------------------------------
 
     @property
@@ -180,7 +168,9 @@ class Consumer:
             asyncio.create_task(every(lambda: self.trim_interval_s, self._trim, stopping, self.log), name="trim"),
         ]
         if self._watch_routing:
-            background.append(asyncio.create_task(self._watch_routing_file(), name="routing-watch"))
+            background.append(asyncio.create_task(
+                follow_routing(self.holder, self.name, self.executor_kind, self.handlers, self.log),
+                name="routing-watch"))
         try:
             await self._read_loop()
         finally:

@@ -18,10 +18,23 @@ KINDS: dict[str, str] = {
     "customer.created": "customer_signed_up",
     "customer.updated": "customer_updated",
     "customer.deleted": "customer_deleted",
+    "v1.customer.created": "customer_signed_up",
+    "v1.customer.updated": "customer_updated",
+    "v1.customer.deleted": "customer_deleted",
 }
 
 
 def customer_event(event: Event) -> CustomerEvent:
+    related = event.related_object
+    if event.is_thin:
+        # A thin event has only a reference: record what it names, fetch nothing.
+        return CustomerEvent(
+            event_id=event.id, kind=KINDS.get(event.type, event.type), event_type=event.type,
+            event_created=event.created,
+            customer_id=related.id if related and related.type == "customer" else None,
+            object_id=related.id if related else None, amount=None, currency=None,
+            properties={"livemode": event.livemode, "account": event.account, "thin": True},
+        )
     obj = event.data_object
     return CustomerEvent(
         event_id=event.id,

@@ -19,7 +19,7 @@ from email.message import EmailMessage
 from bus.envelope import Event
 from bus.errors import PermanentFailure, RetryLater
 from workers.context import Context
-from workers.customer.handlers.orders import order_from_session
+from workers.customer.handlers.orders import NO_PAYMENT_STATUSES, order_from_session
 from workers.customer.handlers.stripe_fields import ref
 from workers.customer.mail import outbox
 from workers.customer.mail.render import order_confirmation as render_confirmation
@@ -48,6 +48,11 @@ async def order_confirmation(event: Event, ctx: Context) -> None:
         order = await store.find_order(checkout_session_id=session_id)
     if order is None:
         raise RetryLater(f"order {session_id} not stored yet", defer_s=MISSING_ORDER_RETRY_S)
+    if order.status in NO_PAYMENT_STATUSES:
+        # A setup-mode session, or one that needed no payment: no order to confirm.
+        ctx.log.info("session moved no money; no order confirmation", order_id=session_id,
+                     status=order.status)
+        return
     if not order.customer_email:
         ctx.log.info("order has no customer email; no confirmation", order_id=session_id)
         return

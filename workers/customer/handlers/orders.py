@@ -1,45 +1,44 @@
 """Orders from Checkout: create on completion, then mark paid or failed as payments settle.
 
-Stripe does not order its events. A payment event that arrives before its
+Stripe does not order its events. A Checkout event that arrives before its
 order exists asks to be retried (RetryLater with a short delay) rather than
 dropped; the store keeps a paid order paid and ignores events older than the
 last one applied.
 
-Not every payment_intent.succeeded is a Checkout payment. Subscriptions,
-invoices and PaymentIntents created directly never get an order, so waiting
-for one would retry until max_attempts and dead-letter every such payment.
-When no order is found for a payment intent, mark_paid skips it (info log,
-no retry) if it cannot belong to a Checkout order:
+Order status comes from the session: "paid" when Checkout says so, "pending"
+while a delayed payment method ("unpaid") settles, "setup" for a setup-mode
+session (it saves a payment method; no money moves) and "no_payment_required"
+for a session that needed no payment (a 100% discount, a trial). The last two
+have no amounts to show and get no order confirmation email.
 
-- its `invoice` is set (subscription and invoice payments), or
-- it carries no Checkout linkage (`metadata.checkout_session`) and was created
-  more than CHECKOUT_ORDER_WINDOW_S (1 hour) ago: a Checkout order would have
-  been stored by then.
+payment_intent.succeeded with no order is skipped, at once and whatever the
+intent's age: it is never retried. Most such intents can never have an order
+(created directly, Connect destination charges, subscription and invoice
+payments; on API versions from 2025-03-31 a PaymentIntent no longer even says
+it belongs to an invoice), and nothing on a PaymentIntent says it came from
+Checkout (current API versions put no session id on it; only metadata the
+merchant sets via payment_intent_data would). Skipping is safe for the ones
+that do belong to a Checkout order, because an order's paid status never
+depends on payment_intent.succeeded alone:
 
-A payment intent linked to a Checkout session, or one younger than the
-window, still asks to be retried, since its order may be in flight.
+- Checkout completes a session only once its payment has succeeded or, for a
+  delayed method, been submitted. checkout.session.completed carries
+  `payment_status` itself, so the order it stores is already "paid";
+- a delayed method completes "unpaid" (order "pending"), and its outcome is
+  reported by checkout.session.async_payment_succeeded (or _failed), which
+  names the session and retries until its order exists.
 
-The window is measured against the wall clock when the event is handled, not
-when it happened. After an outage, a backlog or a `dlq replay` of more than an
-hour, a real Checkout payment intent whose payment_intent.succeeded overtook
-its checkout.session.completed (Checkout sets no PaymentIntent metadata unless
-asked to) is therefore skipped rather than retried. That is safe only because
-mark_paid on a payment intent is never the sole way an order becomes paid:
-
-- checkout.session.completed carries `payment_status` itself, so the order it
-  stores is already paid ("paid" or "no_payment_required");
-- a delayed payment method completes "unpaid", and its money is reported by
-  checkout.session.async_payment_succeeded, which names the session and is
-  never skipped (it retries until its order exists).
-
-A skipped payment intent loses only its event marker, never the payment.
-Anything that makes an order's paid status depend on payment_intent.succeeded
-alone must revisit this rule.
+So when payment_intent.succeeded finds the order (it was stored first) it marks
+it paid; when it does not, the order is still to come and will arrive paid, or
+will be settled by the session's own event. A skipped payment intent loses only
+its event marker, never the payment. Route
+checkout.session.async_payment_succeeded to orders.mark_paid (routing.yaml
+does) if you accept delayed payment methods; anything that makes an order's
+paid status depend on payment_intent.succeeded alone must revisit this rule.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from bus.envelope import Event
@@ -51,15 +50,18 @@ from workers.customer.store.select import store_for
 
 # Long enough for the checkout.session.completed worker to commit, short enough to feel instant.
 MISSING_ORDER_RETRY_S = 5.0
-# How long after a payment intent's creation its Checkout order may still be in flight.
-CHECKOUT_ORDER_WINDOW_S = 3600
-# Checkout's payment_status values that mean the money is in.
-PAID_STATUSES = frozenset({"paid", "no_payment_required"})
+# Statuses of sessions that moved no money: no amounts to confirm, no confirmation email.
+NO_PAYMENT_STATUSES: frozenset[OrderStatus] = frozenset({"setup", "no_payment_required"})
 
 
-def order_status(payment_status: str) -> OrderStatus:
-    """An order is paid when Checkout says so; "unpaid" (async methods) stays pending."""
-    return "paid" if payment_status in PAID_STATUSES else "pending"
+def order_status(session: dict[str, Any]) -> OrderStatus:
+    """The order status a Checkout Session's mode and payment_status mean."""
+    payment_status = session.get("payment_status")
+    if session.get("mode") == "setup":
+        return "setup"
+    if payment_status == "no_payment_required":
+        return "no_payment_required"
+    return "paid" if payment_status == "paid" else "pending"
 
 
 def order_from_session(event: Event) -> Order:
@@ -80,8 +82,11 @@ def order_from_session(event: Event) -> Order:
         amount_shipping=totals.get("amount_shipping"),
         currency=session.get("currency"),
         payment_status=payment_status,
-        status=order_status(payment_status),
-        shipping=session.get("shipping_details") or collected.get("shipping_details"),
+        status=order_status(session),
+        # Where each API version puts it: collected_information.shipping_details from
+        # 2025-03-31, shipping_details from 2022-08-01, shipping before that.
+        shipping=(collected.get("shipping_details") or session.get("shipping_details")
+                  or session.get("shipping")),
         metadata=dict(session.get("metadata") or {}),
         livemode=bool(session.get("livemode", event.livemode)),
         last_event_id=event.id,
@@ -98,22 +103,6 @@ def _keys(event: Event) -> tuple[str | None, str | None]:
     return ref(metadata.get("checkout_session")), ref(obj.get("id"))
 
 
-def _not_from_checkout(obj: dict[str, Any], event: Event, now: float) -> str | None:
-    """Why a payment intent with no order cannot belong to a Checkout order; None if it may."""
-    if obj.get("object") != "payment_intent":
-        return None
-    if obj.get("invoice"):
-        return "invoice payment"
-    metadata: dict[str, Any] = obj.get("metadata") or {}
-    if metadata.get("checkout_session"):
-        return None
-    created = obj.get("created")
-    created_s = created if isinstance(created, int) else event.created
-    if now - created_s > CHECKOUT_ORDER_WINDOW_S:
-        return "no checkout linkage and no order within the checkout window"
-    return None
-
-
 async def create_from_checkout(event: Event, ctx: Context) -> None:
     """checkout.session.completed: upsert the order."""
     order = order_from_session(event)
@@ -124,15 +113,18 @@ async def create_from_checkout(event: Event, ctx: Context) -> None:
 
 
 async def mark_paid(event: Event, ctx: Context) -> None:
-    """payment_intent.succeeded, checkout.session.async_payment_succeeded: mark the order paid."""
+    """payment_intent.succeeded, checkout.session.async_payment_succeeded: mark the order paid.
+
+    A session with no order yet is retried (its completion event is on its way);
+    a payment intent with no order is skipped (see the module docstring).
+    """
     store = await store_for(ctx)
     session_id, intent_id = _keys(event)
     order = await store.find_order(checkout_session_id=session_id, payment_intent_id=intent_id)
     if order is None:
-        reason = _not_from_checkout(event.data_object, event, time.time())
-        if reason is not None:
-            ctx.log.info("payment intent is not a checkout order; skipped",
-                         payment_intent=intent_id, reason=reason)
+        if event.data_object.get("object") != "checkout.session":
+            # See the module docstring: never retried, whatever the intent's age.
+            ctx.log.info("no order for payment intent; skipped", payment_intent=intent_id)
             return
         raise RetryLater(
             f"no order yet for session {session_id} / payment intent {intent_id}",

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from bus.envelope import Event
+from bus.errors import PermanentFailure
 from workers.context import Context
 from workers.customer.store.rows import Customer
 from workers.customer.store.select import store_for
 
 
 def customer_from_event(event: Event) -> Customer:
+    """The profile a customer.* event carries; PermanentFailure for any other object.
+
+    routes check refuses routes that send profiles.upsert anything but
+    customer.created/updated/deleted, so this guards a table written by hand
+    against, say, customer.subscription.* (a subscription) or customer.discount.*
+    (a discount, which has no id): retrying cannot turn them into customers.
+    """
     obj = event.data_object
+    kind = obj.get("object")
+    if kind != "customer" or not isinstance(obj.get("id"), str):
+        raise PermanentFailure(
+            f"profiles.upsert takes customer objects only (customer.created, customer.updated, "
+            f"customer.deleted); {event.type} ({event.id}) carries {kind or 'no object type'!r}"
+        )
     return Customer(
         id=obj["id"],
         email=obj.get("email"),

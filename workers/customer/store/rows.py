@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-OrderStatus = Literal["pending", "paid", "failed"]
+# setup: a setup-mode session; no_payment_required: a session that needed no payment.
+OrderStatus = Literal["pending", "paid", "failed", "setup", "no_payment_required"]
 OutboxStatus = Literal["pending", "sending", "sent", "failed"]
 
 ORDER_COLUMNS = (

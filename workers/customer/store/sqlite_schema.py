@@ -1,7 +1,9 @@
 """The embedded store's tables (workers/customer/store/sqlite_store.py): supabase/migrations in SQLite terms."""
 
-SCHEMA = """
-create table if not exists orders (
+ORDER_STATUSES = ("pending", "paid", "failed", "setup", "no_payment_required")
+
+ORDERS_TABLE = """
+create table if not exists {name} (
     checkout_session_id text primary key,
     payment_intent_id   text,
     customer_id         text,
@@ -12,16 +14,19 @@ create table if not exists orders (
     amount_shipping     integer,
     currency            text,
     payment_status      text    not null,
-    status              text    not null check (status in ('pending', 'paid', 'failed')),
+    status              text    not null check (status in ({statuses})),
     failure_reason      text,
     shipping            text,
-    metadata            text    not null default '{}',
+    metadata            text    not null default '{{}}',
     livemode            integer not null default 0,
     last_event_id       text    not null,
     last_event_created  integer not null,
     created_at          text    not null,
     updated_at          text    not null
 );
+"""
+
+SCHEMA = ORDERS_TABLE.format(name="orders", statuses=", ".join(f"'{s}'" for s in ORDER_STATUSES)) + """
 create unique index if not exists orders_payment_intent_id_key
     on orders (payment_intent_id) where payment_intent_id is not null;
 create table if not exists customers (

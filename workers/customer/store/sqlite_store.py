@@ -36,7 +36,7 @@ from workers.customer.store.rows import (
     order_from_row,
     outbox_from_row,
 )
-from workers.customer.store.sqlite_schema import SCHEMA
+from workers.customer.store.sqlite_schema import ORDER_STATUSES, ORDERS_TABLE, SCHEMA
 
 DEFAULT_PATH = "var/fanout.sqlite3"
 # What `fanout run` and the README suggest to look at the orders with the sqlite3 shell.
@@ -73,6 +73,27 @@ def _decode(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
+async def _migrate_order_statuses(conn: aiosqlite.Connection) -> None:
+    """Widen the status check of an orders table made before 'setup' and 'no_payment_required'.
+
+    SQLite cannot alter a constraint, so the table is rebuilt in one transaction
+    (the same change as supabase/migrations/20261201000000_order_status_setup.sql).
+    """
+    async with conn.execute("select sql from sqlite_master where type = 'table' and name = 'orders'") as cur:
+        found = await cur.fetchone()
+    if found is None or "'setup'" in found[0]:
+        return
+    statuses = ", ".join(f"'{s}'" for s in ORDER_STATUSES)
+    await conn.executescript(
+        "begin immediate;"
+        + ORDERS_TABLE.format(name="orders_widened", statuses=statuses)
+        + "; insert into orders_widened select * from orders; drop table orders;"
+        " alter table orders_widened rename to orders;"
+        " create unique index if not exists orders_payment_intent_id_key"
+        " on orders (payment_intent_id) where payment_intent_id is not null; commit;"
+    )
+
+
 class SqliteStore:
     """Store on one aiosqlite connection (a thread of its own) to a local file."""
 
@@ -93,6 +114,7 @@ class SqliteStore:
         await conn.execute("pragma journal_mode=wal")
         await conn.execute(f"pragma busy_timeout={BUSY_TIMEOUT_MS}")
         await conn.executescript(SCHEMA)
+        await _migrate_order_statuses(conn)
         return cls(conn, file)
 
     async def aclose(self) -> None:
@@ -120,9 +142,9 @@ class SqliteStore:
             f"on conflict (checkout_session_id) do update set {updates}, updated_at = :now "
             "where excluded.last_event_created >= orders.last_event_created "
             "and not (orders.status = 'paid' and excluded.status <> 'paid') "
-            # Same-second tie: a terminal status (paid/failed) is not downgraded to pending.
+            # Same-second tie: a terminal status is not downgraded to pending.
             "and not (excluded.last_event_created = orders.last_event_created "
-            "and excluded.status = 'pending' and orders.status in ('paid', 'failed')) "
+            "and excluded.status = 'pending' and orders.status <> 'pending') "
             "returning checkout_session_id"
         )
         return bool(await self._rows(sql, row))
