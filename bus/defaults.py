@@ -70,3 +70,18 @@ RESPAWN_DELAY_S = 1.0
 FORWARD_TIMEOUT_S = 10.0
 # In --burst mode the reader waits less per XREADGROUP, so it notices "drained" sooner.
 BURST_BLOCK_MS = 100
+# forward: reads at most this much of a destination's answer (the rest is never read: the
+# connection is dropped), and quotes at most FORWARD_ERROR_QUOTE_CHARS of it in an error.
+FORWARD_BODY_READ_BYTES = 2048
+FORWARD_ERROR_QUOTE_CHARS = 300
+# A forward waits at most this long for its destination's concurrency slot or rate token; then
+# the entry is paused (runs again later, without spending an attempt) and frees its pool slot.
+FORWARD_ADMIT_WAIT_S = 0.5
+# How long such a paused entry waits before it runs again (at least: the reclaimer's pace).
+FORWARD_BUSY_DEFER_S = 1.0
+# A destination's circuit breaker opens after this many failed forwards (5xx, 408, 429, timeouts,
+# connection errors) within FORWARD_BREAKER_WINDOW_S, when they are at least half of its answers;
+# it stays open FORWARD_BREAKER_OPEN_S, then lets one probe through (half-open).
+FORWARD_BREAKER_FAILURES = 5
+FORWARD_BREAKER_WINDOW_S = 30.0
+FORWARD_BREAKER_OPEN_S = 30.0

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bus import defaults
+
 MatchKind = Literal["exact", "wildcard", "catch-all"]
 
 
@@ -30,6 +32,14 @@ class Destination:
     url_env: str
     secret_env: str
     timeout_s: float = 10.0
+    # Forwards in flight at once per worker process; None: half the pool's concurrency (at least 1).
+    concurrency: int | None = None
+    # Forwards per second across the deployment; None: unlimited.
+    rate_per_s: float | None = None
+    # The circuit breaker (workers/forward/breaker.py); defaults in bus/defaults.py.
+    breaker_failures: int = defaults.FORWARD_BREAKER_FAILURES
+    breaker_window_s: float = defaults.FORWARD_BREAKER_WINDOW_S
+    breaker_open_s: float = defaults.FORWARD_BREAKER_OPEN_S
 
 
 @dataclass(frozen=True)

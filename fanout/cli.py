@@ -299,7 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     long_running = args.command in LONG_RUNNING_COMMANDS
-    configure_logging(os.environ.get("LOG_LEVEL", defaults.LOG_LEVEL), cache=long_running)
+    try:  # the secrets to strip from every log line; a bad setting is reported by the command itself
+        log_settings: Settings | None = Settings.from_env()
+    except ConfigError:
+        log_settings = None
+    configure_logging(os.environ.get("LOG_LEVEL", defaults.LOG_LEVEL), cache=long_running,
+                      settings=log_settings)
     code: int = args.func(args)
     return code
 

@@ -89,20 +89,20 @@ def _event(event_id: str = "evt_fwd") -> Event:
     return Event.from_entry(fields)
 
 
-def _ctx(aredis: aioredis.Redis, resources: Resources, **env: str) -> Context:
-    settings = make_settings("unused", **env)
+def _ctx(aredis: aioredis.Redis, prefix: str, resources: Resources, **env: str) -> Context:
+    settings = make_settings(prefix, **env)  # the prefix owns the destination's breaker and rate keys
     return Context(pool="admin", handler="forward:backend", attempt=1, log=structlog.get_logger(),
                    redis=aredis, settings=settings, resources=resources)
 
 
 @pytest.mark.anyio
 async def test_forward_posts_the_original_body_signed_so_the_stripe_sdk_verifies_it(
-    aredis: aioredis.Redis, receiver: Receiver
+    aredis: aioredis.Redis, prefix: str, receiver: Receiver
 ) -> None:
     resources = Resources()
     event = _event()
     with capture_logs() as logs:
-        await forward(DEST, event, _ctx(aredis, resources, BACKEND_URL=receiver.base + "/200",
+        await forward(DEST, event, _ctx(aredis, prefix, resources, BACKEND_URL=receiver.base + "/200",
                                         BACKEND_SECRET=DEST_SECRET))
     await resources.aclose()
     [(path, body, verified)] = receiver.received
@@ -113,9 +113,9 @@ async def test_forward_posts_the_original_body_signed_so_the_stripe_sdk_verifies
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
-async def test_forward_treats_4xx_as_permanent(aredis: aioredis.Redis, receiver: Receiver, status: int) -> None:
+async def test_forward_treats_4xx_as_permanent(aredis: aioredis.Redis, prefix: str, receiver: Receiver, status: int) -> None:
     resources = Resources()
-    ctx = _ctx(aredis, resources, BACKEND_URL=f"{receiver.base}/{status}", BACKEND_SECRET=DEST_SECRET)
+    ctx = _ctx(aredis, prefix, resources, BACKEND_URL=f"{receiver.base}/{status}", BACKEND_SECRET=DEST_SECRET)
     with pytest.raises(PermanentFailure, match=str(status)):
         await forward(DEST, _event(), ctx)
     await resources.aclose()
@@ -123,9 +123,9 @@ async def test_forward_treats_4xx_as_permanent(aredis: aioredis.Redis, receiver:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503])
-async def test_forward_retries_5xx_408_and_429(aredis: aioredis.Redis, receiver: Receiver, status: int) -> None:
+async def test_forward_retries_5xx_408_and_429(aredis: aioredis.Redis, prefix: str, receiver: Receiver, status: int) -> None:
     resources = Resources()
-    ctx = _ctx(aredis, resources, BACKEND_URL=f"{receiver.base}/{status}", BACKEND_SECRET=DEST_SECRET)
+    ctx = _ctx(aredis, prefix, resources, BACKEND_URL=f"{receiver.base}/{status}", BACKEND_SECRET=DEST_SECRET)
     with pytest.raises(RetryLater, match=str(status)):
         await forward(DEST, _event(), ctx)
     await resources.aclose()
@@ -133,16 +133,16 @@ async def test_forward_retries_5xx_408_and_429(aredis: aioredis.Redis, receiver:
 
 @pytest.mark.anyio
 async def test_forward_retries_connection_errors_and_timeouts(
-    aredis: aioredis.Redis, receiver: Receiver
+    aredis: aioredis.Redis, prefix: str, receiver: Receiver
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
     resources = Resources()
-    ctx = _ctx(aredis, resources, BACKEND_URL=f"http://127.0.0.1:{closed_port}/", BACKEND_SECRET=DEST_SECRET)
+    ctx = _ctx(aredis, prefix, resources, BACKEND_URL=f"http://127.0.0.1:{closed_port}/", BACKEND_SECRET=DEST_SECRET)
     with pytest.raises(RetryLater, match="ConnectError"):
         await forward(DEST, _event(), ctx)
-    ctx = _ctx(aredis, resources, BACKEND_URL=f"{receiver.base}/200/sleep", BACKEND_SECRET=DEST_SECRET)
+    ctx = _ctx(aredis, prefix, resources, BACKEND_URL=f"{receiver.base}/200/sleep", BACKEND_SECRET=DEST_SECRET)
     with pytest.raises(RetryLater, match="timed out"):
         await forward(DEST, _event(), ctx)
     await resources.aclose()
@@ -151,12 +151,12 @@ async def test_forward_retries_connection_errors_and_timeouts(
 @pytest.mark.anyio
 @pytest.mark.parametrize("missing", ["BACKEND_URL", "BACKEND_SECRET"])
 async def test_forward_without_its_environment_variable_fails_permanently_naming_it(
-    aredis: aioredis.Redis, receiver: Receiver, missing: str
+    aredis: aioredis.Redis, prefix: str, receiver: Receiver, missing: str
 ) -> None:
     env = {"BACKEND_URL": receiver.base + "/200", "BACKEND_SECRET": DEST_SECRET}
     del env[missing]
     with pytest.raises(PermanentFailure, match=missing):
-        await forward(DEST, _event(), _ctx(aredis, Resources(), **env))
+        await forward(DEST, _event(), _ctx(aredis, prefix, Resources(), **env))
     assert receiver.received == []
 
 
@@ -244,11 +244,11 @@ routes:
     "http://127.0.0.1:abc/hook?token=SECRETTOKEN",
     "ftp://127.0.0.1/hook?token=SECRETTOKEN",
 ])
-async def test_forward_failures_never_carry_the_url_or_the_secret(aredis: aioredis.Redis, url: str) -> None:
+async def test_forward_failures_never_carry_the_url_or_the_secret(aredis: aioredis.Redis, prefix: str, url: str) -> None:
     import traceback
 
     with pytest.raises(Exception) as info:  # whichever failure: its text is what matters
-        await forward(DEST, _event(), _ctx(aredis, Resources(), BACKEND_URL=url, BACKEND_SECRET=DEST_SECRET))
+        await forward(DEST, _event(), _ctx(aredis, prefix, Resources(), BACKEND_URL=url, BACKEND_SECRET=DEST_SECRET))
     # What the dead-letter stream keeps, and `fanout dlq list` shows: the error line and the traceback.
     shown = f"{type(info.value).__name__}: {info.value}\n" + "".join(traceback.format_exception(info.value))
     assert "SECRETTOKEN" not in shown

@@ -362,7 +362,8 @@ class Pool:
         def make_ctx(handler: str) -> Context:
             bound = self._log.bind(event_id=event.id, event_type=event.type, handler=handler, attempt=attempt)
             return Context(pool=self.name, handler=handler, attempt=attempt, log=bound,
-                           redis=self.redis, settings=self.settings, resources=self.resources)
+                           redis=self.redis, settings=self.settings, resources=self.resources,
+                           slots=self.concurrency)
 
         calls = [
             call_handler(self._handlers.get(h, table), h, event, make_ctx, config.timeout_s, self.thread_pool)

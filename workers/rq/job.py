@@ -186,7 +186,7 @@ def _runtime(settings: Settings) -> _Runtime:
     if found is None:
         # The first job (or warm_up) is the RQ worker process's entry into our code.
         if not structlog.is_configured():
-            configure_logging(settings.log_level)
+            configure_logging(settings.log_level, settings=settings)
         rq_log = logging.getLogger("rq.worker")
         if not any(isinstance(f, _HideJobArguments) for f in rq_log.filters):
             rq_log.addFilter(_HideJobArguments())
