@@ -100,7 +100,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     pools = list(table.pools)
     rq_queues = {p: queue_name(settings.key_prefix, p) for p, c in table.pools.items() if c.executor == "rq"}
     keys = Keys(settings.key_prefix)
-    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues))
+    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues,
+                                                            destinations=list(table.destinations)))
     print(orjson.dumps(status).decode() if args.json else render_text(status))
     return 0
 
@@ -123,6 +124,9 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     for d in dead:
         print(f"{d.id}  {d.event_id}  {d.event_type}  attempts={d.attempts}  "
               f"handlers={','.join(d.handlers) or '-'}  {d.reason}: {d.error}")
+        if len(d.failures) > 1:  # each failed handler, how it failed and its error (one: the line above)
+            for f in d.failures:
+                print(f"  - {f.handler or '-'}: {f.reason or '-'}: {f.error}")
         for line in d.traceback.rstrip("\n").splitlines()[-DLQ_TRACEBACK_LINES:]:
             print(f"    {line}")
     return 0

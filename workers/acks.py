@@ -30,6 +30,7 @@ class AckBatch:
         self.group = keys.group(pool)
         self.stats_key = keys.pool_stats(pool)
         self.retry_at_key = keys.retry_at(pool)
+        self.uncounted_key = keys.uncounted(pool)  # [Paused] cleared with the retry time
         self.unacked: set[str] = set()
         self._acks: list[str] = []
         self._counts: Counter[str] = Counter()
@@ -94,6 +95,7 @@ class AckBatch:
                 pipe.delete(*ledgers)
             if retry_ats:
                 pipe.hdel(self.retry_at_key, *retry_ats)
+                pipe.hdel(self.uncounted_key, *retry_ats)
             try:
                 await pipe.execute()
             except RedisError:

@@ -33,6 +33,7 @@ from bus import defaults
 from bus.envelope import Event
 from bus.errors import ConfigError
 from bus.keys import Keys
+from bus.redaction import redact_secrets
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig, RoutingTable
 from bus.settings import Settings
@@ -44,6 +45,7 @@ from workers.deadletter import (
     REASON_MAX_ATTEMPTS,
     Failure,
     dead_letter,
+    entry_reason,
 )
 from workers.execute import HandlerSet, call_handler, pool_handler_names
 from workers.rq.bridge import RqBridge
@@ -345,9 +347,16 @@ class Pool:
             return
         ledger_key = self.keys.ledger(self.name, event.id)
         done: set[str] = set()
-        if attempt > 1:
-            members: Any = await self.redis.smembers(ledger_key)
+        # `attempt` arrives as the delivery number (XPENDING's count + 1).
+        redelivered = attempt > 1
+        if redelivered:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.smembers(ledger_key)
+            pipe.hget(self.keys.uncounted(self.name), entry_id)
+            members, paused_runs = await pipe.execute()
             done = {text(h) for h in members}
+            # [Paused] Runs that ended Paused were not attempts: the attempt number leaves them out.
+            attempt -= int(paused_runs or 0)
         todo = [h for h in event.handlers if h not in done]
         if attempt > config.max_attempts:
             # The consumer running the last allowed attempt stopped before it finished.
@@ -373,19 +382,23 @@ class Pool:
         results = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
         failures = [f for f in results if f is not None]
         if not failures:
-            self.acks.complete(entry_id, "processed", ledger_key if attempt > 1 else None)
+            self.acks.complete(entry_id, "processed", ledger_key if redelivered else None)
             return
-        self.acks.count("failed", len(failures))
+        # [Paused] A run whose every failure is Paused did not try: it is not an attempt.
+        paused = all(not f.counts_as_attempt for f in failures)
+        self.acks.count("paused" if paused else "failed", len(failures))
         permanent = [f for f in failures if f.permanent]
-        if permanent or attempt >= config.max_attempts:
+        if permanent or (attempt >= config.max_attempts and not paused):
             reason = permanent[0].reason if permanent else REASON_MAX_ATTEMPTS
-            await self.dead(entry_id, fields, reason, failures, attempt, ledger_key if attempt > 1 else None)
+            await self.dead(entry_id, fields, reason, failures, attempt, ledger_key if redelivered else None)
             return
         failed = {f.handler for f in failures}
         succeeded = [h for h in todo if h not in failed]
         defer_s = max((f.defer_s for f in failures if f.defer_s is not None), default=None)
-        if succeeded or defer_s is not None:
+        if succeeded or defer_s is not None or paused:
             pipe = self.redis.pipeline(transaction=False)
+            if paused:  # [Paused] subtracted from the delivery count by the next run and the reclaimer
+                pipe.hincrby(self.keys.uncounted(self.name), entry_id, 1)
             if succeeded:
                 pipe.sadd(ledger_key, *succeeded)
                 pipe.expire(ledger_key, max(config.retention_s, defaults.LEDGER_TTL_S))
@@ -399,12 +412,18 @@ class Pool:
     ) -> None:
         """Dead-letter an entry, then (and only then) queue its ack."""
         await dead_letter(self.redis, self.keys, self.name, entry_id, fields, reason=reason,
-                          failures=failures, attempts=attempts, now_ms=self.now_ms())
-        self._log.error("entry.dead_lettered", entry_id=entry_id, reason=reason, attempt=attempts,
+                          failures=failures, attempts=attempts, now_ms=self.now_ms(), redact=self.redact)
+        said, deciding = entry_reason(reason, failures)
+        self._log.error("entry.dead_lettered", entry_id=entry_id, reason=said, attempt=attempts,
                         event_id=text(fields.get(b"id")), event_type=text(fields.get(b"type")),
                         handler=",".join(f.handler for f in failures),
-                        error=failures[0].error if failures else reason)
+                        error=self.redact(deciding.error) if deciding else reason)
         self.acks.complete(entry_id, "dead", ledger_key)
+
+    def redact(self, value: str) -> str:
+        """bus.redaction for this process: its settings' secrets and its destinations' secret_env."""
+        names = tuple(d.secret_env for d in self.holder.table.destinations.values())
+        return redact_secrets(value, self.settings, names)
 
     def thread_pool(self) -> ThreadPoolExecutor:
         """Threads for sync handlers (async executor) and for RQ's blocking enqueue (rq executor)."""

@@ -35,19 +35,26 @@ async def due_entries(pool: Pool, limit: int) -> list[Due]:
     min_idle_ms = max(1, int(config.backoff_base_s * 1000 / 2))
     due: list[Due] = []
     start = "-"
+    # [Paused] Runs that ended Paused are not attempts: the backoff leaves them out too.
+    uncounted_key = pool.keys.uncounted(pool.name)
+    any_uncounted = bool(await pool.redis.exists(uncounted_key))
     while len(due) < limit:
         rows: Any = await pool.redis.xpending_range(
             pool.stream, pool.group, min=start, max="+", count=defaults.RECLAIM_PAGE_SIZE, idle=min_idle_ms
         )
-        for row in rows:
+        paused_runs: list[Any] = [None] * len(rows)
+        if any_uncounted and rows:
+            paused_runs = await pool.redis.hmget(uncounted_key, [text(r["message_id"]) for r in rows])
+        for row, paused in zip(rows, paused_runs, strict=True):
             entry_id = text(row["message_id"])
             if entry_id in pool.inflight or entry_id in pool.acks.unacked:
                 continue
             delivered = int(row["times_delivered"])
+            attempts_done = delivered - int(paused or 0)
             if text(row["consumer"]) == pool.consumer:
-                needed = pool_backoff_ms(config, delivered, entry_id)
+                needed = pool_backoff_ms(config, attempts_done, entry_id)
             else:
-                needed = peer_claim_idle_ms(config, delivered, entry_id, pool.claim_margin_s)
+                needed = peer_claim_idle_ms(config, attempts_done, entry_id, pool.claim_margin_s)
             if int(row["time_since_delivered"]) >= needed:
                 due.append((entry_id, delivered, needed))
                 if len(due) >= limit:
