@@ -74,9 +74,14 @@ BURST_BLOCK_MS = 100
 # connection is dropped), and quotes at most FORWARD_ERROR_QUOTE_CHARS of it in an error.
 FORWARD_BODY_READ_BYTES = 2048
 FORWARD_ERROR_QUOTE_CHARS = 300
-# A forward waits at most this long for its destination's concurrency slot or rate token; then
-# the entry is paused (runs again later, without spending an attempt) and frees its pool slot.
-FORWARD_ADMIT_WAIT_S = 0.5
+# A forward waits at most this long for one of its destination's concurrency slots; then the
+# entry is paused (runs again later, without spending an attempt) and frees its pool slot. Short:
+# while it waits it holds a pool slot, so under a backlog for a busy destination, a long wait
+# here would delay every other destination's entries behind it.
+FORWARD_SLOT_WAIT_S = 0.05
+# ... and at most this long for its rate token (while holding a destination slot, so at most the
+# destination's concurrency of pool slots wait so).
+FORWARD_RATE_WAIT_S = 1.0
 # How long such a paused entry waits before it runs again (at least: the reclaimer's pace).
 FORWARD_BUSY_DEFER_S = 1.0
 # A destination's circuit breaker opens after this many failed forwards (5xx, 408, 429, timeouts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -30,14 +31,25 @@ DEST_SECRET = "whsec_destination_secret_never_logged"
 DEST = Destination(name="backend", url_env="BACKEND_URL", secret_env="BACKEND_SECRET", timeout_s=0.5)
 
 
+MIB = 1024 * 1024
+
+
 class Receiver(ThreadingHTTPServer):
-    """Answers POST /<status>[/<n>] with <status> for the first n requests (then 200)."""
+    """Answers POST /<status>[/<n>] with <status> for the first n requests (then 200).
+
+    Also: /<status>/sleep (after 1 s), /<status>/echo (a long body that echoes the request's
+    headers and the destination's secret, as a careless upstream would), /big/<n> (200 with an
+    n MiB body, written until the client hangs up; `sent` counts what it wrote), and a
+    Location header on every 3xx.
+    """
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.daemon_threads = True
         self.received: list[tuple[str, bytes, bool]] = []
         self.hits: dict[str, int] = {}
+        self.sent: dict[str, int] = {}
+        self.big_done = 0
 
     @property
     def base(self) -> str:
@@ -57,16 +69,43 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.received.append((self.path, body, verified))
         parts = self.path.strip("/").split("/")
         hits = self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
+        if parts[0] == "big":
+            self._answer_big(int(parts[1]) * MIB)
+            return
         status = int(parts[0]) if parts[0].isdigit() else 200
+        body = b""
         if len(parts) > 1 and parts[1] == "sleep":
             time.sleep(1)
+        elif len(parts) > 1 and parts[1] == "echo":
+            body = (b"upstream error: secret=" + DEST_SECRET.encode() + b" auth=Bearer abc.def-ghi; you sent: "
+                    + str(dict(self.headers)).encode() + b"x" * 10_000)
         elif len(parts) > 1 and hits > int(parts[1]):
             status = 200
         if not verified:
             status = 400
         self.send_response(status)
-        self.send_header("Content-Length", "0")
+        if 300 <= status < 400:
+            self.send_header("Location", "http://127.0.0.1:1/elsewhere?token=SECRETTOKEN")
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
+
+    def _answer_big(self, size: int) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        chunk = b"0" * MIB
+        sent = 0
+        try:
+            while sent < size:
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client read what it wanted and hung up
+        finally:
+            self.server.sent[self.path] = self.server.sent.get(self.path, 0) + sent
+            self.server.big_done += 1
+            self.close_connection = True
 
     def log_message(self, *args: object) -> None:
         pass
@@ -193,7 +232,6 @@ routes:
 async def test_a_running_pool_forwards_to_the_url_routing_yaml_names_after_a_reload(
     aredis: aioredis.Redis, prefix: str, keys: Keys, receiver: Receiver, tmp_path: Path
 ) -> None:
-    import asyncio
     import os
 
     from bus.reload import RoutingHolder
@@ -254,3 +292,54 @@ async def test_forward_failures_never_carry_the_url_or_the_secret(aredis: aiored
     assert "SECRETTOKEN" not in shown
     assert DEST_SECRET not in shown
     assert isinstance(info.value, PermanentFailure | RetryLater)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_forward_fails_a_redirect_at_once_naming_the_status_and_never_follows_it(
+    aredis: aioredis.Redis, prefix: str, receiver: Receiver, status: int
+) -> None:
+    resources = Resources()
+    ctx = _ctx(aredis, prefix, resources, BACKEND_URL=f"{receiver.base}/{status}", BACKEND_SECRET=DEST_SECRET)
+    with pytest.raises(PermanentFailure) as info:
+        await forward(DEST, _event(), ctx)
+    await resources.aclose()
+    message = str(info.value)
+    assert f"answered {status}" in message and "redirects are not followed" in message
+    assert "BACKEND_URL" in message  # what to fix
+    assert "SECRETTOKEN" not in message  # the Location is not quoted
+    assert [p for p, _, _ in receiver.received] == [f"/{status}"]
+
+
+@pytest.mark.anyio
+async def test_forward_quotes_only_the_start_of_an_error_answer_without_secrets(
+    aredis: aioredis.Redis, prefix: str, receiver: Receiver
+) -> None:
+    resources = Resources()
+    ctx = _ctx(aredis, prefix, resources, BACKEND_URL=f"{receiver.base}/500/echo", BACKEND_SECRET=DEST_SECRET)
+    with capture_logs() as logs, pytest.raises(RetryLater) as info:
+        await forward(DEST, _event(), ctx)
+    await resources.aclose()
+    message = str(info.value)
+    assert "answered 500" in message and "upstream error: secret=" in message
+    assert DEST_SECRET not in message and "abc.def-ghi" not in message and "[redacted]" in message
+    assert len(message) < 600  # 300 characters of the answer, not its 10 KB
+    assert DEST_SECRET not in repr(logs)
+
+
+@pytest.mark.anyio
+async def test_forward_reads_a_bounded_part_of_a_large_answer_and_drops_the_connection(
+    aredis: aioredis.Redis, prefix: str, receiver: Receiver
+) -> None:
+    resources = Resources()
+    ctx = _ctx(aredis, prefix, resources, BACKEND_URL=f"{receiver.base}/big/200", BACKEND_SECRET=DEST_SECRET)
+    await forward(DEST, _event("evt_big1"), ctx)
+    await forward(DEST, _event("evt_big2"), ctx)  # the next forward opens a fresh connection
+    await resources.aclose()
+    for _ in range(500):  # the server notices the hang-up on a write, soon after
+        if receiver.big_done == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert receiver.hits["/big/200"] == receiver.big_done == 2
+    # What the server got into socket buffers before the client hung up, not 2 x 200 MiB.
+    assert receiver.sent["/big/200"] < 2 * 32 * MIB

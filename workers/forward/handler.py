@@ -126,7 +126,7 @@ async def _breakers(ctx: Context) -> Breakers:
 async def _admit(breakers: Breakers, destination: Destination) -> Admission:
     """Wait (bounded) for the rate limit; raise Paused if the breaker is open or the wait would be longer."""
     loop = asyncio.get_running_loop()
-    give_up_at = loop.time() + defaults.FORWARD_ADMIT_WAIT_S
+    give_up_at = loop.time() + defaults.FORWARD_RATE_WAIT_S
     while True:
         admission = await breakers.admit(destination)
         if admission.allowed:

@@ -2,7 +2,7 @@
 
 A destination's limit is its `concurrency` option, else half the pool's
 concurrency in this process (at least 1). A forward that cannot get a slot
-within FORWARD_ADMIT_WAIT_S raises Paused: the entry gives its pool slot back
+within FORWARD_SLOT_WAIT_S raises Paused: the entry gives its pool slot back
 and runs again later, without spending an attempt. A limit changed by a
 routing.yaml reload applies to the next forward.
 """
@@ -32,7 +32,7 @@ def destination_limit(destination: Destination, pool_slots: int) -> int | None:
 class DestinationSlots:
     """Counts the forwards in flight per destination in this process; waits, bounded, for a free one."""
 
-    def __init__(self, wait_s: float = defaults.FORWARD_ADMIT_WAIT_S,
+    def __init__(self, wait_s: float = defaults.FORWARD_SLOT_WAIT_S,
                  busy_defer_s: float = defaults.FORWARD_BUSY_DEFER_S) -> None:
         self.wait_s = wait_s
         self.busy_defer_s = busy_defer_s
