@@ -50,6 +50,8 @@ class Receiver(ThreadingHTTPServer):
         self.hits: dict[str, int] = {}
         self.sent: dict[str, int] = {}
         self.big_done = 0
+        # (time.monotonic(), "arrived" | "answered", path), in the order they happened.
+        self.timeline: list[tuple[float, str, str]] = []
 
     @property
     def base(self) -> str:
@@ -67,6 +69,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (stripe.SignatureVerificationError, ValueError):
             verified = False
         self.server.received.append((self.path, body, verified))
+        self.server.timeline.append((time.monotonic(), "arrived", self.path))
         parts = self.path.strip("/").split("/")
         hits = self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
         if parts[0] == "big":
@@ -83,6 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = 200
         if not verified:
             status = 400
+        self.server.timeline.append((time.monotonic(), "answered", self.path))
         self.send_response(status)
         if 300 <= status < 400:
             self.send_header("Location", "http://127.0.0.1:1/elsewhere?token=SECRETTOKEN")

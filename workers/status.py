@@ -42,7 +42,8 @@ async def pool_status(redis: aioredis.Redis, keys: Keys, pool: str, now_ms: int)
     out["lag"] = int(lag) if lag is not None else None
     if out["pending"]:
         summary: Any = await redis.xpending(stream, group)
-        out["oldest_pending_s"] = round(max(0, now_ms - id_ms(summary["min"])) / 1000, 3)
+        if summary["min"] is not None:  # acked between the two calls
+            out["oldest_pending_s"] = round(max(0, now_ms - id_ms(summary["min"])) / 1000, 3)
     return out
 
 

@@ -138,6 +138,8 @@ async def _admit(breakers: Breakers, destination: Destination) -> Admission:
         why = {"open": "its circuit breaker is open",
                "probing": "its circuit breaker is half-open and a probe is in flight",
                "rate": f"its rate limit ({destination.rate_per_s}/s) is reached"}[admission.verdict]
+        if admission.verdict == "probing":  # the probe's lease is a bound; its answer usually comes sooner
+            wait_s = min(wait_s, defaults.FORWARD_BUSY_DEFER_S)
         # Back when the breaker may let a probe through, or when the rate token is due.
         raise Paused(f"destination {destination.name!r}: {why}", defer_s=max(wait_s, 0.05))
 
