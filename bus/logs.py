@@ -37,7 +37,7 @@ PARAMETER_LOGGERS = ("aiosqlite", "asyncpg", "httpcore", "hpack", "h2", "h11", "
 class RedactSecrets:
     """structlog processor: every string value (and a formatted traceback) goes through redact_secrets."""
 
-    def __init__(self, settings: Settings | None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -50,7 +50,7 @@ class RedactSecrets:
 class _RedactRecords(logging.Filter):
     """The same guard for the stdlib loggers of libraries (uvicorn, httpx, rq ...)."""
 
-    def __init__(self, settings: Settings | None) -> None:
+    def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
 
@@ -85,8 +85,9 @@ def configure_logging(level: str = "info", *, json: bool | None = None, cache: b
                       settings: Settings | None = None) -> None:
     """Route structlog (and the stdlib loggers of uvicorn and friends) to stderr.
 
-    With `settings`, every configured secret is stripped from every line (bus/redaction.py);
-    without, only credential-shaped tokens are.
+    With `settings` (the CLI's workers and tools, which meet upstream text), every configured
+    secret and credential-shaped token is stripped from every line (bus/redaction.py). Without
+    (the ingress, which quotes no upstream), its lines are as before: the hot path pays nothing.
 
     `cache` freezes each logger's configuration on first use: faster, and right
     for long-running servers, but a later reconfiguration (tests) cannot reach it.
@@ -112,7 +113,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None, cache: b
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact,
             structlog.processors.format_exc_info,
-            RedactSecrets(settings),
+            *([RedactSecrets(settings)] if settings is not None else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -123,7 +124,8 @@ def configure_logging(level: str = "info", *, json: bool | None = None, cache: b
     for handler in logging.getLogger().handlers:
         for old in [f for f in handler.filters if isinstance(f, _RedactRecords)]:
             handler.removeFilter(old)
-        handler.addFilter(_RedactRecords(settings))
+        if settings is not None:
+            handler.addFilter(_RedactRecords(settings))
     for name in PARAMETER_LOGGERS:
         logging.getLogger(name).setLevel(max(numeric, logging.INFO))
     # httpx logs every request at INFO; that is our own traffic, not news.

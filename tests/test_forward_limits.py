@@ -199,3 +199,41 @@ async def test_breaker_stays_closed_while_successes_outnumber_failures(aredis: a
     assert (await breakers.admit(DEST)).verdict == "closed"
     state = (await breaker_states(aredis, keys, ["d"]))["d"]
     assert (state["state"], state["failures"]) == ("closed", 5)
+
+
+# --- the options, as routing.yaml declares them -----------------------------------------------------
+
+
+def test_destination_limits_and_breaker_options_are_read_and_validated_with_their_line() -> None:
+    import textwrap
+
+    from bus.errors import ConfigError
+    from bus.routing import parse_routing
+    from workers.forward.slots import destination_limit
+
+    table = parse_routing(textwrap.dedent("""\
+        pools: {a: {concurrency: 9}}
+        destinations:
+          plain: {url_env: P_URL, secret_env: P_SECRET}
+          tuned: {url_env: T_URL, secret_env: T_SECRET, concurrency: 3, rate_per_s: 2.5,
+                  breaker_failures: 10, breaker_window_s: 60, breaker_open_s: 5}
+        routes: {}
+        """), source="r.yaml")
+    plain, tuned = table.destinations["plain"], table.destinations["tuned"]
+    assert (plain.concurrency, plain.rate_per_s) == (None, None)
+    assert (tuned.concurrency, tuned.rate_per_s, tuned.breaker_failures, tuned.breaker_window_s,
+            tuned.breaker_open_s) == (3, 2.5, 10, 60, 5)
+    # The default: half the pool's slots in this process, at least 1; unlimited when unknown (RQ).
+    assert [destination_limit(plain, n) for n in (9, 1, 0)] == [4, 1, None]
+    assert destination_limit(tuned, 9) == 3
+    with pytest.raises(ConfigError) as caught:
+        parse_routing(textwrap.dedent("""\
+            pools: {a: {}}
+            destinations:
+              d: {url_env: D_URL, secret_env: D_SECRET, concurrency: 1.5, rate_per_s: 0, breaker_open_s: x}
+            routes: {}
+            """), source="r.yaml")
+    found = str(caught.value)
+    assert "r.yaml:3:" in found
+    assert "concurrency must be a positive whole number" in found
+    assert "rate_per_s must be a positive number" in found and "breaker_open_s must be a positive number" in found
