@@ -55,6 +55,9 @@ async def due_entries(pool: Pool, limit: int) -> list[Due]:
                 needed = pool_backoff_ms(config, attempts_done, entry_id)
             else:
                 needed = peer_claim_idle_ms(config, attempts_done, entry_id, pool.claim_margin_s)
+            # Never 0 (a paused entry's backoff is): XCLAIM's min idle must stay above that of an
+            # entry another consumer just claimed.
+            needed = max(needed, min_idle_ms)
             if int(row["time_since_delivered"]) >= needed:
                 due.append((entry_id, delivered, needed))
                 if len(due) >= limit:

@@ -91,11 +91,12 @@ async def forward(destination: Destination, event: Event, ctx: Context) -> None:
             await _count_failure(breakers, destination, admission, ctx)
             raise
         except BaseException:
-            if admission.verdict == "probe":  # let the next probe go now rather than at the lease's end
+            # A probe that got no answer (the pool's timeout cancelled it, a bad URL) is a failed
+            # probe: the breaker opens again now, rather than staying half-open until the lease ends.
+            if admission.verdict == "probe":
                 await breakers.record(destination, admission, ok=False)
             raise
-        retryable = status >= 500 or status in RETRYABLE_4XX or status < 200
-        if retryable:
+        if status >= 500 or status in RETRYABLE_4XX:
             await _count_failure(breakers, destination, admission, ctx)
         else:
             await breakers.record(destination, admission, ok=True)
