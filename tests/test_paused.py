@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from bus.envelope import Event
@@ -87,3 +89,62 @@ routes:
         HERE + "always_paused": "max attempts reached (last run: paused)",
         HERE + "fails": "max attempts reached (last run: error)",
     }
+
+
+def test_on_an_rq_pool_too_paused_runs_do_not_count_towards_max_attempts(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from tests.rq_support import drain_rq, pending
+
+    routing = write_routing(tmp_path, f"""
+pools:
+  p: {{executor: rq, {POOL}}}
+routes:
+  charge.refunded: {{p: ["{HERE}paused_then_ok", "{HERE}once"]}}
+""")
+    monkeypatch.setenv("ROUTING_FILE", str(routing))
+    settings = make_settings(prefix, routing_file=routing)
+
+    async def setup() -> None:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            await publish(client, keys, load(routing), "charge.refunded", "evt_rq")
+        finally:
+            await client.aclose()
+
+    asyncio.run(setup())
+    drain_rq(settings, "p", sync_client)
+    assert asyncio.run(_dead(keys)) == []
+    runs = "{" + prefix + "}:test:paused:"
+    assert sync_client.hget(runs + "runs", "evt_rq") == str(PAUSES + 1).encode()
+    assert sync_client.hget(runs + "attempt", "evt_rq") == b"1"
+    assert sync_client.hget(runs + "once", "evt_rq") == b"1"
+    assert pending(sync_client, keys, "p") == 0
+    assert sync_client.exists(keys.uncounted("p"), keys.retry_at("p")) == 0
+
+
+async def _dead(keys: Keys) -> list[object]:
+    from tests.conftest import TEST_REDIS_URL
+
+    client = aioredis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        return list(await list_dead(client, keys, "p"))
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def sync_client(prefix: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    """As tests/test_rq_executor.py's: the RQ job reads the worker's environment; RQ keys deleted after."""
+    from tests.conftest import TEST_REDIS_URL
+    from tests.rq_support import delete_rq_keys
+
+    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    monkeypatch.setenv("FANOUT_PREFIX", prefix)
+    monkeypatch.setenv("LOG_LEVEL", "warning")
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    yield client
+    client.close()
+    delete_rq_keys(prefix)

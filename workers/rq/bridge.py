@@ -94,7 +94,10 @@ class RqBridge:
             failure = Failure("", f"{type(err).__name__}: {err}", "", permanent=True)
             await pool.dead(entry_id, fields, REASON_MALFORMED, [failure], attempt)
             return
-        if attempt > config.max_attempts:
+        # [Paused] runs that ended Paused are not attempts.
+        if attempt > config.max_attempts and (
+                attempt - int(await pool.redis.hget(pool.keys.uncounted(pool.name), entry_id) or 0)
+                > config.max_attempts):
             ledger_key = pool.keys.ledger(pool.name, event.id)
             members: Any = await pool.redis.smembers(ledger_key)
             done = {text(h) for h in members}

@@ -243,12 +243,15 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
         raise AttemptFailed(f"malformed entry {entry_id}: dead-lettered") from err
     ledger_key = keys.ledger(pool, event.id)
     done = {text(h) for h in client.smembers(ledger_key)} if attempt > 1 else set()
+    # [Paused] `attempt` is the delivery (the job's identity); runs that ended Paused are not
+    # attempts: handlers see, and max_attempts counts, only the others.
+    counted = attempt - int(client.hget(keys.uncounted(pool), entry_id) or 0) if attempt > 1 else attempt
     todo = [h for h in event.handlers if h not in done]
     succeeded: list[str] = []
     failures: list[Failure] = []
     try:
         with _handler_deadline(timeout_s):
-            asyncio.run(_run_handlers(runtime, settings, event, pool, attempt, todo, timeout_s, succeeded,
+            asyncio.run(_run_handlers(runtime, settings, event, pool, counted, todo, timeout_s, succeeded,
                                       failures))
     except (HandlerTimeout, JobTimeoutException):
         ended = {*succeeded, *(f.handler for f in failures)}
@@ -260,7 +263,7 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
     if not failures:
         _ack_done(client, keys, pool, entry_id, event, attempt, ledger_key, ledger_ttl_s)
         return {"handlers": len(todo)}
-    _record_failure(client, keys, config, entry_id, entry, event, attempt, succeeded, failures, ledger_ttl_s)
+    _record_failure(client, keys, config, entry_id, entry, event, counted, succeeded, failures, ledger_ttl_s)
     raise AttemptFailed(f"attempt {attempt} of entry {entry_id} ({event.type} {event.id}): "
                         + "; ".join(f"{f.handler}: {f.error}" for f in failures))
 
@@ -301,19 +304,24 @@ def _record_failure(client: redis.Redis, keys: Keys, config: PoolConfig, entry_i
     pool = config.name
     ledger_key = keys.ledger(pool, event.id)
     permanent = [f for f in failures if f.permanent]
-    if permanent or attempt >= config.max_attempts:
+    # [Paused] A run whose every failure is Paused did not try: not an attempt, and no backoff.
+    paused = all(not f.counts_as_attempt for f in failures)
+    if permanent or (attempt >= config.max_attempts and not paused):
         reason = permanent[0].reason if permanent else REASON_MAX_ATTEMPTS
         _dead(client, keys, pool, entry_id, entry, reason, failures, attempt, ledger_key, failed=len(failures))
         return
     now_ms = int(time.time() * 1000)
     defer_ms = max((int(f.defer_s * 1000) for f in failures if f.defer_s is not None), default=0)
     pipe = client.pipeline(transaction=True)
-    pipe.hincrby(keys.pool_stats(pool), "failed", len(failures))
+    pipe.hincrby(keys.pool_stats(pool), "paused" if paused else "failed", len(failures))
+    if paused:
+        pipe.hincrby(keys.uncounted(pool), entry_id, 1)
     if succeeded:
         pipe.sadd(ledger_key, *succeeded)
         pipe.expire(ledger_key, ledger_ttl_s)
     # Backoff from the end of this attempt, not from when the entry was enqueued.
-    pipe.hset(keys.retry_at(pool), entry_id, str(now_ms + max(pool_backoff_ms(config, attempt, entry_id), defer_ms)))
+    backoff_ms = 0 if paused else pool_backoff_ms(config, attempt, entry_id)
+    pipe.hset(keys.retry_at(pool), entry_id, str(now_ms + max(backoff_ms, defer_ms)))
     pipe.execute()
 
 

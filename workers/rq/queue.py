@@ -212,13 +212,15 @@ async def queue_figures(client: aioredis.Redis, name: str) -> dict[str, Any]:
     return {"executor": "rq", "rq_queue": name, "rq_queued": int(queued), "rq_workers": int(workers)}
 
 
-# XACK, and only when it acked something: count the entry once and forget its ledger and
-# retry time. Both the job's success callback and a reclaim pass may ack the same entry.
+# XACK, and only when it acked something: count the entry once and forget its ledger, retry
+# time and paused runs. Both the job's success callback and a reclaim pass may ack the same entry.
+# KEYS: stream, stats, ledger (the stats key when there is none), retry times, paused runs.
 ACK_SCRIPT = """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
   redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
   if KEYS[3] ~= KEYS[2] then redis.call('DEL', KEYS[3]) end
   redis.call('HDEL', KEYS[4], ARGV[2])
+  redis.call('HDEL', KEYS[5], ARGV[2])
   return 1
 end
 return 0
@@ -230,12 +232,14 @@ def ack_script_args(keys: Keys, pool: str, entry_id: str, event_id: str | None,
     """(KEYS, ARGV) of ACK_SCRIPT; with no event id there is no ledger to delete."""
     stats = keys.pool_stats(pool)
     ledger = keys.ledger(pool, event_id) if event_id else stats
-    return [keys.stream(pool), stats, ledger, keys.retry_at(pool)], [keys.group(pool), entry_id, counter]
+    return ([keys.stream(pool), stats, ledger, keys.retry_at(pool), keys.uncounted(pool)],
+            [keys.group(pool), entry_id, counter])
 
 
 # Dead-letter a pending entry in one step: the dead-letter XADD, the XACK, the counters, the
 # ledger DEL and the retry-time HDEL; nothing when the entry is no longer pending (a repeat).
-# KEYS: stream, stats, ledger (the stats key when there is none), retry times, dead-letter stream
+# KEYS: stream, stats, ledger (the stats key when there is none), retry times, dead-letter stream,
+# paused runs
 # (all under the {prefix} hash tag). ARGV: group, entry id, handler failures to count, then the
 # dead-letter entry's fields and values. XADD comes first: if it fails, nothing else happened.
 DEAD_SCRIPT = """
@@ -246,6 +250,7 @@ if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[2], 'failed', ARGV[3]) 
 redis.call('HINCRBY', KEYS[2], 'dead', 1)
 if KEYS[3] ~= KEYS[2] then redis.call('DEL', KEYS[3]) end
 redis.call('HDEL', KEYS[4], ARGV[2])
+redis.call('HDEL', KEYS[6], ARGV[2])
 return 1
 """
 
@@ -255,5 +260,6 @@ def dead_script_args(keys: Keys, pool: str, entry_id: str, ledger_key: str | Non
     """(KEYS, ARGV) of DEAD_SCRIPT."""
     stats = keys.pool_stats(pool)
     flat: list[Any] = [item for pair in fields.items() for item in pair]
-    return ([keys.stream(pool), stats, ledger_key or stats, keys.retry_at(pool), keys.dead(pool)],
+    return ([keys.stream(pool), stats, ledger_key or stats, keys.retry_at(pool), keys.dead(pool),
+             keys.uncounted(pool)],
             [keys.group(pool), entry_id, str(failed), *flat])
