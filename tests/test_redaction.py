@@ -138,3 +138,27 @@ async def test_at_log_level_debug_the_sqlite_store_logs_no_customer_email_or_nam
             ("jane.private@example.com", "Jane Privatename")]
     assert " DEBUG " in output  # debug lines were written (redis-py's, for one)
     assert "jane.private@example.com" not in output and "Privatename" not in output
+
+
+@pytest.mark.anyio
+async def test_an_smtp_reply_that_echoes_the_password_reaches_neither_the_error_nor_its_traceback() -> None:
+    import traceback
+    from email.message import EmailMessage
+
+    from bus.errors import PermanentFailure
+    from tests.customer.smtp_inbox import PASSWORD, smtp_inbox
+    from workers.customer.mail.transport import SmtpConfig, SmtpTransport
+
+    with smtp_inbox() as (inbox, url):
+        async def echo_rcpt(*_: object) -> str:  # a server that quotes the session back
+            return f"550 5.1.1 unknown user (session authenticated with {PASSWORD})"
+
+        inbox.handle_RCPT = echo_rcpt  # type: ignore[method-assign,assignment]
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = "shop@shop.test", "jane@example.com", "hi"
+        message.set_content("hello")
+        with pytest.raises(PermanentFailure) as info:
+            await SmtpTransport(SmtpConfig.from_url(url)).send(message)
+    shown = "".join(traceback.format_exception(info.value))  # what a dead letter keeps
+    assert "550" in str(info.value)
+    assert PASSWORD not in shown
