@@ -42,6 +42,18 @@ class Keys:
         """Hash: stream entry id -> earliest retry time in ms, for handlers that asked RetryLater(defer_s)."""
         return f"{self._base}:retry_at:{pool}"
 
+    def uncounted(self, pool: str) -> str:
+        """Hash: stream entry id -> runs that ended Paused, which the delivery count must not count."""
+        return f"{self._base}:uncounted:{pool}"
+
+    def breaker(self, destination: str) -> str:
+        """Hash: a forward destination's circuit breaker (failures in the window, open until, probe)."""
+        return f"{self._base}:breaker:{destination}"
+
+    def destination_rate(self, destination: str) -> str:
+        """A forward destination's rate limit: the time, in µs, its next request may be sent."""
+        return f"{self._base}:rate:{destination}"
+
     def pool_stats(self, pool: str) -> str:
         """Counters of a pool (processed, failed, retried, dead) that outlive processes."""
         return f"{self._base}:stats:pool:{pool}"
