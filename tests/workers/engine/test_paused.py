@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -133,18 +132,3 @@ async def _dead(keys: Keys) -> list[object]:
         return list(await list_dead(client, keys, "p"))
     finally:
         await client.aclose()
-
-
-@pytest.fixture
-def sync_client(prefix: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
-    """As tests/test_rq_executor.py's: the RQ job reads the worker's environment; RQ keys deleted after."""
-    from tests.conftest import TEST_REDIS_URL
-    from tests.rq_support import delete_rq_keys
-
-    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
-    monkeypatch.setenv("FANOUT_PREFIX", prefix)
-    monkeypatch.setenv("LOG_LEVEL", "warning")
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    yield client
-    client.close()
-    delete_rq_keys(prefix)

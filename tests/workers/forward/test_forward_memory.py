@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +18,6 @@ BIG_MIB = 200
 # Python, redis-py, httpx and the routing table are loaded before the baseline is taken; what is
 # left is buffers. Before the fix, each answer was read whole: +200 MiB at least.
 MAX_GROWTH_BYTES = 50 * MIB
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def _proc_status(pid: int, field: str) -> int:

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from bus.keys import Keys
 from tests.conftest import make_settings
 from tests.support import FAST_POOL, H, load, publish, runs, write_routing
+from tests.workers.forward.test_forward import DEST_SECRET, Receiver
 from workers.ops.deadletter import list_dead, replay_dead
 from workers.supervision.runner import run_pool
 
@@ -69,16 +70,11 @@ async def test_replay_all_moves_every_dead_entry_back(
 
 
 async def test_a_dead_letter_says_how_each_handler_failed_and_its_reason_agrees_with_its_error(
-    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path, receiver: Receiver
 ) -> None:
     import socket
-    import threading
 
     from tests.test_cli_workers import fanout
-    from tests.workers.forward.test_forward import DEST_SECRET, Receiver
-
-    receiver = Receiver()
-    threading.Thread(target=receiver.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
