@@ -75,10 +75,11 @@ from bus.logs import configure_logging
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from bus.settings import Settings
-from workers.context import Context, Resources
+from workers.context import Context
 from workers.engine import outcomes
 from workers.engine.failures import REASON_MALFORMED, Failure
 from workers.handlers import HandlerSet, call_handler
+from workers.resources import Resources
 from workers.rq.deadline import INLINE, HandlerTimeout, handler_deadline
 from workers.rq.record import (
     SKIPPED,
