@@ -64,8 +64,9 @@ class Ingress:
         self.metrics.table_version(holder.table.version)
         self._owns_redis = redis is None
         self.redis = redis if redis is not None else async_redis(settings.redis_url)
-        self.publisher = Publisher(self.redis, Keys(settings.key_prefix), settings.seen_retention_s,
-                                   budget_s=PUBLISH_BUDGET_S)
+        self.publisher = Publisher(self.redis, Keys(settings.key_prefix, settings.partitions),
+                                   settings.seen_retention_s, budget_s=PUBLISH_BUDGET_S,
+                                   min_replicas=settings.min_replicas)
         self._clock = clock
         self._watch_routing = watch_routing
         self._freeze_gc = freeze_gc
