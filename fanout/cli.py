@@ -43,6 +43,10 @@ def cmd_ingress(args: argparse.Namespace) -> int:
         return 2
     if not routing_is_valid(settings):
         return 1
+    from fanout.partitions_cmd import partitions_agree
+
+    if not partitions_agree(settings, "ingress"):
+        return 2
     serve_ingress(args.host, args.port, args.workers)
     return 0
 
@@ -293,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pin an object's id so several sends describe the same object, "
                         "e.g. customer=cus_123 (repeatable)")
     p.set_defaults(func=cmd_send)
+    from fanout.partitions_cmd import add_parser as add_partitions_parser
+
+    add_partitions_parser(sub)
     return parser
 
 
