@@ -148,6 +148,11 @@ class LocalCluster:
         proc.kill()
         proc.wait(timeout=10)
 
+    def restart(self, port: int) -> None:
+        """Start a killed node again; it rejoins from its nodes.conf (as a replica, after a failover)."""
+        self._spawn(port)
+        self._wait_ping(port)
+
     def stop(self) -> None:
         for proc in self.processes.values():
             if proc.poll() is None:
