@@ -103,7 +103,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     pools = list(table.pools)
     rq_queues = {p: queue_name(settings.key_prefix, p) for p, c in table.pools.items() if c.executor == "rq"}
-    keys = Keys(settings.key_prefix)
+    keys = Keys(settings.key_prefix, settings.partitions)
     status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues))
     print(orjson.dumps(status).decode() if args.json else render_text(status))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from redis.crc import key_slot
 
 from bus.connection import async_redis, is_cluster, sync_redis
 from bus.keys import Keys
-from bus.partitions import claim_layout, event_partition
+from bus.partitions import event_partition
 from bus.routing import parse_routing
 from fanout.samples import sample_event
 from ingress.parse import routing_fields
@@ -188,3 +189,56 @@ async def test_with_min_replicas_a_master_failover_loses_no_acknowledged_event(r
         assert not missing, f"{len(missing)} events answered 200 are missing from {pool}"
     after = [status for t, _, status in answers if t > healthy_at + 1.0]
     assert after and all(status == 200 for status in after), "the ingress recovered on its own"
+
+
+def _replica_of(cluster: LocalCluster, master: int) -> int:
+    with cluster.client(master) as node:
+        return int(node.info("replication")["slave0"]["port"])
+
+
+def _on_master(url: str, keys: Keys, master: int, wanted: bool) -> dict[str, Any]:
+    """A sample event whose partition lives (or, with wanted=False, does not live) on `master`."""
+    client: redis.cluster.RedisCluster = sync_redis(url)
+    try:
+        while True:
+            event = sample_event("checkout.session.completed")
+            p = event_partition(routing_fields(orjson.dumps(event)), keys.partitions)
+            if (int(client.get_node_from_key(keys.tag(p)).port) == master) == wanted:
+                return event
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("min_replicas", [1, 0])
+async def test_an_event_is_acknowledged_only_once_a_replica_has_it_also_when_redelivered(
+    redis_cluster: LocalCluster, min_replicas: int
+) -> None:
+    from .conftest import make_settings
+    from .ingress_client import running
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = make_settings(prefix, redis_url=redis_cluster.url, FANOUT_PARTITIONS="16",
+                             FANOUT_MIN_REPLICAS=str(min_replicas))
+    master = redis_cluster.masters()[0]
+    replica = redis_cluster.processes[_replica_of(redis_cluster, master)]
+    stalled = _on_master(redis_cluster.url, Keys(prefix, 16), master, wanted=True)
+    elsewhere = _on_master(redis_cluster.url, Keys(prefix, 16), master, wanted=False)
+    async with running(settings) as (_, client):
+        async def post(event: dict[str, Any]) -> httpx.Response:
+            body, headers = signed(event)
+            return await client.post("/webhooks/stripe", content=body, headers=headers)
+
+        os.kill(replica.pid, signal.SIGSTOP)  # the master's writes no longer reach its replica
+        try:
+            first, other, again = await post(stalled), await post(elsewhere), await post(stalled)
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+        await asyncio.to_thread(redis_cluster.wait_healthy)
+        settled = await post(stalled)
+    assert other.status_code == 200
+    if min_replicas:
+        assert first.status_code == 503 and first.json()["error"] == "store_unavailable"
+        assert again.status_code == 503, "a redelivery must not be acknowledged before the original is replicated"
+        assert settled.status_code == 200 and settled.json()["duplicate"] is True
+    else:
+        assert first.status_code == 200 and again.json()["duplicate"] is True

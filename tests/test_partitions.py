@@ -219,3 +219,24 @@ def test_fanout_partitions_shows_and_resizes(prefix: str, tmp_path: Path) -> Non
     assert resized["before"] == 1 and resized["partitions"] == 4
     assert resized["streams"]["customer"][:4] == [f"{{{prefix}:{p}}}:stream:customer" for p in range(4)]
     assert fanout()["partitions"] == 4
+
+
+async def test_status_shows_each_partition_and_sums_them_per_pool(aredis: aioredis.Redis, prefix: str) -> None:
+    import time
+
+    from workers.status import collect_status
+
+    keys = Keys(prefix, 4)
+    events = [_refund(i) for i in range(60)]
+    await _publish(aredis, keys, events)
+    await _publish(aredis, keys, events[:5])  # redeliveries: counted in their own partitions
+    status = await collect_status(aredis, keys, ["customer", "admin"], int(time.time() * 1000))
+    customer = status["pools"]["customer"]
+    assert set(customer["partitions"]) == {"0", "1", "2", "3"}
+    expected = {str(p): 0 for p in range(4)}
+    for e in events:
+        expected[str(event_partition(routing_fields(orjson.dumps(e)), 4))] += 1
+    assert {p: f["length"] for p, f in customer["partitions"].items()} == expected
+    assert all(f["lag"] == f["length"] and f["pending"] == 0 for f in customer["partitions"].values())
+    assert customer["stream_length"] == customer["lag"] == 60
+    assert status["duplicates"] == 5
