@@ -62,6 +62,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_or_exit()
+    from fanout.partitions_cmd import partitions_agree
+
+    if settings.partitions > 1:
+        # Until pools read every partition (streams_to_read), a worker would silently read nothing.
+        print(f"fanout worker: FANOUT_PARTITIONS={settings.partitions}: workers do not read partitioned "
+              "streams yet; run them with FANOUT_PARTITIONS=1", file=sys.stderr)
+        return 2
+    if not partitions_agree(settings, "worker"):
+        return 2
     if args.processes > 1:
         from workers.supervisor import Supervisor
 

@@ -219,6 +219,17 @@ def test_fanout_partitions_shows_and_resizes(prefix: str, tmp_path: Path) -> Non
     assert resized["before"] == 1 and resized["partitions"] == 4
     assert resized["streams"]["customer"][:4] == [f"{{{prefix}:{p}}}:stream:customer" for p in range(4)]
     assert fanout()["partitions"] == 4
+    assert fanout("prune")["draining"] == [], "the old layout's streams are empty: nothing left to drain"
+
+
+def test_a_worker_refuses_to_start_against_a_partitioned_deployment(sredis: redis.Redis, prefix: str) -> None:
+    sredis.hset(Keys(prefix).meta, "partitions", "16")
+    env = {**os.environ, "REDIS_URL": TEST_REDIS_URL, "FANOUT_PREFIX": prefix,
+           "ROUTING_FILE": str(REPO / "routing.yaml")}
+    result = subprocess.run([sys.executable, "-m", "fanout.cli", "worker", "admin", "--burst"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "FANOUT_PARTITIONS is 1" in result.stderr and "uses 16 partitions" in result.stderr
 
 
 async def test_status_shows_each_partition_and_sums_them_per_pool(aredis: aioredis.Redis, prefix: str) -> None:
