@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from bus import defaults
 from bus.connection import is_cluster
@@ -121,6 +121,7 @@ class Publisher:
         self._pending: list[Call] = []
         self._flushes: set[asyncio.Task[None]] = set()
         self._stats = [bulk(keys.ingress_stats_of(p)) for p in range(keys.partitions)]
+        self._seen = [keys.seen("", p) for p in range(keys.partitions)]
         self._retention = bulk(retention_s)
         # The parts of a command fixed by its route and partition, packed once per pair.
         self._route_parts: dict[tuple[Targets, int], tuple[bytes, bytes, bytes]] = {}
@@ -132,7 +133,7 @@ class Publisher:
         p = partition_of(event.object_id or event.id, self._partitions)
         head, streams, per_pool = self._route_parts.get((match.targets, p)) or self._pack_route(match.targets, p)
         packed = b"".join((
-            head, bulk(self._keys.seen(event.id, p)), self._stats[p], streams, self._retention,
+            head, bulk(self._seen[p] + event.id), self._stats[p], streams, self._retention,
             *map(bulk, shared_values(event, table_version, received_ms, body)), per_pool,
         ))
         loop = asyncio.get_running_loop()
@@ -183,7 +184,7 @@ class Publisher:
                         retried = await self._run([batch[i] for i in unloaded])
                         for i, result in zip(unloaded, retried, strict=True):
                             results[i] = result
-        except (RedisError, OSError, TimeoutError) as err:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as err:
             results = [err] * len(batch)
         finally:
             # Whatever happened (even cancellation at shutdown), every caller gets an answer.
