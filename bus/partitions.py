@@ -68,17 +68,38 @@ class Layout:
         return (self.partitions, *(n for n in self.draining if n != self.partitions))
 
 
-def streams_to_read(layout: Layout, prefix: str, pool: str) -> list[str]:
-    """Every stream a consumer of `pool` must read: the current layout's, then those still draining.
+@dataclass(frozen=True)
+class Partition:
+    """One partition of one layout: `keys.stream(pool, p)`, `keys.ledger(pool, evt, p)`, ... share its slot."""
 
-    A stream name shared by two layouts (partition 2 of 4 and of 8 are the same key) is listed once.
+    keys: Keys
+    p: int
+
+    def stream(self, pool: str) -> str:
+        return self.keys.stream(pool, self.p)
+
+
+def partitions_to_read(layout: Layout, prefix: str, pool: str) -> list[Partition]:
+    """Every partition a consumer of `pool` must read: the current layout's, then those still draining.
+
+    An entry read from `part.stream(pool)` keeps its ledger, retry time and dead letter in
+    `part.keys`'s keys of `part.p`, so each outcome script stays in one slot. A stream shared
+    by two layouts (partition 2 of 4 and of 8 are the same key) is listed once.
     """
-    out: list[str] = []
+    out: list[Partition] = []
+    seen: set[str] = set()
     for n in layout.counts():
-        for stream in Keys(prefix, n).streams(pool):
-            if stream not in out:
-                out.append(stream)
+        keys = Keys(prefix, n)
+        for p in range(n):
+            if (stream := keys.stream(pool, p)) not in seen:
+                seen.add(stream)
+                out.append(Partition(keys, p))
     return out
+
+
+def streams_to_read(layout: Layout, prefix: str, pool: str) -> list[str]:
+    """The stream names of partitions_to_read."""
+    return [part.stream(pool) for part in partitions_to_read(layout, prefix, pool)]
 
 
 def _parse(meta: dict[Any, Any]) -> Layout | None:

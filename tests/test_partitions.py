@@ -251,3 +251,20 @@ async def test_status_shows_each_partition_and_sums_them_per_pool(aredis: aiored
     assert all(f["lag"] == f["length"] and f["pending"] == 0 for f in customer["partitions"].values())
     assert customer["stream_length"] == customer["lag"] == 60
     assert status["duplicates"] == 5
+
+
+def test_a_reader_gets_each_stream_once_with_the_keys_that_share_its_slot() -> None:
+    from redis.crc import key_slot
+
+    from bus.partitions import partitions_to_read
+
+    parts = partitions_to_read(Layout(2, (8,)), "fanout", "customer")
+    assert [part.stream("customer") for part in parts] == [
+        "{fanout:0}:stream:customer", "{fanout:1}:stream:customer",
+        *(f"{{fanout:{p}}}:stream:customer" for p in range(2, 8))]
+    for part in parts:
+        slots = {key_slot(k.encode()) for k in (part.stream("customer"), part.keys.ledger("customer", "evt_1", part.p),
+                                                part.keys.retry_at("customer", part.p),
+                                                part.keys.dead("customer", part.p))}
+        assert len(slots) == 1
+    assert streams_to_read(Layout(1), "fanout", "customer") == ["{fanout}:stream:customer"]
