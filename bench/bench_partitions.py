@@ -142,6 +142,37 @@ async def publish_as_partitions_grow() -> bool:
     return ok
 
 
+class _InstantPublisher(Publisher):
+    """Redis answered at once: what is left is the ingress's own CPU per publish (hash, pack, batch)."""
+
+    async def _run(self, batch: list[Any]) -> list[Any]:
+        return [1] * len(batch)
+
+
+async def _cpu_per_publish_us(partitions: int, bodies: list[bytes]) -> float:
+    publisher = _InstantPublisher(aioredis.Redis(), Keys("fanout", partitions), 3600, budget_s=1.0)
+    match = TABLE.match("charge.refunded")
+    fields = [routing_fields(b) for b in bodies]
+    started = time.process_time()
+    for i in range(0, len(bodies), PUBLISH_BATCH):
+        await asyncio.gather(*(publisher.publish(fields[j], match, "v", 1, bodies[j])
+                               for j in range(i, min(i + PUBLISH_BATCH, len(bodies)))))
+    return (time.process_time() - started) / len(bodies) * 1e6
+
+
+async def cpu_as_partitions_grow() -> None:
+    bodies = [orjson.dumps(sample_event("charge.refunded")) for _ in range(PUBLISH_EVENTS)]
+    costs: dict[int, list[float]] = {n: [] for n in PARTITION_COUNTS}
+    for _ in range(PUBLISH_ROUNDS):
+        for n in PARTITION_COUNTS:
+            costs[n].append(await _cpu_per_publish_us(n, bodies))
+    base = min(costs[1])
+    print(f"
+the ingress's CPU per publish with Redis answering at once (hash, pack, batch), best of {PUBLISH_ROUNDS}:")
+    for n in PARTITION_COUNTS:
+        print(f"  {n:3d} partitions {min(costs[n]):6.2f} us  {min(costs[n]) / base:5.2f}x of 1 partition")
+
+
 def main() -> int:
     probe = redis.Redis.from_url(REDIS_URL)
     try:
@@ -150,6 +181,7 @@ def main() -> int:
         probe.close()
     ok = ingress_on_cluster()
     ok &= asyncio.run(publish_as_partitions_grow())
+    asyncio.run(cpu_as_partitions_grow())
     if not ok:
         print("WARNING: a target was missed or an answer was not 2xx", file=sys.stderr)
     return 0 if ok else 1

@@ -123,15 +123,15 @@ class Publisher:
         self._stats = [bulk(keys.ingress_stats_of(p)) for p in range(keys.partitions)]
         self._seen = [keys.seen("", p) for p in range(keys.partitions)]
         self._retention = bulk(retention_s)
-        # The parts of a command fixed by its route and partition, packed once per pair.
-        self._route_parts: dict[tuple[Targets, int], tuple[bytes, bytes, bytes]] = {}
+        # Per partition, the parts of a command fixed by its route, packed once per route.
+        self._route_parts: list[dict[Targets, tuple[bytes, bytes, bytes]]] = [{} for _ in range(keys.partitions)]
 
     async def publish(
         self, event: RoutingFields, match: RouteMatch, table_version: str, received_ms: int, body: bytes
     ) -> PublishResult:
         """Store the event once in every routed pool's stream; raise StoreUnavailable if Redis fails."""
         p = partition_of(event.object_id or event.id, self._partitions)
-        head, streams, per_pool = self._route_parts.get((match.targets, p)) or self._pack_route(match.targets, p)
+        head, streams, per_pool = self._route_parts[p].get(match.targets) or self._pack_route(match.targets, p)
         packed = b"".join((
             head, bulk(self._seen[p] + event.id), self._stats[p], streams, self._retention,
             *map(bulk, shared_values(event, table_version, received_ms, body)), per_pool,
@@ -156,8 +156,8 @@ class Publisher:
             bulk(self._keys.group(pool)) + bulk(HANDLER_SEPARATOR.join(handlers))
             for pool, handlers in targets
         )
-        if len(self._route_parts) < 4096:  # routes x partitions are few; the bound is only a guard
-            self._route_parts[(targets, p)] = (head, streams, per_pool)
+        if len(self._route_parts[p]) < 1024:  # routes are few; the bound is only a guard
+            self._route_parts[p][targets] = (head, streams, per_pool)
         return head, streams, per_pool
 
     def _flush_soon(self) -> None:
