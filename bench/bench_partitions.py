@@ -167,8 +167,7 @@ async def cpu_as_partitions_grow() -> None:
         for n in PARTITION_COUNTS:
             costs[n].append(await _cpu_per_publish_us(n, bodies))
     base = min(costs[1])
-    print(f"
-the ingress's CPU per publish with Redis answering at once (hash, pack, batch), best of {PUBLISH_ROUNDS}:")
+    print(f"\nthe ingress's CPU per publish with Redis answering at once (hash, pack, batch), best of {PUBLISH_ROUNDS}:")
     for n in PARTITION_COUNTS:
         print(f"  {n:3d} partitions {min(costs[n]):6.2f} us  {min(costs[n]) / base:5.2f}x of 1 partition")
 
