@@ -7,7 +7,7 @@ Measured in this one run, on the same kind of entries (the built-in `noop` handl
    job (timed on its own), then `rq worker --burst` runs them, once with
    `-w rq.SimpleWorker` (jobs in the worker process) and once with RQ's default
    forking Worker (a fresh work horse per job), without and with the warm start of
-   `-c workers.rq_settings`. A worker's rate is jobs over the
+   `-c workers.rq.settings`. A worker's rate is jobs over the
    time from the first job's start to the last one's end, read from RQ's own
    job records, so process start-up is not counted.
 
@@ -33,7 +33,7 @@ from rq.serializers import JSONSerializer
 from bench.bench_workers import REDIS_URL, REPO, _drain, _fill, _run, bench_space, ours_noop_per_s
 from bus.keys import Keys
 from bus.settings import Settings
-from workers.rq_queue import SERIALIZER_PATH, queue_name
+from workers.rq.queue import SERIALIZER_PATH, queue_name
 
 ASYNC_JOBS = int(os.environ.get("BENCH_NOOP_JOBS", "10000"))
 SIMPLE_JOBS = int(os.environ.get("BENCH_RQ_SIMPLE_JOBS", "3000"))
@@ -104,12 +104,12 @@ def measure() -> dict[str, Any]:
             ours = ours_noop_per_s(settings, keys, ASYNC_JOBS, pool="plain")
             simple = rq_rates(settings, keys, "simple", SIMPLE_JOBS, "-w", "rq.SimpleWorker")
             forking = rq_rates(settings, keys, "forking", FORK_JOBS)
-            warm = rq_rates(settings, keys, "warm", WARM_JOBS, "-c", "workers.rq_settings")
+            warm = rq_rates(settings, keys, "warm", WARM_JOBS, "-c", "workers.rq.settings")
         finally:
             _cleanup_rq(settings.key_prefix)
     print(f"no-op events, one process each: async executor {ours:,.0f}/s ({ASYNC_JOBS} events)", flush=True)
     for label, figures, n in (("SimpleWorker", simple, SIMPLE_JOBS), ("forking Worker", forking, FORK_JOBS),
-                              ("forking Worker, -c workers.rq_settings", warm, WARM_JOBS)):
+                              ("forking Worker, -c workers.rq.settings", warm, WARM_JOBS)):
         print(f"  RQ executor, {label} ({n} events): worker {figures['worker_per_s']:,.0f}/s "
               f"(async is {ours / figures['worker_per_s']:.1f}x), stream consumer enqueues "
               f"{figures['enqueue_per_s']:,.0f}/s, enqueue then run {figures['end_to_end_per_s']:,.0f}/s "

@@ -13,14 +13,14 @@ FORWARD_PREFIX = "forward:"
 
 # Short name used in routing.yaml -> "module:attr" that implements it.
 BUILTIN_HANDLERS: dict[str, str] = {
-    "orders.create_from_checkout": "workers.handlers.orders:create_from_checkout",
-    "orders.mark_paid": "workers.handlers.orders:mark_paid",
-    "orders.mark_failed": "workers.handlers.orders:mark_failed",
-    "profiles.upsert": "workers.handlers.profiles:upsert",
-    "analytics.track": "workers.handlers.analytics:track",
-    "email.order_confirmation": "workers.handlers.email:order_confirmation",
+    "orders.create_from_checkout": "workers.customer.handlers.orders:create_from_checkout",
+    "orders.mark_paid": "workers.customer.handlers.orders:mark_paid",
+    "orders.mark_failed": "workers.customer.handlers.orders:mark_failed",
+    "profiles.upsert": "workers.customer.handlers.profiles:upsert",
+    "analytics.track": "workers.customer.handlers.analytics:track",
+    "email.order_confirmation": "workers.customer.handlers.email:order_confirmation",
     # Does nothing and succeeds: for benchmarks and for routes you want acknowledged only.
-    "noop": "workers.handlers.builtin:noop",
+    "noop": "workers.builtin:noop",
 }
 
 # "package.module:function", the way uvicorn names an app.

@@ -101,7 +101,7 @@ def _with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from bus.keys import Keys
-    from workers.rq_queue import queue_name
+    from workers.rq.queue import queue_name
     from workers.status import collect_status, render_text
 
     settings = settings_or_exit()

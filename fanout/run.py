@@ -93,7 +93,7 @@ def _request_stop(signum: int, _: FrameType | None) -> None:
 
 def run_banner(settings: Settings, table: RoutingTable, url: str, where: str,
                 stand_ins: StandInServer | None, using_dev_secret: bool) -> str:
-    from workers.store.select import describe
+    from workers.customer.store.select import describe
 
     rq_pools = [pool for pool, config in table.pools.items() if config.executor == "rq"]
     on_rq = f"; an `rq worker` for {', '.join(rq_pools)}" if rq_pools else ""

@@ -18,7 +18,7 @@ from rq.serializers import JSONSerializer
 from bus.keys import Keys
 from bus.settings import Settings
 from tests.conftest import TEST_REDIS_URL
-from workers.rq_queue import queue_name
+from workers.rq.queue import queue_name
 from workers.runner import run_pool
 
 

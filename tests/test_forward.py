@@ -23,7 +23,7 @@ from tests.conftest import make_settings
 from tests.support import FAST_POOL, event_body, load, publish, write_routing
 from workers.context import Context, Resources
 from workers.deadletter import list_dead
-from workers.handlers.forward import forward
+from workers.forward.handler import forward
 from workers.runner import run_pool
 
 DEST_SECRET = "whsec_destination_secret_never_logged"

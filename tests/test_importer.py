@@ -13,7 +13,7 @@ DESTS = {"backend": Destination("backend", "BACKEND_URL", "BACKEND_SECRET")}
 
 def test_builtin_short_name_and_import_path_resolve_to_callables() -> None:
     from tests import handlers_for_tests
-    from workers.handlers.builtin import noop
+    from workers.builtin import noop
 
     assert resolve_handler("noop", DESTS) is noop
     assert resolve_handler("tests.handlers_for_tests:record", DESTS) is handlers_for_tests.record

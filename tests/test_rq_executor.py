@@ -31,7 +31,7 @@ from tests.handlers_for_tests import runs_key, where_key
 from tests.rq_support import delete_rq_keys, drain_rq, pending, rq_queue_of, work_burst
 from tests.support import H, load, publish_many, start_worker, write_routing
 from workers.deadletter import list_dead
-from workers.rq_queue import enqueue, job_id, job_kwargs, queue_name
+from workers.rq.queue import enqueue, job_id, job_kwargs, queue_name
 from workers.runner import run_pool
 from workers.status import collect_status
 
@@ -365,7 +365,7 @@ def test_a_job_that_failed_without_recording_counts_as_an_attempt_and_is_dead_le
 def test_a_failed_ack_after_the_handlers_succeeded_does_not_run_them_again(
     sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import workers.rq_executor as rq_executor
+    import workers.rq.job as rq_executor
 
     routing = routing_file(tmp_path, monkeypatch)
     settings = make_settings(prefix, routing_file=routing)
@@ -504,7 +504,7 @@ def test_an_entry_whose_rq_worker_was_sigkilled_mid_job_is_retried_and_burst_wai
 def test_a_failure_between_dead_letter_and_ack_neither_duplicates_the_dead_letter_nor_reruns_handlers(
     sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import workers.rq_executor as rq_executor
+    import workers.rq.job as rq_executor
 
     routing = routing_file(tmp_path, monkeypatch)
     settings = make_settings(prefix, routing_file=routing)
@@ -658,7 +658,7 @@ def test_stopping_the_rq_worker_child_of_fanout_run_leaves_no_work_horse_behind(
 
 
 def test_the_rq_executor_docstring_shows_the_readme_rq_worker_command() -> None:
-    import workers.rq_executor as rq_executor
+    import workers.rq.job as rq_executor
 
     [worker] = [c for c in readme_rq_commands() if c.split()[1] == "worker"]
     assert worker.removeprefix(".venv/bin/") in (rq_executor.__doc__ or "")
@@ -667,7 +667,7 @@ def test_the_rq_executor_docstring_shows_the_readme_rq_worker_command() -> None:
 def test_an_rq_jobs_forward_follows_a_destination_edited_in_routing_yaml(
     prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers import rq_executor
+    import workers.rq.job as rq_executor
 
     def write(url_env: str) -> Path:
         return routing_file(tmp_path, monkeypatch, f"""

@@ -53,7 +53,7 @@ def resolve_handler(name: str, destinations: Mapping[str, Destination]) -> Handl
         if destination is None:
             known = ", ".join(sorted(destinations)) or "none are declared"
             raise ConfigError(f"handler {name!r}: unknown destination {dest_name!r} (destinations: {known})")
-        from workers.handlers.forward import forward_to
+        from workers.forward.handler import forward_to
 
         handler: Handler = functools.partial(forward_to, dest_name, destinations)
         return handler

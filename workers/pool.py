@@ -46,7 +46,7 @@ from workers.deadletter import (
     dead_letter,
 )
 from workers.execute import HandlerSet, call_handler, pool_handler_names
-from workers.rq_consumer import RqBridge
+from workers.rq.bridge import RqBridge
 from workers.streams import Fields, ensure_group, text
 
 log = structlog.get_logger("fanout.worker")

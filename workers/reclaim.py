@@ -73,11 +73,11 @@ async def not_running_in_rq(pool: Pool, due: list[Due]) -> list[Due]:
 
     Only after a pool switched from `executor: rq` to async: an RQ worker may still be running
     an entry's job, and taking the entry over would run it twice at once. A job still queued
-    needs no such care (it runs nothing once the entry was taken over: workers/rq_executor.py),
-    nor one whose worker is gone (workers/rq_queue.abandoned_jobs). One round trip per pass
+    needs no such care (it runs nothing once the entry was taken over: workers/rq/job.py),
+    nor one whose worker is gone (workers/rq/queue.abandoned_jobs). One round trip per pass
     that found due entries.
     """
-    from workers.rq_queue import STARTED, abandoned_jobs, job_id, job_states, queue_name
+    from workers.rq.queue import STARTED, abandoned_jobs, job_id, job_states, queue_name
 
     if not due:
         return due

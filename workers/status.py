@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 
 from bus.keys import Keys
 from bus.stream_figures import partition_figures, summed_counters, totals
-from workers.rq_queue import queue_figures
+from workers.rq.queue import queue_figures
 from workers.streams import id_ms, text
 
 COUNTERS = ("processed", "failed", "retried", "dead")

@@ -48,9 +48,9 @@ def worker_command(pool: str, *, burst: bool = False, concurrency: int | None = 
 
 def rq_worker_command(prefix: str, pool: str) -> list[str]:
     """An RQ worker for an `executor: rq` pool, as the README shows it (`fanout run` starts one)."""
-    from workers.rq_queue import SERIALIZER_PATH, queue_name
+    from workers.rq.queue import SERIALIZER_PATH, queue_name
 
-    return [sys.executable, "-m", "rq.cli", "worker", queue_name(prefix, pool), "-c", "workers.rq_settings",
+    return [sys.executable, "-m", "rq.cli", "worker", queue_name(prefix, pool), "-c", "workers.rq.settings",
             "--serializer", SERIALIZER_PATH, "--quiet"]
 
 

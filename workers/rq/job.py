@@ -1,0 +1,387 @@
+"""The RQ job of an `executor: rq` pool: run one stream entry's handlers inside an RQ worker.
+
+Start the workers with the JSON serializer, in the environment of `fanout worker`
+(REDIS_URL, ROUTING_FILE, the destinations' and Supabase's variables):
+
+    rq worker reports -c workers.rq.settings --serializer rq.serializers.JSONSerializer
+
+(`-c workers.rq.settings` takes REDIS_URL and loads the handlers before RQ forks.
+`--serializer` stays on the command line: RQ reads no serializer from a settings
+module, only from that option.)
+
+How one entry flows, and why nothing is lost or run twice:
+
+1. The pool's stream consumer reads the entry (it is now pending, delivered once)
+   and enqueues job ``<prefix>-<pool>-<entry>-a1`` (workers/rq/queue.py). The entry
+   stays pending until acked: a crash anywhere leaves it there.
+2. The job first checks that its attempt is still the entry's: the entry is
+   pending and delivered exactly `attempt` times. Otherwise (the entry is done,
+   a later attempt owns it, a requeued old job, a pool switched to async that
+   took the entry over) it returns without running anything, and its success
+   callback does not ack.
+   The job runs the handlers that the completion ledger does not list as done,
+   the ledger the async executor also uses: async handlers concurrently on one
+   event loop (`asyncio.run`), each under `timeout_s`; sync handlers directly, in
+   the job's own thread, so the job's own alarm (SIGALRM at `timeout_s`, raising
+   HandlerTimeout, a BaseException no `except Exception` swallows) can stop a
+   blocking call. Past that timeout, every handler not yet done counts as timed
+   out. RQ's hard timeout, `ceil(timeout_s)` + RQ_RECORDING_MARGIN_S, is only a
+   backstop: the job cancels it before recording what happened.
+3. Success: the job itself acks the entry and counts it `processed`, in one
+   script that counts only when XACK acked (so an ack repeated by the job's RQ
+   success callback or a reclaim pass is not counted twice), then returns. If
+   that ack fails, the job records every handler as done in the ledger before
+   it fails: the next attempt runs nothing and only acks.
+4. Failure: the job records what the async executor records (`failed` count,
+   the handlers that did succeed in the ledger, the time the retry is due in the
+   pool's retry-time hash: its backoff, or longer for RetryLater(defer_s)), then
+   raises, so RQ marks the job failed. The entry stays pending. On the last
+   attempt, or for a PermanentFailure, it dead-letters, acks and counts the
+   entry in one script (DEAD_SCRIPT), which does nothing if the entry is no
+   longer pending: never a second dead letter.
+5. Retries are the stream consumer's: its reclaim pass (workers/rq/bridge.py)
+   XCLAIMs a due entry whose job failed, which counts the delivery, and enqueues
+   the next attempt's job: ``...-a2``. Each attempt is its own job, so a failed
+   job stays visible in RQ (rq-dashboard, the failed registry) and is never
+   re-enqueued. An entry whose job is queued or started is never touched; one
+   whose job is missing (its consumer died between reading and enqueueing) gets
+   that same attempt's job enqueued; unique ids make a race a no-op.
+
+A job killed before it could record anything (the work horse was SIGKILLed, say)
+ends failed in RQ without a retry time; the reclaimer's next full scan of the
+pending list (at most RQ_FULL_SCAN_INTERVAL_S later) retries it, and it counts as
+an attempt: after `max_attempts` the reclaimer dead-letters the entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+import structlog
+from rq.job import Job, get_current_job
+from rq.timeouts import JobTimeoutException
+
+from bus.connection import async_redis, sync_redis
+from bus.envelope import Event
+from bus.errors import FanoutError
+from bus.keys import Keys
+from bus.logs import configure_logging
+from bus.reload import RoutingHolder
+from bus.routing import PoolConfig
+from bus.settings import Settings
+from workers.context import Context, Resources
+from workers.deadletter import REASON_MALFORMED, REASON_MAX_ATTEMPTS, Failure, dead_fields
+from workers.execute import HandlerSet, call_handler
+from workers.retry import pool_backoff_ms
+from workers.rq.queue import ACK_SCRIPT, DEAD_SCRIPT, ack_script_args, dead_script_args
+from workers.streams import text
+
+log = structlog.get_logger("fanout.worker")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AttemptFailed(FanoutError):
+    """Raised by the job so RQ records it as failed; the entry stays pending (or was dead-lettered)."""
+
+
+class HandlerTimeout(BaseException):
+    """Raised in the job's thread when its handlers ran past timeout_s.
+
+    A BaseException, unlike RQ's JobTimeoutException: a handler's `except Exception` cannot
+    swallow it, so a timeout is always a failed attempt.
+    """
+
+
+# Past timeout_s, the job's alarm fires again this often while a handler still runs (one that
+# caught even a BaseException).
+TIMEOUT_REFIRE_S = 1.0
+# The job's alarm fires this long after timeout_s, so an async handler's own asyncio timeout
+# (exactly timeout_s) reports it first.
+TIMEOUT_SLACK_S = 0.2
+
+
+@contextmanager
+def _handler_deadline(timeout_s: float) -> Iterator[None]:
+    """Stop the handlers at timeout_s with HandlerTimeout (SIGALRM), and cancel RQ's alarm on the way out.
+
+    RQ's own hard timeout (the job timeout: ceil(timeout_s) + RQ_RECORDING_MARGIN_S) shares the
+    process's one real-time timer: it is replaced here for the handlers, and cancelled, with
+    ours, before the job records its outcome. Outside the main thread (no signals) the handlers'
+    own asyncio timeouts are all there is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def fire(signum: int, frame: FrameType | None) -> None:
+        signal.setitimer(signal.ITIMER_REAL, TIMEOUT_REFIRE_S)
+        raise HandlerTimeout(f"the handlers ran past timeout_s ({timeout_s} s)")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s + TIMEOUT_SLACK_S)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class _Inline(Executor):
+    """Runs a sync handler right away, in the job's thread, where RQ's timeout can interrupt it."""
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except JobTimeoutException:
+            raise
+        except Exception as err:
+            future.set_exception(err)
+        return future
+
+
+_INLINE = _Inline()
+
+
+class _HideJobArguments(logging.Filter):
+    """RQ attaches a failed job's arguments (the raw body) to its log record; a JSON log handler
+    would print them. Raw bodies never reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name in ("arguments", "kwargs"):
+            if hasattr(record, name):
+                setattr(record, name, "[redacted]")
+        return True
+
+
+@dataclass
+class _Runtime:
+    """What an RQ worker process keeps between jobs: the routing table (followed) and resolved handlers."""
+
+    holder: RoutingHolder
+    handlers: HandlerSet
+
+
+_runtimes: dict[Path, _Runtime] = {}
+
+
+def _runtime(settings: Settings) -> _Runtime:
+    found = _runtimes.get(settings.routing_file)
+    if found is None:
+        # The first job (or warm_up) is the RQ worker process's entry into our code.
+        if not structlog.is_configured():
+            configure_logging(settings.log_level)
+        rq_log = logging.getLogger("rq.worker")
+        if not any(isinstance(f, _HideJobArguments) for f in rq_log.filters):
+            rq_log.addFilter(_HideJobArguments())
+        found = _runtimes[settings.routing_file] = _Runtime(
+            RoutingHolder.load(settings.routing_file), HandlerSet())
+    elif found.holder.check():
+        # A reload: forward handlers read their destination from the handler set at each call,
+        # so refresh it, as the pool does, or edits to a destination would never reach RQ jobs.
+        found.handlers.load((), found.holder.table, strict=False)
+    return found
+
+
+def warm_up() -> None:
+    """Load the routing table and resolve every handler it names, before RQ forks work horses.
+
+    `rq worker -c workers.rq.settings` calls it in the worker's main process, so each
+    forked horse starts with them loaded instead of importing them for its one job.
+    """
+    runtime = _runtime(Settings.from_env())
+    table = runtime.holder.table
+    names = {h for route in table.routes for _, handlers in route.targets for h in handlers}
+    for err in runtime.handlers.load(names, table, strict=False):
+        log.warning("handler.unresolved", error=str(err))
+
+
+def _connection(settings: Settings) -> redis.Redis:
+    """The RQ worker's own connection: the Redis that holds the queue, and so the pool's stream."""
+    job = get_current_job()
+    return job.connection if job is not None else sync_redis(settings.redis_url)
+
+
+def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attempts: int, timeout_s: float,
+              backoff_base_s: float, backoff_max_s: float, ledger_ttl_s: int,
+              entry: dict[str, str]) -> dict[str, int]:
+    """The job function: run the entry's handlers not yet done; raise AttemptFailed if any failed."""
+    settings = dataclasses.replace(Settings.from_env(), key_prefix=prefix)
+    runtime = _runtime(settings)
+    client = _connection(settings)
+    keys = Keys(prefix)
+    config = PoolConfig(name=pool, max_attempts=max_attempts, timeout_s=timeout_s,
+                        backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s)
+    delivered = _times_delivered(client, keys, pool, entry_id)
+    if delivered != attempt:
+        # Done (acked, dead-lettered), or another attempt owns it now: a job requeued by hand
+        # (`rq requeue`), or a pool switched to async that took the entry over. Run nothing.
+        log.warning("entry.attempt_superseded", pool=pool, executor="rq", entry_id=entry_id, attempt=attempt,
+                    times_delivered=delivered, event_id=entry.get("id", ""), event_type=entry.get("type", ""))
+        return {"handlers": 0, SKIPPED: 1}
+    try:
+        event = Event.from_entry(entry)  # type: ignore[arg-type]
+    except (ValueError, KeyError) as err:
+        failure = Failure("", f"{type(err).__name__}: {err}", "", permanent=True)
+        _dead(client, keys, pool, entry_id, entry, REASON_MALFORMED, [failure], attempt, None)
+        raise AttemptFailed(f"malformed entry {entry_id}: dead-lettered") from err
+    ledger_key = keys.ledger(pool, event.id)
+    done = {text(h) for h in client.smembers(ledger_key)} if attempt > 1 else set()
+    todo = [h for h in event.handlers if h not in done]
+    succeeded: list[str] = []
+    failures: list[Failure] = []
+    try:
+        with _handler_deadline(timeout_s):
+            asyncio.run(_run_handlers(runtime, settings, event, pool, attempt, todo, timeout_s, succeeded,
+                                      failures))
+    except (HandlerTimeout, JobTimeoutException):
+        ended = {*succeeded, *(f.handler for f in failures)}
+        trace = traceback.format_exc()
+        failures += [Failure(h, f"TimeoutError: the job ran past timeout_s ({timeout_s} s); it was stopped",
+                             trace) for h in todo if h not in ended]
+    # From here on only recording, which RQ's alarm (already cancelled by _handler_deadline) must
+    # never cut in half.
+    if not failures:
+        _ack_done(client, keys, pool, entry_id, event, attempt, ledger_key, ledger_ttl_s)
+        return {"handlers": len(todo)}
+    _record_failure(client, keys, config, entry_id, entry, event, attempt, succeeded, failures, ledger_ttl_s)
+    raise AttemptFailed(f"attempt {attempt} of entry {entry_id} ({event.type} {event.id}): "
+                        + "; ".join(f"{f.handler}: {f.error}" for f in failures))
+
+
+async def _run_handlers(runtime: _Runtime, settings: Settings, event: Event, pool: str, attempt: int,
+                        todo: list[str], timeout_s: float, succeeded: list[str], failures: list[Failure]) -> None:
+    client = async_redis(settings.redis_url)
+    resources = Resources()
+    table = runtime.holder.table
+    bound = log.bind(pool=pool, executor="rq", event_id=event.id, event_type=event.type, attempt=attempt)
+
+    def make_ctx(handler: str) -> Context:
+        return Context(pool=pool, handler=handler, attempt=attempt, log=bound.bind(handler=handler),
+                       redis=client, settings=settings, resources=resources)
+
+    async def one(name: str) -> None:
+        failure = await call_handler(runtime.handlers.get(name, table), name, event, make_ctx, timeout_s,
+                                     lambda: _INLINE, passthrough=(JobTimeoutException,))
+        if failure is None:
+            succeeded.append(name)
+        else:
+            failures.append(failure)
+
+    try:
+        if len(todo) == 1:
+            await one(todo[0])
+        else:
+            await asyncio.gather(*(one(h) for h in todo))
+    finally:
+        await resources.aclose()
+        await client.aclose()
+
+
+def _record_failure(client: redis.Redis, keys: Keys, config: PoolConfig, entry_id: str, entry: dict[str, str],
+                    event: Event, attempt: int, succeeded: list[str], failures: list[Failure],
+                    ledger_ttl_s: int) -> None:
+    """What a failed attempt leaves behind: counts, the ledger, when to retry; or the dead letter."""
+    pool = config.name
+    ledger_key = keys.ledger(pool, event.id)
+    permanent = [f for f in failures if f.permanent]
+    if permanent or attempt >= config.max_attempts:
+        reason = permanent[0].reason if permanent else REASON_MAX_ATTEMPTS
+        _dead(client, keys, pool, entry_id, entry, reason, failures, attempt, ledger_key, failed=len(failures))
+        return
+    now_ms = int(time.time() * 1000)
+    defer_ms = max((int(f.defer_s * 1000) for f in failures if f.defer_s is not None), default=0)
+    pipe = client.pipeline(transaction=True)
+    pipe.hincrby(keys.pool_stats(pool), "failed", len(failures))
+    if succeeded:
+        pipe.sadd(ledger_key, *succeeded)
+        pipe.expire(ledger_key, ledger_ttl_s)
+    # Backoff from the end of this attempt, not from when the entry was enqueued.
+    pipe.hset(keys.retry_at(pool), entry_id, str(now_ms + max(pool_backoff_ms(config, attempt, entry_id), defer_ms)))
+    pipe.execute()
+
+
+# In the result of a job that ran nothing because its attempt is no longer the entry's current one.
+SKIPPED = "skipped"
+
+
+def _times_delivered(client: redis.Redis, keys: Keys, pool: str, entry_id: str) -> int | None:
+    """How often the pending entry was delivered (its current attempt); None when it is not pending."""
+    rows: Any = client.xpending_range(keys.stream(pool), keys.group(pool), min=entry_id, max=entry_id, count=1)
+    return int(rows[0]["times_delivered"]) if rows else None
+
+
+def _ack_done(client: redis.Redis, keys: Keys, pool: str, entry_id: str, event: Event, attempt: int,
+              ledger_key: str, ledger_ttl_s: int) -> None:
+    """Ack the entry and count it processed, inside the job, right after its handlers succeeded.
+
+    Not in RQ's success callback alone: RQ runs that before it saves the job as finished, and
+    marks the job failed if it raises, so a lost ack there meant a next attempt with no ledger,
+    running every handler again. If this ack fails, every handler is recorded as done in the
+    completion ledger (and the entry made due at once) before the job fails: the next attempt
+    runs nothing and acks.
+    """
+    ack_keys, argv = ack_script_args(keys, pool, entry_id, event.id if attempt > 1 else None)
+    try:
+        client.eval(ACK_SCRIPT, len(ack_keys), *ack_keys, *argv)
+    except redis.RedisError as err:
+        log.error("entry.ack_failed", pool=pool, executor="rq", entry_id=entry_id, attempt=attempt,
+                  event_id=event.id, event_type=event.type, error=f"{type(err).__name__}: {err}")
+        pipe = client.pipeline(transaction=True)
+        pipe.sadd(ledger_key, *event.handlers)
+        pipe.expire(ledger_key, ledger_ttl_s)
+        pipe.hset(keys.retry_at(pool), entry_id, str(int(time.time() * 1000)))
+        pipe.execute()
+        raise AttemptFailed(f"attempt {attempt} of entry {entry_id} ({event.type} {event.id}): every handler "
+                            f"succeeded but the ack failed ({type(err).__name__}: {err}); "
+                            "the next attempt only acks") from err
+
+
+def _dead(client: redis.Redis, keys: Keys, pool: str, entry_id: str, entry: dict[str, str], reason: str,
+          failures: list[Failure], attempts: int, ledger_key: str | None, *, failed: int = 0) -> None:
+    """Dead-letter the entry, ack it, count it (and `failed` handler failures) in one script.
+
+    One step, so a failure (or RQ's alarm) cannot leave a dead letter without the ack, which
+    would dead-letter the entry a second time and run its succeeded handlers again; a repeat
+    finds the entry no longer pending and writes nothing.
+    """
+    fields = dead_fields(entry_id, entry, reason=reason, failures=failures, attempts=attempts,
+                         now_ms=int(time.time() * 1000))
+    dead_keys, argv = dead_script_args(keys, pool, entry_id, ledger_key, failed, fields)
+    if not client.eval(DEAD_SCRIPT, len(dead_keys), *dead_keys, *argv):
+        log.info("entry.already_done", pool=pool, executor="rq", entry_id=entry_id, attempt=attempts)
+        return
+    log.error("entry.dead_lettered", pool=pool, executor="rq", entry_id=entry_id, reason=reason,
+              attempt=attempts, event_id=entry.get("id", ""), event_type=entry.get("type", ""),
+              handler=",".join(f.handler for f in failures), error=failures[0].error if failures else reason)
+
+
+def on_job_success(job: Job, connection: redis.Redis, result: Any) -> None:
+    """RQ's success callback: a harmless repeat of the job's own ack (the script counts an entry once).
+
+    Kept for jobs enqueued before the job acked itself. A job that ran nothing (its attempt was
+    superseded) must not ack: the entry may be running elsewhere under a later attempt.
+    """
+    if isinstance(result, dict) and result.get(SKIPPED):
+        return
+    kwargs: dict[str, Any] = job.kwargs
+    keys = Keys(kwargs["prefix"])
+    event_id = kwargs["entry"].get("id") if kwargs["attempt"] > 1 else None
+    ack_keys, argv = ack_script_args(keys, kwargs["pool"], kwargs["entry_id"], event_id)
+    connection.eval(ACK_SCRIPT, len(ack_keys), *ack_keys, *argv)
