@@ -103,7 +103,10 @@ class Ingress:
 
     async def stop(self) -> None:
         if self._durability_check is not None:
+            # Awaited, so a connection it was opening is closed before the client is.
             self._durability_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._durability_check
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
