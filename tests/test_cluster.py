@@ -244,3 +244,47 @@ async def test_an_event_is_acknowledged_only_once_a_replica_has_it_also_when_red
         assert settled.status_code == 200 and settled.json()["duplicate"] is True
     else:
         assert first.status_code == 200 and again.json()["duplicate"] is True
+
+
+def _set_slot_everywhere(cluster: LocalCluster, slot: int, owner: int) -> None:
+    """Assign an empty slot to the master on port `owner`, on every node (as a resharding tool does)."""
+    with cluster.client(owner) as node:
+        owner_id = node.execute_command("CLUSTER", "MYID").decode()
+        node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", owner_id)
+        node.execute_command("CLUSTER", "BUMPEPOCH")
+    for port in cluster.masters():  # replicas learn it from their masters
+        if port != owner:
+            with cluster.client(port) as node:
+                node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", owner_id)
+    cluster.wait_healthy()
+
+
+async def test_a_publish_to_a_slot_that_moved_follows_the_moved_reply(redis_cluster: LocalCluster) -> None:
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}", 16)
+    client = async_redis(redis_cluster.url)
+    try:
+        assert await _publish(client, keys, [_refund(0, 1)]) == [False]  # the client has its slot map now
+        used = event_partition(routing_fields(orjson.dumps(_refund(0, 1))), 16)
+        event = next(e for e in (_refund(i, 10_000) for i in range(1, 10_000))
+                     if event_partition(routing_fields(orjson.dumps(e)), 16) != used)
+        p = event_partition(routing_fields(orjson.dumps(event)), 16)
+        slot = key_slot(keys.tag(p).encode())
+        source = int(client.nodes_manager.get_node_from_slot(slot).port)
+        target = next(port for port in redis_cluster.masters() if port != source)
+        _set_slot_everywhere(redis_cluster, slot, target)  # empty: nothing of this prefix is in it yet
+        try:
+            with redis_cluster.client(source) as node:
+                moved_before = int(node.info("errorstats").get("errorstat_MOVED", {}).get("count", 0))
+            assert await _publish(client, keys, [event]) == [False], "answered from the new owner, not 503"
+            with redis_cluster.client(source) as node:
+                assert int(node.info("errorstats")["errorstat_MOVED"]["count"]) == moved_before + 1
+            with redis_cluster.client(target) as node:
+                assert node.xlen(keys.stream("customer", p)) == 1
+        finally:
+            with redis_cluster.client(target) as node:
+                names = node.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+                if names:
+                    node.delete(*names)
+            _set_slot_everywhere(redis_cluster, slot, source)
+    finally:
+        await client.aclose()
