@@ -8,6 +8,14 @@ KEY_PREFIX = "fanout"
 # A dead Redis must turn into a 503 quickly so Stripe retries; never hang the request.
 REDIS_CONNECT_TIMEOUT_S = 0.5
 REDIS_SOCKET_TIMEOUT_S = 1.5
+# FANOUT_PARTITIONS: one partition keeps every key in one slot, as before partitions existed.
+PARTITIONS = 1
+# FANOUT_MIN_REPLICAS: 0 answers 2xx once the primary has the event (Redis replicates async).
+MIN_REPLICAS = 0
+# With FANOUT_MIN_REPLICAS, how long the ingress's WAIT may take (inside its 1.5 s publish budget).
+REPLICA_WAIT_MS = 500
+# `fanout partitions resize`: how many dedupe records one SCAN/copy round handles.
+RESIZE_BATCH = 500
 
 # Ingress
 ROUTING_FILE = "routing.yaml"

@@ -52,6 +52,10 @@ class Settings:
     signature_tolerance_s: int = defaults.SIGNATURE_TOLERANCE_S
     seen_retention_s: int = defaults.SEEN_RETENTION_S
     log_level: str = defaults.LOG_LEVEL
+    # FANOUT_PARTITIONS: how many partitions each pool's stream is split into (bus/partitions.py).
+    partitions: int = defaults.PARTITIONS
+    # FANOUT_MIN_REPLICAS: the ingress answers 2xx only once this many replicas have the event.
+    min_replicas: int = defaults.MIN_REPLICAS
     # Everything else a handler may need (destination URLs and secrets, SUPABASE_URL, ...).
     # Kept so handlers read configuration from Settings, not from os.environ directly.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -73,6 +77,8 @@ class Settings:
                     env, "SEEN_RETENTION_S", defaults.SEEN_RETENTION_S
                 ),
                 log_level=(env.get("LOG_LEVEL") or defaults.LOG_LEVEL).lower(),
+                partitions=_positive_int(env, "FANOUT_PARTITIONS", defaults.PARTITIONS),
+                min_replicas=_whole_int(env, "FANOUT_MIN_REPLICAS", defaults.MIN_REPLICAS),
                 env=env,
             )
         except ValueError as err:
@@ -85,6 +91,13 @@ class Settings:
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _whole_int(env, name, default)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _whole_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -92,6 +105,6 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
     return value

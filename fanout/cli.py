@@ -42,6 +42,10 @@ def cmd_ingress(args: argparse.Namespace) -> int:
         return 2
     if not routing_is_valid(settings):
         return 1
+    from fanout.partitions_cmd import partitions_agree
+
+    if not partitions_agree(settings, "ingress"):
+        return 2
     serve_ingress(args.host, args.port, args.workers)
     return 0
 
@@ -57,6 +61,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_or_exit()
+    from fanout.partitions_cmd import partitions_agree
+
+    if settings.partitions > 1:
+        # Until pools read every partition (streams_to_read), a worker would silently read nothing.
+        print(f"fanout worker: FANOUT_PARTITIONS={settings.partitions}: workers do not read partitioned "
+              "streams yet; run them with FANOUT_PARTITIONS=1", file=sys.stderr)
+        return 2
+    if not partitions_agree(settings, "worker"):
+        return 2
     if args.processes > 1:
         from workers.supervision.supervisor import Supervisor
 
@@ -98,7 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     pools = list(table.pools)
     rq_queues = {p: queue_name(settings.key_prefix, p) for p, c in table.pools.items() if c.executor == "rq"}
-    keys = Keys(settings.key_prefix)
+    keys = Keys(settings.key_prefix, settings.partitions)
     status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues,
                                                             destinations=list(table.destinations)))
     print(orjson.dumps(status).decode() if args.json else render_text(status))
@@ -338,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pin an object's id so several sends describe the same object, "
                         "e.g. customer=cus_123 (repeatable)")
     p.set_defaults(func=cmd_send)
+    from fanout.partitions_cmd import add_parser as add_partitions_parser
+
+    add_partitions_parser(sub)
     return parser
 
 

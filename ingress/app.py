@@ -63,8 +63,9 @@ class Ingress:
         self.metrics.table_version(holder.table.version)
         self._owns_redis = redis is None
         self.redis = redis if redis is not None else async_redis(settings.redis_url)
-        self.publisher = Publisher(self.redis, Keys(settings.key_prefix), settings.seen_retention_s,
-                                   budget_s=PUBLISH_BUDGET_S)
+        self.publisher = Publisher(self.redis, Keys(settings.key_prefix, settings.partitions),
+                                   settings.seen_retention_s, budget_s=PUBLISH_BUDGET_S,
+                                   min_replicas=settings.min_replicas)
         self._watch_routing = watch_routing
         self._freeze_gc = freeze_gc
         self._watcher: asyncio.Task[None] | None = None
@@ -100,7 +101,10 @@ class Ingress:
 
     async def stop(self) -> None:
         if self._durability_check is not None:
+            # Awaited, so a connection it was opening is closed before the client is.
             self._durability_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._durability_check
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -20,6 +20,8 @@ import structlog
 from bus.keys import Keys
 from bus.settings import Settings, parse_secrets
 
+from .redis_cluster import LocalCluster
+
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 TEST_SECRET = "whsec_test_secret_for_the_suite"
 REPO = Path(__file__).resolve().parent.parent
@@ -93,3 +95,16 @@ def make_settings(prefix: str, *, routing_file: Path | None = None, secrets: str
 @pytest.fixture
 def settings(prefix: str) -> Settings:
     return make_settings(prefix)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real local Redis Cluster (3 masters, 3 replicas) for the whole session; killed afterwards."""
+    try:
+        cluster = LocalCluster.start()
+    except RuntimeError as err:
+        if "are needed" in str(err):
+            pytest.skip(str(err))
+        raise
+    with cluster:
+        yield cluster

@@ -18,7 +18,8 @@ from fanout.samples import sample_event, thin_event
 from ingress.parse import routing_fields
 from tests.postgrest_double import serve
 from tests.stripe_api_double import StripeApiDouble
-from workers.context import Context, Resources
+from workers.context import Context
+from workers.resources import Resources
 from workers.stripe_api import TokenBucket
 
 from .conftest import make_settings

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -36,9 +36,7 @@ from bus import defaults
 from bus.envelope import Event
 from bus.errors import PermanentFailure, RetryLater
 from bus.settings import Secret, Settings
-
-if TYPE_CHECKING:
-    from workers.context import Resources
+from workers.resources import Resources
 
 RESOURCE_NAME = "stripe.api"
 RETRY_LATER_S = 5.0

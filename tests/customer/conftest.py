@@ -23,11 +23,12 @@ from bus.settings import Secret, Settings
 from tests.conftest import REPO, make_settings
 from tests.customer.helpers import customer_pool_env, make_context
 from tests.postgrest_double import PostgrestDouble, apply_migrations, drop_schema, serve
-from workers.context import Context, Resources
+from workers.context import Context
 from workers.customer.store.base import Store
 from workers.customer.store.select import RESOURCE_NAME
 from workers.customer.store.sqlite_store import SqliteStore
 from workers.customer.store.supabase_store import SupabaseStore
+from workers.resources import Resources
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MIGRATIONS = sorted((REPO / "supabase" / "migrations").glob("*.sql"))

@@ -12,7 +12,8 @@ import structlog
 from bus.envelope import Event, RoutingFields, entry_fields
 from bus.settings import Settings
 from fanout.samples import sample_event
-from workers.context import Context, Resources
+from workers.context import Context
+from workers.resources import Resources
 
 
 def event_from(payload: dict[str, Any], handlers: tuple[str, ...] = ()) -> Event:

@@ -37,7 +37,6 @@ from bus.redaction import redact_secrets
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from bus.settings import Settings
-from workers.context import Resources
 from workers.engine import reclaim, retention
 from workers.engine.async_executor import AsyncExecutor
 from workers.engine.entries import run_entry
@@ -48,6 +47,7 @@ from workers.engine.outcomes import Outcomes
 from workers.engine.periodic import every
 from workers.engine.slots import Slots
 from workers.handlers import HandlerSet, pool_handler_names
+from workers.resources import Resources
 from workers.rq.bridge import RqExecutor
 from workers.stream_ops import ensure_group, text
 

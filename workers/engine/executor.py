@@ -20,11 +20,11 @@ from bus.keys import Keys
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from bus.settings import Settings
-from workers.context import Resources
 from workers.engine.observer import Observer
 from workers.engine.outcomes import Outcomes
 from workers.engine.slots import Slots
 from workers.handlers import HandlerSet
+from workers.resources import Resources
 from workers.stream_ops import Fields
 
 

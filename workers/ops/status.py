@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from bus.keys import Keys
+from bus.stream_figures import partition_figures, summed_counters, totals
 from workers.forward.breaker import breaker_states
 from workers.rq.queue import queue_figures
 from workers.stream_ops import id_ms, text
@@ -58,16 +59,22 @@ async def collect_status(redis: aioredis.Redis, keys: Keys, pools: list[str], no
     A pool in `rq_queues` (pool -> RQ queue name) also gets "executor": "rq", "rq_queue",
     "rq_queued" (jobs waiting in the queue) and "rq_workers" (RQ workers listening to it).
     """
-    ingress: Any = await redis.hgetall(keys.ingress_stats)
+    ingress = await summed_counters(redis, [keys.ingress_stats_of(p) for p in range(keys.partitions)])
     out: dict[str, dict[str, Any]] = {}
     for pool in pools:
         out[pool] = await pool_status(redis, keys, pool, now_ms)
+        # Per partition figures; with several partitions the totals are their sums.
+        out[pool]["partitions"] = figures = await partition_figures(redis, keys, pool)
+        if keys.partitions > 1:
+            out[pool].update(totals(figures))
+            counters = await summed_counters(redis, [keys.pool_stats(pool, p) for p in range(keys.partitions)])
+            out[pool].update({name: counters.get(name, 0) for name in COUNTERS})
         if rq_queues and pool in rq_queues:
             out[pool].update(await queue_figures(redis, rq_queues[pool]))
     return {
         "pools": out,
-        "unrouted": int(ingress.get(b"unrouted", 0)),
-        "duplicates": int(ingress.get(b"duplicates", 0)),
+        "unrouted": ingress.get("unrouted", 0),
+        "duplicates": ingress.get("duplicates", 0),
         "breakers": await breaker_states(redis, keys, destinations or []),
     }
 

@@ -76,10 +76,11 @@ from bus.redaction import redact_secrets
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from bus.settings import Settings
-from workers.context import Context, Resources
+from workers.context import Context
 from workers.engine import outcomes
 from workers.engine.failures import REASON_MALFORMED, REASON_TIMEOUT, Failure
 from workers.handlers import HandlerSet, call_handler
+from workers.resources import Resources
 from workers.rq.deadline import INLINE, HandlerTimeout, handler_deadline
 from workers.rq.record import (
     SKIPPED,

@@ -20,9 +20,10 @@ from bus.keys import Keys
 from bus.routing import Destination
 from tests.conftest import make_settings
 from tests.support import FAST_POOL, event_body, load, publish, write_routing
-from workers.context import Context, Resources
+from workers.context import Context
 from workers.forward.handler import forward
 from workers.ops.deadletter import list_dead
+from workers.resources import Resources
 from workers.supervision.runner import run_pool
 
 DEST_SECRET = "whsec_destination_secret_never_logged"
