@@ -3,6 +3,12 @@
 Each entry is self-contained: the raw body, the fields routing used, the
 handler list decided at publish time, the routing-table version and the time
 received. A worker never needs the routing table to run an entry.
+
+The body is stored zstd-compressed (level 1) when that makes it smaller, which
+for Stripe's pretty-printed JSON of 1 to 4 KB is 40 to 25 % of its size, and the
+`body_encoding` field says so ("zstd"; "" or absent for the raw bytes, as in every
+entry written before compression). Event.from_entry gives handlers the original
+bytes either way: `forward:` re-signs exactly what Stripe signed.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from functools import cached_property
 from typing import Any
 
 import orjson
+import zstandard
 
 # Field names inside a stream entry. Short, because they are stored per entry.
 F_ID = "id"
@@ -25,13 +32,50 @@ F_HANDLERS = "handlers"
 F_VERSION = "version"
 F_RECEIVED_MS = "received_ms"
 F_BODY = "body"
+F_BODY_ENCODING = "body_encoding"
+
+# Values of F_BODY_ENCODING. Every entry carries the field, so all entries of a stream
+# share one field list, which Redis then stores once per node instead of once per entry.
+BODY_RAW = ""
+BODY_ZSTD = "zstd"
+# Level 1: measured on Stripe JSON, higher levels save a few % more for 2-3x the ingress CPU.
+ZSTD_LEVEL = 1
 
 HANDLER_SEPARATOR = ","
 
 # Fields every pool's copy of an event shares, in the order the publish script writes
 # them after `handlers`. The script names them itself, so a publish sends values only.
 SHARED_FIELDS = (F_ID, F_TYPE, F_CREATED, F_LIVEMODE, F_ACCOUNT, F_OBJECT_ID, F_VERSION,
-                 F_RECEIVED_MS, F_BODY)
+                 F_RECEIVED_MS, F_BODY_ENCODING, F_BODY)
+
+# One compressor and decompressor per process; both are used from one thread at a time
+# (the ingress's event loop; a worker's loop or RQ job), which zstandard requires.
+_compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+_decompressor = zstandard.ZstdDecompressor()
+
+
+class BodyEncodingError(ValueError):
+    """A stored body whose encoding is unknown or whose bytes do not decode."""
+
+
+def encode_body(body: bytes) -> tuple[str, bytes]:
+    """The encoding and bytes to store for a raw body: compressed when that is smaller."""
+    packed = _compressor.compress(body)
+    if len(packed) < len(body):
+        return BODY_ZSTD, packed
+    return BODY_RAW, body
+
+
+def decode_body(encoding: str, stored: bytes) -> bytes:
+    """The original body from its stored bytes and encoding (raise BodyEncodingError)."""
+    if encoding == BODY_RAW:
+        return stored
+    if encoding == BODY_ZSTD:
+        try:
+            return _decompressor.decompress(stored)
+        except zstandard.ZstdError as err:
+            raise BodyEncodingError(f"the stored body does not decompress: {err}") from err
+    raise BodyEncodingError(f"unknown body encoding {encoding!r}")
 
 
 @dataclass(frozen=True)
@@ -49,9 +93,10 @@ class RoutingFields:
 def shared_values(
     event: RoutingFields, version: str, received_ms: int, body: bytes
 ) -> tuple[str | bytes, ...]:
-    """Values of SHARED_FIELDS for one event, in that order."""
+    """Values of SHARED_FIELDS for one event, in that order (the body encoded: encode_body)."""
+    encoding, stored = encode_body(body)
     return (event.id, event.type, str(event.created), "1" if event.livemode else "0",
-            event.account or "", event.object_id or "", version, str(received_ms), body)
+            event.account or "", event.object_id or "", version, str(received_ms), encoding, stored)
 
 
 def entry_fields(
@@ -66,7 +111,7 @@ def entry_fields(
 
 _BYTE_NAMES = {name: name.encode() for name in
                (F_ID, F_TYPE, F_CREATED, F_LIVEMODE, F_ACCOUNT, F_OBJECT_ID, F_HANDLERS, F_VERSION,
-                F_RECEIVED_MS, F_BODY)}
+                F_RECEIVED_MS, F_BODY_ENCODING, F_BODY)}
 
 
 def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str:
@@ -106,7 +151,7 @@ class Event:
 
     @classmethod
     def from_entry(cls, fields: Mapping[bytes | str, bytes | str]) -> Event:
-        body = fields.get(F_BODY.encode(), fields.get(F_BODY, b""))
+        """The event of a stream entry, its body decoded (raise BodyEncodingError)."""
         handlers = _text(fields, F_HANDLERS)
         return cls(
             id=_text(fields, F_ID),
@@ -118,5 +163,20 @@ class Event:
             handlers=tuple(h for h in handlers.split(HANDLER_SEPARATOR) if h),
             table_version=_text(fields, F_VERSION),
             received_ms=int(_text(fields, F_RECEIVED_MS) or 0),
-            body=body if isinstance(body, bytes) else str(body).encode(),
+            body=entry_body(fields),
         )
+
+
+def entry_body(fields: Mapping[bytes | str, bytes | str]) -> bytes:
+    """The original raw body of a stream entry, whatever its encoding (raise BodyEncodingError)."""
+    stored = fields.get(_BYTE_NAMES[F_BODY], fields.get(F_BODY, b""))
+    return decode_body(_text(fields, F_BODY_ENCODING),
+                       stored if isinstance(stored, bytes) else str(stored).encode())
+
+
+def plain_entry(fields: Mapping[bytes | str, bytes | str]) -> dict[bytes | str, bytes | str]:
+    """The entry's fields with its body decoded and no encoding field (for text-only carriers: RQ jobs)."""
+    out = {k: v for k, v in fields.items() if k not in (F_BODY_ENCODING, _BYTE_NAMES[F_BODY_ENCODING])}
+    body_key = _BYTE_NAMES[F_BODY] if _BYTE_NAMES[F_BODY] in fields else F_BODY
+    out[body_key] = entry_body(fields)
+    return out

@@ -66,7 +66,8 @@ class Ingress:
         self.redis = redis if redis is not None else async_redis(settings.redis_url)
         self.publisher = Publisher(self.redis, Keys(settings.key_prefix, settings.partitions),
                                    settings.seen_retention_s, budget_s=PUBLISH_BUDGET_S,
-                                   min_replicas=settings.min_replicas)
+                                   min_replicas=settings.min_replicas, seen_buckets=settings.seen_buckets,
+                                   clock=clock)
         self._clock = clock
         self._watch_routing = watch_routing
         self._freeze_gc = freeze_gc
