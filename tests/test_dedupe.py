@@ -11,9 +11,12 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from bus import defaults
 from bus.dedupe import DIGEST_BYTES, expires_at_s, lookback_slices, seen_record, slice_of
+from bus.errors import ConfigError
 from bus.keys import Keys
 from bus.routing import parse_routing
+from bus.settings import Settings
 from fanout.samples import sample_event
 from ingress.parse import routing_fields
 from ingress.publish import Publisher
@@ -157,3 +160,10 @@ async def test_each_partition_keeps_its_records_in_its_own_slot(aredis: aioredis
         by_partition[p] = sum([await aredis.hlen(name) for name in names])
     assert sum(by_partition.values()) == 80 and all(by_partition.values())
     assert await _publish(publisher, ids) == [True] * 80
+
+
+def test_seen_buckets_is_read_once_from_the_environment_and_must_be_positive() -> None:
+    assert Settings.from_env({}).seen_buckets == defaults.SEEN_BUCKETS
+    assert Settings.from_env({"SEEN_BUCKETS": "64"}).seen_buckets == 64
+    with pytest.raises(ConfigError, match="SEEN_BUCKETS must be positive"):
+        Settings.from_env({"SEEN_BUCKETS": "0"})
