@@ -31,16 +31,16 @@ from __future__ import annotations
 import hashlib
 import math
 import zlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DIGEST_BYTES = 8
 # Digest bytes after the field's that pick the sub-bucket (independent of the field's bits).
 _BUCKET_BYTES = 4
+_DIGEST_SIZE = DIGEST_BYTES + _BUCKET_BYTES
 
 
-@dataclass(frozen=True)
-class SeenRecord:
-    """Where and what one event's dedupe record is."""
+class SeenRecord(NamedTuple):
+    """Where and what one event's dedupe record is (a tuple: it is built on every publish)."""
 
     bucket: int  # the sub-bucket within each slice
     field: bytes  # DIGEST_BYTES of the event id's digest
@@ -50,7 +50,7 @@ class SeenRecord:
 
 def seen_record(event_id: str, partition_key: str, buckets: int) -> SeenRecord:
     """The dedupe record of an event id, whose partition key is `partition_key`."""
-    digest = hashlib.blake2b(event_id.encode(), digest_size=DIGEST_BYTES + _BUCKET_BYTES).digest()
+    digest = hashlib.blake2b(event_id.encode(), digest_size=_DIGEST_SIZE).digest()
     crc = zlib.crc32(partition_key.encode())
     return SeenRecord(int.from_bytes(digest[DIGEST_BYTES:], "big") % buckets, digest[:DIGEST_BYTES],
                       crc.to_bytes(4, "big"), crc)

@@ -28,7 +28,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from bus import defaults
 from bus.connection import is_cluster
-from bus.dedupe import expires_at_s, lookback_slices, seen_record, slice_of
+from bus.dedupe import DIGEST_BYTES, expires_at_s, lookback_slices, seen_record, slice_of
 from bus.envelope import (
     F_HANDLERS,
     HANDLER_SEPARATOR,
@@ -128,9 +128,10 @@ class Publisher:
         self._lookback = lookback_slices(retention_s, seen_slice_s)
         self._lookback_arg = bulk(self._lookback)
         self._clock = clock
-        # Per partition: the slice its key prefixes below were built for, those prefixes
-        # (current slice first) and the slice's expiry, rebuilt when a new slice starts.
-        self._slice_parts: list[tuple[int, tuple[bytes, ...], bytes]] = [(-1, (), b"")] * keys.partitions
+        # Per partition: the slice its dedupe key heads below were built for, those heads (per
+        # digit count of the sub-bucket: "$<length>\r\n<key without its sub-bucket>", current
+        # slice first) and the slice's expiry; rebuilt when a new slice starts.
+        self._slice_parts: list[tuple[int, dict[int, tuple[bytes, ...]], bytes]] = [(-1, {}, b"")] * keys.partitions
         self._budget_s = budget_s
         self._min_replicas = min_replicas
         self._wait = (command("WAIT", min_replicas, min(defaults.REPLICA_WAIT_MS, int(budget_s * 500)))
@@ -154,13 +155,16 @@ class Publisher:
         record = seen_record(event.id, key, self._buckets)
         p = partition_of(key, self._partitions)
         head, streams, per_pool = self._route_parts[p].get(match.targets) or self._pack_route(match.targets, p)
-        slice_index, prefixes, expiry = self._slice_parts[p]
+        slice_index, heads, expiry = self._slice_parts[p]
         if slice_index != (now := slice_of(int(self._clock() * 1000), self._slice_s)):
-            slice_index, prefixes, expiry = self._pack_slice(p, now)
+            slice_index, heads, expiry = self._pack_slice(p, now)
         bucket = b"%d" % record.bucket
+        # Every dedupe key ends with the same sub-bucket: one join packs them all.
+        tail = bucket + b"\r\n"
+        dedupe_keys = tail.join(heads.get(len(bucket)) or self._pack_heads(p, len(bucket))) + tail
         packed = b"".join((
-            head, *[bulk(prefix + bucket) for prefix in prefixes], self._stats[p], streams,
-            self._lookback_arg, bulk(record.field), bulk(record.value), expiry,
+            head, dedupe_keys, self._stats[p], streams, self._lookback_arg,
+            b"$%d\r\n%b\r\n$4\r\n%b\r\n" % (DIGEST_BYTES, record.field, record.value), expiry,
             *map(bulk, shared_values(event, table_version, received_ms, body)), per_pool,
         ))
         loop = asyncio.get_running_loop()
@@ -173,12 +177,20 @@ class Publisher:
             return PublishResult(duplicate=True, pools=())
         return PublishResult(duplicate=False, pools=match.pools)
 
-    def _pack_slice(self, p: int, slice_index: int) -> tuple[int, tuple[bytes, ...], bytes]:
-        """The dedupe key prefixes of partition p for a lookup in `slice_index`, and its expiry."""
-        prefixes = tuple(self._keys.seen(slice_index - i, "", p).encode() for i in range(self._lookback))
-        parts = (slice_index, prefixes, bulk(expires_at_s(slice_index, self._slice_s, self._retention_s)))
+    def _pack_slice(self, p: int, slice_index: int) -> tuple[int, dict[int, tuple[bytes, ...]], bytes]:
+        """Start partition p's new slice: no key heads yet, and the slice's expiry."""
+        parts: tuple[int, dict[int, tuple[bytes, ...]], bytes] = (
+            slice_index, {}, bulk(expires_at_s(slice_index, self._slice_s, self._retention_s)))
         self._slice_parts[p] = parts
         return parts
+
+    def _pack_heads(self, p: int, digits: int) -> tuple[bytes, ...]:
+        """The RESP heads of partition p's dedupe keys in the current slice, for sub-buckets of `digits`."""
+        slice_index, heads, _ = self._slice_parts[p]
+        prefixes = [self._keys.seen(slice_index - i, "", p).encode() for i in range(self._lookback)]
+        packed = tuple(b"$%d\r\n%b" % (len(prefix) + digits, prefix) for prefix in prefixes)
+        heads[digits] = packed
+        return packed
 
     def _pack_route(self, targets: Targets, p: int) -> tuple[bytes, bytes, bytes]:
         """EVALSHA, the key count and the per-pool keys and arguments of one route, in RESP."""
