@@ -30,6 +30,14 @@ RELOAD_POLL_S = 0.5
 
 # Dedupe: Stripe retries for up to three days, so remember an event id for a week.
 SEEN_RETENTION_S = 7 * 24 * 3600
+# Dedupe records live in one hash per (partition, time slice, sub-bucket) (bus/dedupe.py).
+# A slice's hashes expire together, SEEN_RETENTION_S after the slice ends; a publish reads
+# every slice that may still be live (8 with these defaults).
+SEEN_SLICE_S = 24 * 3600
+# SEEN_BUCKETS: sub-buckets per partition and slice. A hash stays a compact listpack up to
+# 128 records (Redis's hash-max-listpack-entries), so this suits up to ~100,000 events a day
+# per partition; more still works, at ~70 B per record instead of ~21 (README: sizing Redis).
+SEEN_BUCKETS = 1024
 
 LOG_LEVEL = "info"
 

@@ -31,9 +31,9 @@ class Keys:
     def _base(self) -> str:
         return "{" + self.prefix + "}"
 
-    def seen(self, event_id: str, p: int = 0) -> str:
-        """Dedupe marker for one Stripe event id, in the event's partition."""
-        return f"{self.tag(p)}:seen:{event_id}"
+    def seen(self, slice_index: int | str, bucket: int | str, p: int = 0) -> str:
+        """Hash of dedupe records: one time slice's sub-bucket of partition p (bus/dedupe.py)."""
+        return f"{self.tag(p)}:seen:{slice_index}:{bucket}"
 
     def stream(self, pool: str, p: int = 0) -> str:
         """The stream a pool consumes, for partition p."""

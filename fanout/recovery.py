@@ -159,8 +159,10 @@ def reconcile(settings: Settings, *, since: datetime, until: datetime | None, ty
         async with httpx.AsyncClient(timeout=defaults.STRIPE_EVENTS_TIMEOUT_S) as client:
             pages = EventPages(client, api_key, base_url=base_url,
                                limiter=RateLimiter(defaults.STRIPE_API_RATE_PER_S))
-            summary = await run_reconcile(redis, Keys(settings.key_prefix), table, pages.pages(query),
-                                          seen_retention_s=settings.seen_retention_s, dry_run=dry_run)
+            keys = Keys(settings.key_prefix, settings.partitions)
+            summary = await run_reconcile(redis, keys, table, pages.pages(query),
+                                          seen_retention_s=settings.seen_retention_s,
+                                          seen_buckets=settings.seen_buckets, dry_run=dry_run)
             return summary, pages.requests
 
     try:

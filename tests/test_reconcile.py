@@ -14,6 +14,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from bus.envelope import entry_body
 from bus.keys import Keys
 from bus.settings import Secret
 from bus.stripe_events import EventPages, EventQuery, RateLimiter, StripeApiError
@@ -108,7 +109,7 @@ async def test_reconcile_publishes_what_was_never_delivered_and_skips_what_was(
     assert out[0] == f"events created {start} to now, every type (1 request)"
     assert await aredis.xlen(keys.stream("alpha")) == 3 and await aredis.xlen(keys.stream("beta")) == 1
     # The stored body is the event as the API listed it.
-    stored = {orjson.loads(f[b"body"])["id"]: orjson.loads(f[b"body"])
+    stored = {orjson.loads(entry_body(f))["id"]: orjson.loads(entry_body(f))
               for _, f in await aredis.xrange(keys.stream("alpha"))}
     assert stored == {e["id"]: e for e in events if e["type"] == "customer.created"}
 

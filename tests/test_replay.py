@@ -11,6 +11,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from bus.envelope import entry_body
 from bus.keys import Keys
 from tests.conftest import make_settings
 from tests.support import FAST_POOL, H, load, publish, runs, worker_env, write_routing
@@ -241,4 +242,4 @@ async def test_replay_since_skips_unmarked_copies_of_an_event_already_replayed(
     result = await replay_stream(aredis, keys, "alpha", since=EPOCH)
     assert (len(result.added), result.skipped_copies) == (1, 1)
     [*_, (_, copy)] = await aredis.xrange(keys.stream("alpha"))
-    assert orjson.loads(copy[b"body"])["id"] == "evt_a" and copy[b"replay_of"]
+    assert orjson.loads(entry_body(copy))["id"] == "evt_a" and copy[b"replay_of"]
