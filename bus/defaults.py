@@ -94,10 +94,12 @@ FORWARD_TIMEOUT_S = 10.0
 # In --burst mode the reader waits less per XREADGROUP, so it notices "drained" sooner.
 BURST_BLOCK_MS = 100
 
-# The Stripe API: `fanout reconcile` (bus/stripe_events.py) and handlers' ctx.stripe (workers/stripe_api.py).
+# The Stripe API (bus/stripe_http.py), for `fanout reconcile` (bus/stripe_events.py) and handlers'
+# ctx.stripe (workers/stripe_api.py).
 # STRIPE_API_BASE overrides the address, for tests and proxies.
 STRIPE_API_BASE = "https://api.stripe.com"
-# Stripe allows 25 read requests per second in live mode by default: stay under it per process.
+# Stripe allows 25 read requests per second by default: at most this many in any second, per process
+# (reconcile's pager, or a worker process's handlers together).
 STRIPE_API_RATE_PER_S = 25.0
 # A handler's request waits at most this long (the pool's timeout_s bounds the whole handler).
 STRIPE_API_TIMEOUT_S = 10.0
@@ -108,12 +110,13 @@ STRIPE_API_MAX_WAIT_S = 10.0
 # `fanout reconcile`: the largest page the Events API serves, and each request's timeout.
 STRIPE_EVENTS_PAGE_LIMIT = 100
 STRIPE_EVENTS_TIMEOUT_S = 30.0
-# A 429, a 5xx or a transport error is retried this many times, then the command stops.
+# `fanout reconcile`: a 429, a 5xx or a transport error is retried this many times, then it stops.
 STRIPE_API_MAX_RETRIES = 6
-# Waits between retries without a Retry-After: doubling from the base, capped.
+# Reconcile's waits between retries without a Retry-After: doubling from the base, capped. The base
+# is also the wait for a 429 without a usable Retry-After (reconcile and handlers).
 STRIPE_API_BACKOFF_BASE_S = 1.0
 STRIPE_API_BACKOFF_MAX_S = 30.0
-# A Retry-After longer than this is not waited for in full.
+# Reconcile waits a Retry-After for at most this long (a handler's limit is STRIPE_API_MAX_WAIT_S).
 STRIPE_API_RETRY_AFTER_MAX_S = 60.0
 # Redis gets this long to store one page of reconciled events.
 RECONCILE_PUBLISH_BUDGET_S = 10.0

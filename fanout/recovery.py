@@ -134,7 +134,8 @@ def reconcile(settings: Settings, *, since: datetime, until: datetime | None, ty
 
     from bus import defaults
     from bus.errors import StoreUnavailable
-    from bus.stripe_events import EventPages, EventQuery, RateLimiter, StripeApiError
+    from bus.stripe_events import EventPages, EventQuery, StripeApiError
+    from bus.stripe_http import RateLimiter
     from ingress.reconcile import reconcile as run_reconcile
 
     api_key = settings.secret("STRIPE_API_KEY")
