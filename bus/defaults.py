@@ -59,6 +59,9 @@ CONSUMER_PRUNE_IDLE_S = 3600.0
 # After SIGTERM, in-flight handler calls get this long to finish before the process exits
 # (what is unfinished stays pending and is claimed by a peer).
 SHUTDOWN_GRACE_S = 25.0
+# A handler name a worker could not resolve (no such module yet, an import error) is tried again
+# after this, so creating or fixing the module mends a running worker without a restart.
+UNRESOLVED_RETRY_S = 5.0
 # Retry backoff when routing.yaml says nothing: exponential from about 1 s, capped at 10 min.
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 600.0

@@ -26,6 +26,9 @@ T = TypeVar("T")
 
 # Commands that serve until stopped; their loggers are cached for speed.
 LONG_RUNNING_COMMANDS = frozenset({"ingress", "run", "worker"})
+# Commands that import handler modules named in routing.yaml (`billing.reports:render`): they
+# find them in the current directory, as `python -m fanout.cli` (and so `fanout run`'s pools) does.
+IMPORTS_HANDLERS = frozenset({"run", "worker", "routes"})
 
 
 # --- ingress / run ---------------------------------------------------------------------------------
@@ -298,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in IMPORTS_HANDLERS and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     long_running = args.command in LONG_RUNNING_COMMANDS
     configure_logging(os.environ.get("LOG_LEVEL", defaults.LOG_LEVEL), cache=long_running)
     code: int = args.func(args)
