@@ -17,6 +17,11 @@ pytestmark = pytest.mark.anyio
 FANOUT = Path(sys.executable).parent / "fanout"
 
 
+def run_console_script(args: list[str], **options: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(FANOUT), *args], capture_output=True, text=True, timeout=30,
+                          **options)  # type: ignore[call-overload]
+
+
 async def test_the_console_script_worker_imports_a_handler_module_from_the_current_directory(
         aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path) -> None:
     (tmp_path / "billing_cwd.py").write_text(
@@ -28,7 +33,6 @@ async def test_the_console_script_worker_imports_a_handler_module_from_the_curre
                                       "routes:\n  invoice.paid: {billing: ['billing_cwd:record']}\n")
     await publish(aredis, keys, load(routing), "invoice.paid", "evt_cwd_1")
     env = worker_env(prefix, routing)  # PYTHONPATH is the repository, not tmp_path
-    done = subprocess.run([str(FANOUT), "worker", "billing", "--burst"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=30)
+    done = run_console_script(["worker", "billing", "--burst"], cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert await aredis.smembers("{" + prefix + "}:test:billing") == {b"evt_cwd_1"}
