@@ -19,7 +19,21 @@ from bus.errors import ConfigError
 from bus.logs import configure_logging
 from bus.routing import RoutingTable, load_routing
 from bus.settings import Settings
-from fanout.run import routing_is_valid, serve_ingress, settings_or_exit
+from fanout import preflight
+from fanout.run import cannot_listen, routing_is_valid, serve_ingress, settings_or_exit
+
+# What `fanout --help` says first: for the person running it, not for this module's readers.
+DESCRIPTION = """\
+stripe-fanout: point Stripe at one URL. The ingress verifies each webhook once, stores it in
+Redis Streams and fans it out to worker pools; routing.yaml says which pool runs which handlers.
+
+start here:  fanout run                        everything on this machine, embedded defaults
+             fanout send checkout.session.completed   (in another terminal)
+production:  fanout ingress, plus `fanout worker POOL` for each pool of routing.yaml
+"""
+
+EPILOG = ("environment: REDIS_URL, STRIPE_WEBHOOK_SECRET, ROUTING_FILE, FANOUT_PREFIX, LOG_LEVEL "
+          "(see the README). `fanout COMMAND --help` describes each command.")
 
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
@@ -44,8 +58,18 @@ def cmd_ingress(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    for warning in preflight.secret_warnings(settings.webhook_secrets):
+        print(warning, file=sys.stderr)
     if not routing_is_valid(settings):
         return 1
+    why = cannot_listen(args.host, args.port)
+    if why is not None:
+        print(f"fanout ingress: cannot listen on {args.host}:{args.port} ({why}); is another server "
+              f"using port {args.port}? Choose another with --port.", file=sys.stderr)
+        return 2
+    redis_answer = preflight.check_redis(settings)
+    if not redis_answer.ok:
+        print(preflight.ingress_redis_notice(redis_answer), file=sys.stderr, flush=True)
     serve_ingress(args.host, args.port, args.workers)
     return 0
 
@@ -61,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_or_exit()
+    preflight.require_redis(settings, "worker")
     if args.processes > 1:
         from workers.supervisor import Supervisor
 
@@ -75,18 +100,44 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
 
 
-def _with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run one async operation with a Redis client that is closed afterwards."""
+def _with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]], command: str,
+                pool: str | None = None) -> T:
+    """Run one async operation with a Redis client that is closed afterwards.
+
+    A Redis that does not answer ends the command with one line (exit 1); with `pool`, a
+    pool that neither routing.yaml nor Redis knows ends it with exit 2, before anything is written.
+    """
     from bus.connection import async_redis
+    from bus.keys import Keys
 
     async def run() -> T:
         client = async_redis(settings.redis_url)
         try:
+            if pool is not None:
+                why = await preflight.unknown_pool(client, Keys(settings.key_prefix), pool,
+                                                   _declared_pools(settings))
+                if why is not None:
+                    print(f"fanout {command}: {why}", file=sys.stderr)
+                    raise SystemExit(2)
             return await action(client)
         finally:
             await client.aclose()
 
-    return asyncio.run(run())
+    preflight.require_redis(settings, command)  # also catches a URL that does not parse
+    with preflight.redis_errors_exit(command, settings.redis_url):
+        return asyncio.run(run())
+
+
+def _declared_pools(settings: Settings) -> list[str]:
+    """The pools routing.yaml declares (none when it does not load: Redis alone then decides)."""
+    try:
+        return list(load_routing(settings.routing_file).pools)
+    except ConfigError:
+        return []
+
+
+def _entries(count: int) -> str:
+    return f"{count} {'entry' if count == 1 else 'entries'}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -103,7 +154,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     pools = list(table.pools)
     rq_queues = {p: queue_name(settings.key_prefix, p) for p, c in table.pools.items() if c.executor == "rq"}
     keys = Keys(settings.key_prefix)
-    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues))
+    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues),
+                         "status")
     print(orjson.dumps(status).decode() if args.json else render_text(status))
     return 0
 
@@ -117,7 +169,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     from workers.deadletter import list_dead
 
     settings = settings_or_exit()
-    dead = _with_redis(settings, lambda r: list_dead(r, Keys(settings.key_prefix), args.pool))
+    dead = _with_redis(settings, lambda r: list_dead(r, Keys(settings.key_prefix), args.pool), "dlq list",
+                       pool=args.pool)
     if args.json:
         print(orjson.dumps([d.as_dict() for d in dead]).decode())
         return 0
@@ -140,8 +193,9 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         return 2
     settings = settings_or_exit()
     ids = None if args.all else list(args.ids)
-    added, missing = _with_redis(settings, lambda r: replay_dead(r, Keys(settings.key_prefix), args.pool, ids))
-    print(f"{args.pool}: {len(added)} entries put back in the stream")
+    added, missing = _with_redis(settings, lambda r: replay_dead(r, Keys(settings.key_prefix), args.pool, ids),
+                                 "dlq replay", pool=args.pool)
+    print(f"{args.pool}: {_entries(len(added))} put back in the stream")
     for dead_id in missing:
         print(f"not found (or nothing to replay): {dead_id}", file=sys.stderr)
     return 1 if missing else 0
@@ -164,8 +218,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
     added = _with_redis(settings, lambda r: replay_entries(
-        r, Keys(settings.key_prefix), args.pool, since=since, event_id=args.event))
-    print(f"{args.pool}: {len(added)} entries published again")
+        r, Keys(settings.key_prefix), args.pool, since=since, event_id=args.event), "replay", pool=args.pool)
+    print(f"{args.pool}: {_entries(len(added))} published again")
     return 0 if added or args.since else 1
 
 
@@ -174,7 +228,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _routing_file(args: argparse.Namespace) -> tuple[Path, RoutingTable | None]:
     """The routing file the command names (or the configured one), loaded; None after printing why not."""
-    path = Path(args.file) if args.file else settings_or_exit().routing_file
+    positional = getattr(args, "file_arg", None)
+    if args.file and positional and args.file != positional:
+        print(f"fanout routes: two routing files given ({positional} and --file {args.file}); give one",
+              file=sys.stderr)
+        raise SystemExit(2)
+    given = args.file or positional
+    path = Path(given) if given else settings_or_exit().routing_file
     try:
         return path, load_routing(path)
     except ConfigError as err:
@@ -220,76 +280,126 @@ def cmd_routes_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from fanout.send import send_sample
+    from fanout.send import send_file, send_sample
 
     secret = args.secret or os.environ.get("STRIPE_WEBHOOK_SECRET", "").split(",")[0].strip()
-    return send_sample(args.event_type, url=args.url, secret=secret or defaults.DEV_WEBHOOK_SECRET,
-                       event_id=args.id, objects=args.object)
+    secret = secret or defaults.DEV_WEBHOOK_SECRET
+    if args.file:
+        if args.event_type or args.id or args.object:
+            print("fanout send: --file sends the file as is; give no EVENT_TYPE, --id or --object with it",
+                  file=sys.stderr)
+            return 2
+        return send_file(Path(args.file), url=args.url, secret=secret)
+    if not args.event_type:
+        print("fanout send: give an EVENT_TYPE (e.g. checkout.session.completed) or --file PAYLOAD.json",
+              file=sys.stderr)
+        return 2
+    return send_sample(args.event_type, url=args.url, secret=secret, event_id=args.id, objects=args.object)
 
 
 # --- parser ----------------------------------------------------------------------------------------
 
 
+def positive_int(raw: str) -> int:
+    """An argparse type: a whole number of at least 1 (0 workers, processes or slots do nothing)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def port_number(raw: str) -> int:
+    value = positive_int(raw)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {value}")
+    return value
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"stripe-fanout {version('stripe-fanout')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "stripe-fanout (not installed)"
+
+
+def _listen_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=defaults.HOST,
+                   help=f"address to listen on (default {defaults.HOST}; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=port_number, default=defaults.PORT,
+                   help=f"port to listen on (default {defaults.PORT})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fanout", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fanout", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("ingress", help="serve POST /webhooks/stripe (production)")
-    p.add_argument("--host", default=defaults.HOST)
-    p.add_argument("--port", type=int, default=defaults.PORT)
-    p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    _listen_options(p)
+    p.add_argument("--workers", type=positive_int, default=1, help="server processes (default 1)")
     p.set_defaults(func=cmd_ingress)
 
     p = sub.add_parser("run", help="everything in one process tree, on embedded defaults")
-    p.add_argument("--host", default=defaults.HOST)
-    p.add_argument("--port", type=int, default=defaults.PORT)
+    _listen_options(p)
     p.set_defaults(func=cmd_run)
 
     routes = sub.add_parser("routes", help="check or explain routing.yaml")
     routes_sub = routes.add_subparsers(dest="routes_command", required=True, metavar="ACTION")
     p = routes_sub.add_parser("check", help="validate a routing file (exit 1 with the errors)")
-    p.add_argument("file", nargs="?", help="default: $ROUTING_FILE or routing.yaml")
+    # The positional FILE predates --file; both stay accepted.
+    p.add_argument("file_arg", nargs="?", metavar="FILE", help="same as --file")
+    p.add_argument("--file", help="the routing file (default: $ROUTING_FILE or routing.yaml)")
     p.set_defaults(func=cmd_routes_check)
     p = routes_sub.add_parser("explain", help="which pools and handlers run for an event type")
-    p.add_argument("event_type")
-    p.add_argument("--file", help="default: $ROUTING_FILE or routing.yaml")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("event_type", metavar="EVENT_TYPE", help="a Stripe event type, e.g. invoice.paid")
+    p.add_argument("--file", help="the routing file (default: $ROUTING_FILE or routing.yaml)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_routes_explain)
 
     p = sub.add_parser("worker", help="run a pool's consumer (one per process; scale with --processes)")
-    p.add_argument("pool")
-    p.add_argument("--concurrency", type=int, help="entries in flight at once (default: the pool's)")
-    p.add_argument("--processes", type=int, default=1, help="consumer processes under this one")
+    p.add_argument("pool", metavar="POOL", help="a pool declared in routing.yaml")
+    p.add_argument("--concurrency", type=positive_int, help="entries in flight at once (default: the pool's)")
+    p.add_argument("--processes", type=positive_int, default=1,
+                   help="consumer processes under this one (default 1)")
     p.add_argument("--burst", action="store_true",
                    help="exit 0 once nothing is new or pending (pending = done or dead-lettered)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("status", help="per pool: length, pending, lag, consumers, counters")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_status)
 
     dlq = sub.add_parser("dlq", help="list or replay a pool's dead-letter stream")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     p = dlq_sub.add_parser("list", help="dead-lettered entries, oldest first")
-    p.add_argument("pool")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("pool", metavar="POOL", help="a pool declared in routing.yaml")
+    p.add_argument("--json", action="store_true", help="print a JSON list, with whole tracebacks")
     p.set_defaults(func=cmd_dlq_list)
     p = dlq_sub.add_parser("replay", help="put entries back in the stream with a fresh attempt count")
-    p.add_argument("pool")
-    p.add_argument("ids", nargs="*", metavar="ENTRY_ID")
-    p.add_argument("--all", action="store_true")
+    p.add_argument("pool", metavar="POOL", help="a pool declared in routing.yaml")
+    p.add_argument("ids", nargs="*", metavar="ENTRY_ID", help="dead-letter ids, as `dlq list` shows them")
+    p.add_argument("--all", action="store_true", help="every dead-lettered entry of the pool")
     p.set_defaults(func=cmd_dlq_replay)
 
     p = sub.add_parser("replay", help="run again events still held in a pool's stream")
-    p.add_argument("pool")
+    p.add_argument("pool", metavar="POOL", help="a pool declared in routing.yaml")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--since", help="ISO 8601 time with zone, e.g. 2026-01-31T12:00:00Z")
     which.add_argument("--event", help="one Stripe event id (evt_...)")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("send", help="sign and POST a realistic sample event")
-    p.add_argument("event_type")
-    p.add_argument("--url", default=f"http://{defaults.HOST}:{defaults.PORT}{defaults.WEBHOOK_PATH}")
+    p = sub.add_parser("send", help="sign and POST a realistic sample event (or a payload from a file)")
+    p.add_argument("event_type", nargs="?", metavar="EVENT_TYPE",
+                   help="the sample to send, e.g. checkout.session.completed (not with --file)")
+    p.add_argument("--file", help="send this JSON payload instead, signed as is (its id must start with evt_)")
+    p.add_argument("--url", default=f"http://{defaults.HOST}:{defaults.PORT}{defaults.WEBHOOK_PATH}",
+                   help="the ingress's webhook URL (default %(default)s)")
     p.add_argument("--secret", help="default: first of $STRIPE_WEBHOOK_SECRET, else the dev secret")
     p.add_argument("--id", help="event id to use (send it twice to see deduplication)")
     p.add_argument("--object", action="append", default=[], metavar="KIND=ID",

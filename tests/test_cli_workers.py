@@ -54,10 +54,11 @@ async def test_status_dlq_and_replay_commands(
     assert fanout(prefix, routing, "dlq", "replay", "alpha").returncode == 2  # neither --all nor ids
     replayed = fanout(prefix, routing, "dlq", "replay", "alpha", dead[0]["id"])
     assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.strip() == "alpha: 1 entry put back in the stream"
     assert orjson.loads(fanout(prefix, routing, "dlq", "list", "alpha", "--json").stdout) == []
 
     again = fanout(prefix, routing, "replay", "alpha", "--event", "evt_ok")
-    assert again.returncode == 0 and "1 entries" in again.stdout
+    assert again.returncode == 0 and again.stdout.strip() == "alpha: 1 entry published again"
     since = fanout(prefix, routing, "replay", "alpha", "--since", "2000-01-01T00:00:00Z")
     # evt_ok, evt_bad, the dead-letter replay of evt_bad and the copy of evt_ok just added.
     assert "4 entries" in since.stdout

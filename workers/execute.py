@@ -154,7 +154,8 @@ async def call_handler(
     (the RQ executor's hard job timeout): they are raised, not recorded.
     """
     if isinstance(handler, ConfigError):
-        return Failure(name, f"unknown handler: {handler}", "", permanent=True, reason=REASON_UNKNOWN_HANDLER)
+        # The reason already says "unknown handler": the error is the resolver's own line.
+        return Failure(name, _error_line(handler), "", permanent=True, reason=REASON_UNKNOWN_HANDLER)
     ctx = make_ctx(name)
     try:
         async with asyncio.timeout(timeout_s):

@@ -1,0 +1,92 @@
+"""What a command checks before it acts, and the one line it prints when a check fails.
+
+Redis that does not answer, a pool name with a typo, a webhook secret that is not
+Stripe's: each is a single clear line on stderr (never a traceback), naming what
+and where, never a password or a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import sys
+from collections.abc import Collection, Iterator
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from bus.connection import Reachability, error_summary, reachability, redis_location
+from bus.keys import Keys
+from bus.settings import Secret, Settings
+
+# The exit status of a command that could not reach Redis (2 stays "bad input or configuration").
+REDIS_UNREACHABLE_EXIT = 1
+# Stripe's signing secrets are "whsec_" and 32 or more characters; a shorter one is a paste error.
+SECRET_PREFIX = "whsec_"
+SECRET_MIN_CHARS = 24
+
+
+def redis_line(command: str, where: str, error: str) -> str:
+    return f"fanout {command}: Redis at {where} does not answer ({error}); check REDIS_URL"
+
+
+def require_redis(settings: Settings, command: str) -> None:
+    """Exit 1 with one line unless Redis answers a PING."""
+    found = asyncio.run(reachability(settings.redis_url))
+    if not found.ok:
+        print(redis_line(command, found.where, found.error or "?"), file=sys.stderr)
+        raise SystemExit(REDIS_UNREACHABLE_EXIT)
+
+
+def check_redis(settings: Settings) -> Reachability:
+    return asyncio.run(reachability(settings.redis_url))
+
+
+@contextlib.contextmanager
+def redis_errors_exit(command: str, url: str) -> Iterator[None]:
+    """A Redis error inside the block ends the command with one line and exit 1."""
+    try:
+        yield
+    except (RedisError, OSError) as err:
+        print(redis_line(command, redis_location(url), error_summary(err)), file=sys.stderr)
+        raise SystemExit(REDIS_UNREACHABLE_EXIT) from None
+
+
+def ingress_redis_notice(found: Reachability) -> str:
+    """What `fanout ingress` says when Redis does not answer at start (it serves anyway)."""
+    return (f"fanout ingress: Redis at {found.where} does not answer ({found.error}); check REDIS_URL.\n"
+            "  Serving anyway: until Redis answers, every webhook is answered 503 store_unavailable "
+            "(Stripe retries it) and /readyz reports not ready.")
+
+
+async def unknown_pool(redis: aioredis.Redis, keys: Keys, pool: str, declared: Collection[str]) -> str | None:
+    """Why `pool` is not a pool to act on, or None.
+
+    A pool is known when routing.yaml declares it, or when Redis still holds its stream or
+    dead letters (a pool removed from the file can still be listed and replayed).
+    """
+    if pool in declared or await redis.exists(keys.stream(pool), keys.dead(pool)):
+        return None
+    close = difflib.get_close_matches(pool, list(declared), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown pool {pool!r}{hint} (pools: {', '.join(sorted(declared)) or 'none'})"
+
+
+def secret_warnings(secrets: Collection[Secret]) -> list[str]:
+    """Warnings for webhook secrets that cannot be Stripe's; the secrets themselves are never shown."""
+    out = []
+    several = len(secrets) > 1
+    for number, secret in enumerate(secrets, 1):
+        value = secret.reveal()
+        which = f"secret {number} of STRIPE_WEBHOOK_SECRET" if several else "STRIPE_WEBHOOK_SECRET"
+        if not value.startswith(SECRET_PREFIX):
+            problem = f"does not start with {SECRET_PREFIX!r}"
+        elif len(value) < SECRET_MIN_CHARS:
+            problem = f"is only {len(value)} characters long"
+        else:
+            continue
+        out.append(f"warning: {which} {problem}: it does not look like a Stripe signing secret, so "
+                   "events Stripe signs will be refused (400 bad_signature). Copy the endpoint's "
+                   "secret (whsec_...) from the dashboard or from `stripe listen`.")
+    return out
