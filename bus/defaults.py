@@ -54,6 +54,10 @@ RECLAIM_PAGE_SIZE = 500
 CLAIM_MARGIN_S = 2.0
 # How often a pool trims its stream by age (XTRIM MINID) and prunes long-gone consumers.
 TRIM_INTERVAL_S = 60.0
+# Each worker process refreshes its heartbeat this often; `fanout status` counts as live the
+# consumers seen within HEARTBEAT_STALE_S, so a killed worker stops being counted within that.
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_STALE_S = 6.0
 # A consumer with nothing pending and idle this long is removed from the group.
 CONSUMER_PRUNE_IDLE_S = 3600.0
 # After SIGTERM, in-flight handler calls get this long to finish before the process exits

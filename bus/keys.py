@@ -42,6 +42,10 @@ class Keys:
         """Hash: stream entry id -> earliest retry time in ms, for handlers that asked RetryLater(defer_s)."""
         return f"{self._base}:retry_at:{pool}"
 
+    def heartbeats(self, pool: str) -> str:
+        """Sorted set: consumer name -> last time (ms) that worker process was seen alive."""
+        return f"{self._base}:alive:{pool}"
+
     def pool_stats(self, pool: str) -> str:
         """Counters of a pool (processed, failed, retried, dead) that outlive processes."""
         return f"{self._base}:stats:pool:{pool}"

@@ -36,7 +36,7 @@ from bus.keys import Keys
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig, RoutingTable
 from bus.settings import Settings
-from workers import reclaim, retention
+from workers import heartbeat, reclaim, retention
 from workers.acks import AckBatch
 from workers.context import Context, Resources
 from workers.deadletter import (
@@ -193,6 +193,10 @@ class Pool:
         ]
         if self._watch_routing:
             background.append(asyncio.create_task(self._watch_routing_file(), name="routing-watch"))
+        # Heartbeat: `fanout status` counts live processes from it (workers/heartbeat.py).
+        background.append(asyncio.create_task(
+            heartbeat.keep_beating(self.redis, self.keys.heartbeats(self.name), self.consumer, self.clock),
+            name="heartbeat"))
         try:
             await self._read_loop()
         finally:
@@ -204,6 +208,7 @@ class Pool:
             self.acks.close()
             await flusher
             await self._leave_group()
+            await self._leave_heartbeats()
             if self._executor is not None:
                 self._executor.shutdown(wait=False)
             if self.rq is not None:
@@ -280,6 +285,12 @@ class Pool:
             if not rows:
                 await self.redis.xgroup_delconsumer(self.stream, self.group, self.consumer)
         except RedisError as err:
+            self._log.warning("pool.leave_failed", error=f"{type(err).__name__}: {err}")
+
+    async def _leave_heartbeats(self) -> None:
+        try:
+            await heartbeat.leave(self.redis, self.keys.heartbeats(self.name), self.consumer)
+        except RedisError as err:  # it then drops out within HEARTBEAT_STALE_S
             self._log.warning("pool.leave_failed", error=f"{type(err).__name__}: {err}")
 
     async def _every(self, interval_s: Callable[[], float], action: Callable[[], Any]) -> None:
