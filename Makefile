@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy bus ingress workers fanout
+	$(BIN)/mypy bus ingress workers fanout examples/shop/shop
 
 test: lint typecheck  ## ruff, mypy, then pytest (real Redis at 127.0.0.1:6379 for integration tests)
 	$(BIN)/pytest
