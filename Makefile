@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# `make run PORT=8010 HOST=0.0.0.0`. Plain `=`: only the command line overrides them, not a
+# PORT or HOST that the shell or a platform happens to export.
+HOST = 127.0.0.1
+PORT = 8000
 
 .PHONY: install run test lint typecheck bench clean
 
@@ -14,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create or update .venv; the console script lands at .venv/bin/fanout
 
 run: $(STAMP)  ## the ingress and every pool, on embedded defaults when nothing is configured
-	$(BIN)/fanout run
+	$(BIN)/fanout run --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
