@@ -173,3 +173,29 @@ def test_routes_check_takes_the_file_as_an_option_or_positionally(
     with pytest.raises(SystemExit) as exited:
         main(["routes", "check", shipped, "--file", str(tmp_path / "other.yaml")])
     assert exited.value.code == 2
+
+
+def test_secret_warnings_name_the_problem_never_the_secret() -> None:
+    from bus.settings import parse_secrets
+    from fanout.preflight import secret_warnings
+
+    assert secret_warnings(parse_secrets(TEST_SECRET)) == []
+    [only] = secret_warnings(parse_secrets("abc"))
+    assert only.startswith("warning: STRIPE_WEBHOOK_SECRET does not start with 'whsec_'") and "abc" not in only
+    warnings = secret_warnings(parse_secrets(f"{TEST_SECRET},whsec_x1y2,zzz_not_stripe_at_all_123456"))
+    assert [w.split(":")[1].strip() for w in warnings] == [
+        "secret 2 of STRIPE_WEBHOOK_SECRET is only 10 characters long",
+        "secret 3 of STRIPE_WEBHOOK_SECRET does not start with 'whsec_'"]
+    assert not any("x1y2" in w or "zzz_not" in w for w in warnings)
+
+
+def test_fanout_run_warns_about_a_secret_that_is_not_stripes(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from fanout import run as run_module
+
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "abc")
+    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    monkeypatch.setenv("ROUTING_FILE", str(REPO / "no-such-routing.yaml"))  # stops right after the checks
+    monkeypatch.setattr(run_module, "cannot_listen", lambda host, port: None)
+    assert run_module.run_everything("127.0.0.1", free_port()) == 1
+    assert "warning: STRIPE_WEBHOOK_SECRET does not start with 'whsec_'" in capsys.readouterr().err
