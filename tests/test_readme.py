@@ -62,9 +62,10 @@ def test_the_readme_routing_block_is_the_shipped_file_without_its_comments() -> 
 def test_make_run_takes_port_and_host() -> None:
     import subprocess
 
-    done = subprocess.run(["make", "-n", "run", "PORT=8010", "HOST=0.0.0.0"], cwd=REPO, capture_output=True,
-                          text=True, timeout=30, check=True)
-    assert done.stdout.strip().splitlines()[-1] == ".venv/bin/fanout run --host 0.0.0.0 --port 8010"
+    done = subprocess.run(["make", "--no-print-directory", "-n", "run", "PORT=8010", "HOST=0.0.0.0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=30, check=True)
+    runs = [line for line in done.stdout.splitlines() if "fanout run" in line]
+    assert runs == [".venv/bin/fanout run --host 0.0.0.0 --port 8010"], done.stdout
     assert "make run PORT=8010" in readme()
 
 
