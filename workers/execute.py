@@ -51,9 +51,10 @@ class HandlerSet:
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
                  retry_unresolved_s: float = defaults.UNRESOLVED_RETRY_S) -> None:
-        self._resolved: dict[str, Resolved | ConfigError] = {}
-        # name -> when (clock) a name that failed to resolve may be tried again.
-        self._retry_at: dict[str, float] = {}
+        # Resolved names only, so the hot path (`known`, `get`) is one dict lookup, as before.
+        self._resolved: dict[str, Resolved] = {}
+        # name -> (why it did not resolve, when (clock) it may be tried again).
+        self._failed: dict[str, tuple[ConfigError, float]] = {}
         self._clock = clock
         self._retry_unresolved_s = retry_unresolved_s
         # The destinations of the latest table (a removed one keeps its last known declaration);
@@ -63,18 +64,19 @@ class HandlerSet:
     def _todo(self, names: Iterable[str]) -> list[str]:
         """Names never seen, and failed names whose retry time has come."""
         now = self._clock()
-        todo = sorted(n for n in set(names) if n not in self._resolved or self._retry_at.get(n, now + 1) <= now)
-        if any(n in self._retry_at for n in todo):
+        todo = sorted(n for n in set(names) - set(self._resolved)
+                      if n not in self._failed or self._failed[n][1] <= now)
+        if any(n in self._failed for n in todo):
             # The import system caches directory listings: a module created since must be found.
             importlib.invalidate_caches()
         return todo
 
     def _store(self, name: str, resolved: Resolved | ConfigError) -> None:
-        self._resolved[name] = resolved
         if isinstance(resolved, ConfigError):
-            self._retry_at[name] = self._clock() + self._retry_unresolved_s
+            self._failed[name] = (resolved, self._clock() + self._retry_unresolved_s)
         else:
-            self._retry_at.pop(name, None)
+            self._resolved[name] = resolved
+            self._failed.pop(name, None)
 
     def load(self, names: Iterable[str], table: RoutingTable, *, strict: bool) -> list[ConfigError]:
         """Resolve names not seen yet; with `strict`, raise the first error instead of returning them."""
@@ -101,7 +103,7 @@ class HandlerSet:
         found = await asyncio.to_thread(_resolve_all, new, self._destinations)
         errors: list[ConfigError] = []
         for name, resolved in found.items():
-            if isinstance(self._resolved.get(name), Resolved):
+            if name in self._resolved:
                 continue  # a concurrent call resolved it meanwhile
             self._store(name, resolved)
             if isinstance(resolved, ConfigError):
@@ -110,20 +112,17 @@ class HandlerSet:
 
     def known(self, name: str) -> bool:
         """True when `name` was resolved already (or found unresolvable, and not yet due another try)."""
-        found = self._resolved.get(name)
-        if found is None:
-            return False
-        return isinstance(found, Resolved) or self._retry_at[name] > self._clock()
+        return name in self._resolved or (name in self._failed and self._failed[name][1] > self._clock())
 
     def get(self, name: str, table: RoutingTable) -> Resolved | ConfigError:
         """The handler called `name`; a name first seen here (a newer routing table), or a failed
         one due another try, is resolved now."""
         found = self._resolved.get(name)
-        if isinstance(found, Resolved):  # the hot path: one dict lookup
+        if found is not None:
             return found
         if not self.known(name):
             self.load([name], table, strict=False)
-        return self._resolved[name]
+        return self._resolved.get(name) or self._failed[name][0]
 
 
 def _resolve_all(names: list[str], destinations: dict[str, Destination]) -> dict[str, Resolved | ConfigError]:
