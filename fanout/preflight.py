@@ -40,7 +40,11 @@ def require_redis(settings: Settings, command: str) -> None:
 
 
 def check_redis(settings: Settings) -> Reachability:
-    return asyncio.run(reachability(settings.redis_url))
+    return check_redis_url(settings.redis_url)
+
+
+def check_redis_url(url: str) -> Reachability:
+    return asyncio.run(reachability(url))
 
 
 @contextlib.contextmanager

@@ -151,6 +151,14 @@ def run_everything(host: str, port: int) -> int:
     stopped, config_error = threading.Event(), threading.Event()
     try:
         store = embedded.resolve(os.environ.get("REDIS_URL"))
+        if not store.in_process:
+            # A configured Redis that does not answer would have every pool exit and restart in a loop.
+            from fanout.preflight import check_redis_url, redis_line
+
+            found = check_redis_url(store.url)
+            if not found.ok:
+                print(redis_line("run", found.where, found.error or "?"), file=sys.stderr)
+                return 1
         os.environ["REDIS_URL"] = store.url
         using_dev_secret = not os.environ.get("STRIPE_WEBHOOK_SECRET")
         if using_dev_secret:

@@ -199,3 +199,15 @@ def test_fanout_run_warns_about_a_secret_that_is_not_stripes(monkeypatch: pytest
     monkeypatch.setattr(run_module, "cannot_listen", lambda host, port: None)
     assert run_module.run_everything("127.0.0.1", free_port()) == 1
     assert "warning: STRIPE_WEBHOOK_SECRET does not start with 'whsec_'" in capsys.readouterr().err
+
+
+def test_fanout_run_with_a_configured_redis_that_does_not_answer_stops_at_once(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from fanout import run as run_module
+
+    monkeypatch.setenv("REDIS_URL", DEAD_REDIS)
+    monkeypatch.setenv("ROUTING_FILE", str(REPO / "routing.yaml"))
+    assert run_module.run_everything("127.0.0.1", free_port()) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "fanout run: Redis at 127.0.0.1:1 does not answer (ConnectionError: Connection refused); check REDIS_URL"]
