@@ -94,7 +94,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.runner import serve
 
     try:
-        return serve(settings, args.pool, burst=args.burst, concurrency=args.concurrency)
+        with preflight.redis_errors_exit("worker", settings.redis_url):  # Redis gone since the check
+            return serve(settings, args.pool, burst=args.burst, concurrency=args.concurrency)
     except ConfigError as err:
         print(f"fanout worker: {err}", file=sys.stderr)
         return 2
