@@ -20,20 +20,8 @@ from bus.logs import configure_logging
 from bus.routing import RoutingTable, load_routing
 from bus.settings import Settings
 from fanout import preflight
-from fanout.run import cannot_listen, routing_is_valid, serve_ingress, settings_or_exit
-
-# What `fanout --help` says first: for the person running it, not for this module's readers.
-DESCRIPTION = """\
-stripe-fanout: point Stripe at one URL. The ingress verifies each webhook once, stores it in
-Redis Streams and fans it out to worker pools; routing.yaml says which pool runs which handlers.
-
-start here:  fanout run                        everything on this machine, embedded defaults
-             fanout send checkout.session.completed   (in another terminal)
-production:  fanout ingress, plus `fanout worker POOL` for each pool of routing.yaml
-"""
-
-EPILOG = ("environment: REDIS_URL, STRIPE_WEBHOOK_SECRET, ROUTING_FILE, FANOUT_PREFIX, LOG_LEVEL "
-          "(see the README). `fanout COMMAND --help` describes each command.")
+from fanout.arguments import DESCRIPTION, EPILOG, listen_options, positive_int, version
+from fanout.run import serve_ingress, settings_or_exit
 
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
@@ -58,18 +46,9 @@ def cmd_ingress(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    for warning in preflight.secret_warnings(settings.webhook_secrets):
-        print(warning, file=sys.stderr)
-    if not routing_is_valid(settings):
-        return 1
-    why = cannot_listen(args.host, args.port)
-    if why is not None:
-        print(f"fanout ingress: cannot listen on {args.host}:{args.port} ({why}); is another server "
-              f"using port {args.port}? Choose another with --port.", file=sys.stderr)
-        return 2
-    redis_answer = preflight.check_redis(settings)
-    if not redis_answer.ok:
-        print(preflight.ingress_redis_notice(redis_answer), file=sys.stderr, flush=True)
+    code = preflight.before_ingress(settings, args.host, args.port)
+    if code is not None:
+        return code
     serve_ingress(args.host, args.port, args.workers)
     return 0
 
@@ -116,7 +95,7 @@ def _with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]], comma
         try:
             if pool is not None:
                 why = await preflight.unknown_pool(client, Keys(settings.key_prefix), pool,
-                                                   _declared_pools(settings))
+                                                   preflight.declared_pools(settings))
                 if why is not None:
                     print(f"fanout {command}: {why}", file=sys.stderr)
                     raise SystemExit(2)
@@ -127,14 +106,6 @@ def _with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]], comma
     preflight.require_redis(settings, command)  # also catches a URL that does not parse
     with preflight.redis_errors_exit(command, settings.redis_url):
         return asyncio.run(run())
-
-
-def _declared_pools(settings: Settings) -> list[str]:
-    """The pools routing.yaml declares (none when it does not load: Redis alone then decides)."""
-    try:
-        return list(load_routing(settings.routing_file).pools)
-    except ConfigError:
-        return []
 
 
 def _entries(count: int) -> str:
@@ -301,53 +272,19 @@ def cmd_send(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------------------
 
 
-def positive_int(raw: str) -> int:
-    """An argparse type: a whole number of at least 1 (0 workers, processes or slots do nothing)."""
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def port_number(raw: str) -> int:
-    value = positive_int(raw)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {value}")
-    return value
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"stripe-fanout {version('stripe-fanout')}"
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "stripe-fanout (not installed)"
-
-
-def _listen_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=defaults.HOST,
-                   help=f"address to listen on (default {defaults.HOST}; 0.0.0.0 for every interface)")
-    p.add_argument("--port", type=port_number, default=defaults.PORT,
-                   help=f"port to listen on (default {defaults.PORT})")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fanout", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("ingress", help="serve POST /webhooks/stripe (production)")
-    _listen_options(p)
+    listen_options(p)
     p.add_argument("--workers", type=positive_int, default=1, help="server processes (default 1)")
     p.set_defaults(func=cmd_ingress)
 
     p = sub.add_parser("run", help="everything in one process tree, on embedded defaults")
-    _listen_options(p)
+    listen_options(p)
     p.set_defaults(func=cmd_run)
 
     routes = sub.add_parser("routes", help="check or explain routing.yaml")

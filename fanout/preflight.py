@@ -17,7 +17,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bus.connection import Reachability, error_summary, reachability, redis_location
+from bus.errors import ConfigError
 from bus.keys import Keys
+from bus.routing import load_routing
 from bus.settings import Secret, Settings
 
 # The exit status of a command that could not reach Redis (2 stays "bad input or configuration").
@@ -62,6 +64,36 @@ def ingress_redis_notice(found: Reachability) -> str:
     return (f"fanout ingress: Redis at {found.where} does not answer ({found.error}); check REDIS_URL.\n"
             "  Serving anyway: until Redis answers, every webhook is answered 503 store_unavailable "
             "(Stripe retries it) and /readyz reports not ready.")
+
+
+def before_ingress(settings: Settings, host: str, port: int) -> int | None:
+    """`fanout ingress`'s checks before it serves: the exit status that stops it, or None to serve.
+
+    A Redis that does not answer does not stop it (see the README: Stripe retries the 503s).
+    """
+    from fanout.run import cannot_listen, routing_is_valid
+
+    for warning in secret_warnings(settings.webhook_secrets):
+        print(warning, file=sys.stderr)
+    if not routing_is_valid(settings):
+        return 1
+    why = cannot_listen(host, port)
+    if why is not None:
+        print(f"fanout ingress: cannot listen on {host}:{port} ({why}); is another server "
+              f"using port {port}? Choose another with --port.", file=sys.stderr)
+        return 2
+    found = check_redis(settings)
+    if not found.ok:
+        print(ingress_redis_notice(found), file=sys.stderr, flush=True)
+    return None
+
+
+def declared_pools(settings: Settings) -> list[str]:
+    """The pools routing.yaml declares (none when it does not load: Redis alone then decides)."""
+    try:
+        return list(load_routing(settings.routing_file).pools)
+    except ConfigError:
+        return []
 
 
 async def unknown_pool(redis: aioredis.Redis, keys: Keys, pool: str, declared: Collection[str]) -> str | None:
