@@ -15,6 +15,7 @@ from bus import defaults
 from bus.errors import ConfigError
 from bus.logs import configure_logging
 from bus.routing import RoutingTable, load_routing
+from bus.settings import Settings
 from fanout import preflight
 from fanout.arguments import DESCRIPTION, EPILOG, listen_options, positive_int, version
 from fanout.run import serve_ingress, settings_or_exit
@@ -99,7 +100,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     rq_queues = {p: queue_name(settings.key_prefix, p) for p, c in table.pools.items() if c.executor == "rq"}
     keys = Keys(settings.key_prefix, settings.partitions)
     status = preflight.with_redis(
-        settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues), "status")
+        settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues,
+                                           destinations=list(table.destinations)), "status")
     print(orjson.dumps(status).decode() if args.json else render_text(status))
     return 0
 
@@ -124,6 +126,9 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
         print(f"{d.id}  {d.event_id}  {d.event_type}  attempts={d.attempts}  "
               f"handlers={','.join(d.handlers) or '-'}  routing={d.routing_version or '-'}  "
               f"{d.reason}: {d.error}")
+        if len(d.failures) > 1:  # each failed handler, how it failed and its error (one: the line above)
+            for f in d.failures:
+                print(f"  - {f.handler or '-'}: {f.reason or '-'}: {f.error}")
         for line in d.traceback.rstrip("\n").splitlines()[-DLQ_TRACEBACK_LINES:]:
             print(f"    {line}")
     return 0
@@ -367,7 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in IMPORTS_HANDLERS and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     long_running = args.command in LONG_RUNNING_COMMANDS
-    configure_logging(os.environ.get("LOG_LEVEL", defaults.LOG_LEVEL), cache=long_running)
+    try:  # the secrets to strip from every log line; a bad setting is reported by the command itself
+        log_settings: Settings | None = Settings.from_env()
+    except ConfigError:
+        log_settings = None
+    configure_logging(os.environ.get("LOG_LEVEL", defaults.LOG_LEVEL), cache=long_running,
+                      settings=log_settings)
     code: int = args.func(args)
     return code
 
