@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ from bus.keys import Keys
 from fanout.cli import build_parser, main
 
 from .conftest import REPO, TEST_REDIS_URL, TEST_SECRET
-from .live import free_port
+from .live import free_port, wait_for_health
 
 DEAD_REDIS = "redis://:hunter2secret@127.0.0.1:1/0"  # nothing listens on port 1; a password to hide
 
@@ -102,15 +101,7 @@ def test_ingress_without_redis_says_so_at_start_warns_about_the_secret_and_answe
     ingress = subprocess.Popen([sys.executable, "-m", "fanout.cli", "ingress", "--port", str(port)],
                                env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert ingress.poll() is None, ingress.communicate()
-            assert time.monotonic() < deadline, "the ingress did not start"
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        health = wait_for_health(ingress, port, timeout_s=15, output=ingress.communicate)
         assert health.status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3).status_code == 503
     finally:

@@ -35,7 +35,7 @@ from fanout.cli import build_parser
 from tests.ingress_client import signed
 
 from .conftest import REPO, TEST_REDIS_URL, TEST_SECRET
-from .live import free_port
+from .live import free_port, wait_for_health
 
 pytestmark = pytest.mark.integration
 
@@ -114,15 +114,7 @@ def test_the_dockerfile_installs_the_wheel_and_its_command_serves_the_ingress(tm
     with log.open("wb") as out:
         server = subprocess.Popen(cmd, cwd=app, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert server.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the image's command did not start the ingress"
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        health = wait_for_health(server, port, timeout_s=20, output=log.read_text)
         assert health.status_code == 200
         body, headers = signed({"id": "evt_image_1", "object": "event", "type": "charge.refunded",
                                 "created": int(time.time()), "livemode": False,
