@@ -154,8 +154,8 @@ async def reachability(url: str) -> Reachability:
     where = redis_location(url)
     try:
         client = async_redis(url)
-    except ValueError as err:  # not a redis://, rediss:// or unix:// URL
-        return Reachability(where, f"ValueError: {err}")
+    except (ValueError, ConfigError) as err:  # not a redis:// URL; a database number on a cluster
+        return Reachability(where, f"{type(err).__name__}: {err}")
     try:
         await client.ping()
     except (RedisError, OSError) as err:
