@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# `make run PORT=8010 HOST=0.0.0.0`. Plain `=`: only the command line overrides them, not a
+# PORT or HOST that the shell or a platform happens to export.
+HOST = 127.0.0.1
+PORT = 8000
 
 .PHONY: install run test lint typecheck bench clean
 
@@ -14,13 +18,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create or update .venv; the console script lands at .venv/bin/fanout
 
 run: $(STAMP)  ## the ingress and every pool, on embedded defaults when nothing is configured
-	$(BIN)/fanout run
+	$(BIN)/fanout run --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy bus ingress workers fanout
+	$(BIN)/mypy bus ingress workers fanout examples/shop/shop
 
 test: lint typecheck  ## ruff, mypy, then pytest (real Redis at 127.0.0.1:6379 for integration tests)
 	$(BIN)/pytest

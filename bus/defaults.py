@@ -70,11 +70,18 @@ RECLAIM_PAGE_SIZE = 500
 CLAIM_MARGIN_S = 2.0
 # How often a pool trims its stream by age (XTRIM MINID) and prunes long-gone consumers.
 TRIM_INTERVAL_S = 60.0
+# Each worker process refreshes its heartbeat this often; `fanout status` counts as live the
+# consumers seen within HEARTBEAT_STALE_S, so a killed worker stops being counted within that.
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_STALE_S = 6.0
 # A consumer with nothing pending and idle this long is removed from the group.
 CONSUMER_PRUNE_IDLE_S = 3600.0
 # After SIGTERM, in-flight handler calls get this long to finish before the process exits
 # (what is unfinished stays pending and is claimed by a peer).
 SHUTDOWN_GRACE_S = 25.0
+# A handler name a worker could not resolve (no such module yet, an import error) is tried again
+# after this, so creating or fixing the module mends a running worker without a restart.
+UNRESOLVED_RETRY_S = 5.0
 # A pool's options when routing.yaml says nothing (bus/routing_table.PoolConfig).
 POOL_CONCURRENCY = 16
 MAX_ATTEMPTS = 10

@@ -80,11 +80,11 @@ async def test_after_a_handler_typo_is_fixed_reroute_recovers_every_dead_lettere
 
     # One event is recovered from the stream, the others from the dead-letter stream.
     stream_plain = fanout(prefix, routing, "replay", "alpha", "--event", "evt_4")
-    assert stream_plain.returncode == 0 and "1 entries published again" in stream_plain.stdout
+    assert stream_plain.returncode == 0 and "1 entry published again" in stream_plain.stdout
     await run_pool(settings, "alpha", redis=aredis, burst=True)
     assert await runs(aredis, prefix, "record_other") == {}  # the stored list, typo included
     stream = fanout(prefix, routing, "replay", "alpha", "--event", "evt_4", "--reroute")
-    assert stream.returncode == 0 and "1 entries published again" in stream.stdout, stream.stderr
+    assert stream.returncode == 0 and "1 entry published again" in stream.stdout, stream.stderr
 
     dead_ids = [d.id for d in await list_dead(aredis, keys, "alpha") if d.event_id != "evt_4"]
     rerouted = fanout(prefix, routing, "dlq", "replay", "alpha", *dead_ids, "--reroute")
@@ -130,7 +130,7 @@ routes:
 """)
     result = fanout(prefix, routing, "dlq", "replay", "alpha", "--all", "--reroute")
     assert result.returncode == 1
-    assert "1 entries put back" in result.stdout
+    assert "1 entry put back" in result.stdout
     assert "not routed to alpha" in result.stderr and "evt_m  test.moved" in result.stderr
     assert "left in the dead-letter stream" in result.stderr
     await run_pool(settings, "alpha", redis=aredis, burst=True)

@@ -247,6 +247,8 @@ async def test_unknown_handler_name_is_dead_lettered_not_dropped(
     assert dead.reason == "unknown handler"
     assert dead.handlers == ("tests.nowhere:handler",)
     assert "no module named 'tests.nowhere'" in dead.error
+    # `dlq list` prints "<reason>: <error>": the error must not repeat the reason.
+    assert dead.error.startswith("ConfigError: handler 'tests.nowhere:handler': could not import"), dead.error
     assert await runs(aredis, prefix, "record") == {"evt_unknown": 1}
     assert await pending(aredis, keys, "alpha") == 0
 
