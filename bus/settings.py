@@ -52,6 +52,11 @@ class Settings:
     signature_tolerance_s: int = defaults.SIGNATURE_TOLERANCE_S
     seen_retention_s: int = defaults.SEEN_RETENTION_S
     log_level: str = defaults.LOG_LEVEL
+    max_header_bytes: int = defaults.MAX_HEADER_BYTES
+    request_read_timeout_s: float = defaults.REQUEST_READ_TIMEOUT_S
+    keep_alive_timeout_s: float = defaults.KEEP_ALIVE_TIMEOUT_S
+    max_connections: int = defaults.MAX_CONNECTIONS
+    max_routing_file_bytes: int = defaults.MAX_ROUTING_FILE_BYTES
     # Everything else a handler may need (destination URLs and secrets, SUPABASE_URL, ...).
     # Kept so handlers read configuration from Settings, not from os.environ directly.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -73,6 +78,17 @@ class Settings:
                     env, "SEEN_RETENTION_S", defaults.SEEN_RETENTION_S
                 ),
                 log_level=(env.get("LOG_LEVEL") or defaults.LOG_LEVEL).lower(),
+                max_header_bytes=_positive_int(env, "MAX_HEADER_BYTES", defaults.MAX_HEADER_BYTES),
+                request_read_timeout_s=_positive_float(
+                    env, "REQUEST_READ_TIMEOUT_S", defaults.REQUEST_READ_TIMEOUT_S
+                ),
+                keep_alive_timeout_s=_positive_float(
+                    env, "KEEP_ALIVE_TIMEOUT_S", defaults.KEEP_ALIVE_TIMEOUT_S
+                ),
+                max_connections=_positive_int(env, "MAX_CONNECTIONS", defaults.MAX_CONNECTIONS),
+                max_routing_file_bytes=_positive_int(
+                    env, "MAX_ROUTING_FILE_BYTES", defaults.MAX_ROUTING_FILE_BYTES
+                ),
                 env=env,
             )
         except ValueError as err:
@@ -94,4 +110,17 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be positive and finite, got {raw!r}")
     return value

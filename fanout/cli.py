@@ -93,7 +93,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = settings_or_exit()
     try:
-        table = load_routing(settings.routing_file)
+        table = load_routing(settings.routing_file, settings.max_routing_file_bytes)
     except ConfigError as err:
         print(f"fanout status: {err}", file=sys.stderr)
         return 1
@@ -171,9 +171,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _routing_file(args: argparse.Namespace) -> tuple[Path, RoutingTable | None]:
     """The routing file the command names (or the configured one), loaded; None after printing why not."""
-    path = Path(args.file) if args.file else settings_or_exit().routing_file
+    settings = settings_or_exit()
+    path = Path(args.file) if args.file else settings.routing_file
     try:
-        return path, load_routing(path)
+        return path, load_routing(path, settings.max_routing_file_bytes)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return path, None

@@ -74,7 +74,7 @@ def cannot_listen(host: str, port: int) -> str | None:
 def routing_is_valid(settings: Settings) -> bool:
     """Load the routing file once to report its errors and warnings before serving."""
     try:
-        table = load_routing(settings.routing_file)
+        table = load_routing(settings.routing_file, settings.max_routing_file_bytes)
     except ConfigError as err:
         print(f"fanout: routing file is invalid:\n{err}", file=sys.stderr)
         return False
@@ -155,7 +155,7 @@ def run_everything(host: str, port: int) -> int:
         settings = settings_or_exit()
         if not routing_is_valid(settings):
             return 1
-        table = load_routing(settings.routing_file)
+        table = load_routing(settings.routing_file, settings.max_routing_file_bytes)
         stand_ins = standin.start(table.destinations.values(), os.environ)
         if stand_ins is not None:
             os.environ.update(stand_ins.environ())  # for the pools started below

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -177,7 +178,8 @@ class Ingress:
         table = self.holder.table
         checks: dict[str, Any] = {
             "routing": {"version": table.version, "file": table.source,
-                        "last_reload_error": self.holder.last_error},
+                        "last_reload_error": self.holder.last_error,
+                        "watcher": self._watcher_state()},
         }
         try:
             async with asyncio.timeout(PUBLISH_BUDGET_S):
@@ -192,6 +194,16 @@ class Ingress:
             checks["durability"] = (await check_durability(self.redis)).as_dict()
         checks["status"] = "ready" if ready else "not_ready"
         return JSONResponse(checks, status_code=200 if ready else 503)
+
+    def _watcher_state(self) -> dict[str, Any]:
+        """Whether hot reload is on: the watcher task is alive, and when it last looked at the file."""
+        alive = self._watcher is not None and not self._watcher.done()
+        checked = self.holder.last_check_at
+        return {
+            "alive": alive,
+            "last_check_at": None if checked is None else datetime.fromtimestamp(checked, UTC).isoformat(),
+            "seconds_since_check": None if checked is None else round(max(0.0, time.time() - checked), 3),
+        }
 
     async def metrics_endpoint(self, _: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
@@ -215,9 +227,11 @@ def create_app(
             ingress.metrics.table_version(new.version)
 
     holder = (
-        RoutingHolder(settings.routing_file, table, on_change=on_change)
+        RoutingHolder(settings.routing_file, table, on_change=on_change,
+                      max_bytes=settings.max_routing_file_bytes)
         if table is not None
-        else RoutingHolder.load(settings.routing_file, on_change=on_change)
+        else RoutingHolder.load(settings.routing_file, on_change=on_change,
+                                max_bytes=settings.max_routing_file_bytes)
     )
     ingress = Ingress(settings, holder, redis=redis, clock=clock,
                      watch_routing=watch_routing, freeze_gc=freeze_gc)
