@@ -43,7 +43,7 @@ def cmd_ingress(args: argparse.Namespace) -> int:
         return 2
     if not routing_is_valid(settings):
         return 1
-    serve_ingress(args.host, args.port, args.workers)
+    serve_ingress(settings, args.host, args.port, args.workers)
     return 0
 
 

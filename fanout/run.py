@@ -33,9 +33,15 @@ def settings_or_exit() -> Settings:
         raise SystemExit(2) from err
 
 
-def serve_ingress(host: str, port: int, workers: int) -> None:
+def serve_ingress(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Serve the ingress with uvicorn's httptools protocol, guarded by the edge's limits."""
     import uvicorn
 
+    from ingress.limits import ConnectionGuard, EdgeLimits, raise_fd_limit
+
+    # Idle sockets must never take the descriptors real requests and Redis need: use all we may
+    # have, and keep the connection cap below it (each --workers child inherits the limit).
+    limits = EdgeLimits.from_settings(settings, raise_fd_limit())
     uvicorn.run(
         "ingress.asgi:from_env",
         factory=True,
@@ -43,13 +49,11 @@ def serve_ingress(host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=ConnectionGuard(limits).protocol_factory(),
         access_log=False,
         # We never use the client address; parsing X-Forwarded-For cost ~4% per request.
         proxy_headers=False,
         log_level="warning",
-        # Stripe waits up to 10 s then retries; a long keep-alive only holds sockets.
-        timeout_keep_alive=5,
     )
 
 
@@ -174,7 +178,7 @@ def run_everything(host: str, port: int) -> int:
 
         supervisor = threading.Thread(target=supervise, args=(pools,), name="pools", daemon=True)
         supervisor.start()
-        serve_ingress(host, port, 1)
+        serve_ingress(settings, host, port, 1)
     except StopRequested:
         pass
     finally:
