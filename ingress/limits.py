@@ -136,6 +136,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._header_budget = guard.limits.max_header_bytes
         self._read_deadline: asyncio.TimerHandle | None = None
         self._request_begun = False  # a byte of the current request has arrived
+        self._begun_at = 0.0  # when it did (loop time), unless timed from the accept
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -157,6 +158,15 @@ class EdgeProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._feed(data)
+        # A request still incomplete when this chunk is parsed gets its deadline now: most
+        # arrive whole in one chunk, and then no timer is armed for them at all.
+        if self._request_begun and self._read_deadline is None and not self.transport.is_closing():
+            self._read_deadline = self.loop.call_at(
+                self._begun_at + self.guard.limits.request_read_timeout_s, self._read_timed_out
+            )
+
+    def _feed(self, data: bytes) -> None:
         # Count header bytes before httptools buffers them. Chunk granularity: bytes of a
         # pipelined request that share a chunk with the previous request go uncounted, which
         # lets at most one extra limit through, never an unbounded header.
@@ -178,10 +188,8 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._request_begun = True
-        if self._read_deadline is None:
-            self._read_deadline = self.loop.call_later(
-                self.guard.limits.request_read_timeout_s, self._read_timed_out
-            )
+        if self._read_deadline is None:  # not a first request, timed from the accept
+            self._begun_at = self.loop.time()
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
