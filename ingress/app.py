@@ -103,7 +103,11 @@ class Ingress:
 
     async def stop(self) -> None:
         if self._durability_check is not None:
+            # Awaited before Redis is closed: cancelled mid-connect, it would leave a socket open.
             self._durability_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._durability_check
+            self._durability_check = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
