@@ -58,6 +58,11 @@ class Settings:
     partitions: int = defaults.PARTITIONS
     # FANOUT_MIN_REPLICAS: the ingress answers 2xx only once this many replicas have the event.
     min_replicas: int = defaults.MIN_REPLICAS
+    max_header_bytes: int = defaults.MAX_HEADER_BYTES
+    request_read_timeout_s: float = defaults.REQUEST_READ_TIMEOUT_S
+    keep_alive_timeout_s: float = defaults.KEEP_ALIVE_TIMEOUT_S
+    max_connections: int = defaults.MAX_CONNECTIONS
+    max_routing_file_bytes: int = defaults.MAX_ROUTING_FILE_BYTES
     # Everything else a handler may need (destination URLs and secrets, SUPABASE_URL, ...).
     # Kept so handlers read configuration from Settings, not from os.environ directly.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -82,6 +87,17 @@ class Settings:
                 log_level=(env.get("LOG_LEVEL") or defaults.LOG_LEVEL).lower(),
                 partitions=_positive_int(env, "FANOUT_PARTITIONS", defaults.PARTITIONS),
                 min_replicas=_whole_int(env, "FANOUT_MIN_REPLICAS", defaults.MIN_REPLICAS),
+                max_header_bytes=_positive_int(env, "MAX_HEADER_BYTES", defaults.MAX_HEADER_BYTES),
+                request_read_timeout_s=_positive_float(
+                    env, "REQUEST_READ_TIMEOUT_S", defaults.REQUEST_READ_TIMEOUT_S
+                ),
+                keep_alive_timeout_s=_positive_float(
+                    env, "KEEP_ALIVE_TIMEOUT_S", defaults.KEEP_ALIVE_TIMEOUT_S
+                ),
+                max_connections=_positive_int(env, "MAX_CONNECTIONS", defaults.MAX_CONNECTIONS),
+                max_routing_file_bytes=_positive_int(
+                    env, "MAX_ROUTING_FILE_BYTES", defaults.MAX_ROUTING_FILE_BYTES
+                ),
                 env=env,
             )
         except ValueError as err:
@@ -110,4 +126,17 @@ def _whole_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be positive and finite, got {raw!r}")
     return value

@@ -36,8 +36,9 @@ async def run_pool(
     the routing table is read from settings.routing_file unless given.
     """
     holder = (
-        RoutingHolder(settings.routing_file, table) if table is not None
-        else RoutingHolder.load(settings.routing_file)
+        RoutingHolder(settings.routing_file, table, max_bytes=settings.max_routing_file_bytes)
+        if table is not None
+        else RoutingHolder.load(settings.routing_file, max_bytes=settings.max_routing_file_bytes)
     )
     client = redis if redis is not None else async_redis(settings.redis_url)
     try:
@@ -51,7 +52,7 @@ async def run_pool(
 
 
 async def _serve(settings: Settings, pool: str, *, burst: bool, concurrency: int | None) -> None:
-    holder = RoutingHolder.load(settings.routing_file)
+    holder = RoutingHolder.load(settings.routing_file, max_bytes=settings.max_routing_file_bytes)
     client = async_redis(settings.redis_url, max_connections=None)
     try:
         consumer = Consumer(settings, pool, redis=client, holder=holder, burst=burst, concurrency=concurrency)
