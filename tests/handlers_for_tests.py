@@ -175,3 +175,14 @@ async def fetch_related(event: Event, ctx: Context) -> None:
 
     obj = await ctx.stripe.fetch_related_object(event)
     await ctx.redis.hset(fetched_key(ctx.settings.key_prefix), event.id, orjson.dumps(obj))
+
+
+def newer_key(prefix: str) -> str:
+    """Hash: event id -> what ctx.newer_completed() said when its handler ran ("1" / "0")."""
+    return "{" + prefix + "}:test:newer"
+
+
+async def record_newer(event: Event, ctx: Context) -> None:
+    newer = await ctx.newer_completed()
+    await ctx.redis.hset(newer_key(ctx.settings.key_prefix), event.id, "1" if newer else "0")
+    await _record(event, ctx)

@@ -2,7 +2,9 @@
 
 A malformed entry, and one past max_attempts (the consumer or RQ job running
 its last allowed attempt stopped before it finished), are dead-lettered here,
-the same way whatever the executor; every other entry goes to the executor.
+the same way whatever the executor. In a `skip_stale: true` pool, an entry older
+than its object's newest completed event (workers/newest.py) is acked here
+without running, counted `stale`. Every other entry goes to the executor.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 from bus.envelope import Event
 from workers.engine.executor import Entry, Executor, Owner
 from workers.engine.failures import REASON_MALFORMED, REASON_MAX_ATTEMPTS, Failure
+from workers.engine.observer import STALE
 from workers.engine.outcomes import lost_attempt_failures
+from workers.newest import Newest
 from workers.stream_ops import text
 
 
@@ -24,6 +28,15 @@ async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:
         await owner.outcomes.dead_letter(entry.stream, entry.entry_id, entry.fields, reason=REASON_MALFORMED,
                                          failures=[failure], attempts=entry.attempt)
         return
+    newest = newest_for(owner, entry, event)
+    if newest is not None and await newest.stale(owner.redis):
+        owner.outcomes.stale(entry.stream, entry.entry_id,
+                             owner.keys.ledger(owner.name, event.id) if entry.attempt > 1 else None)
+        for handler in event.handlers:
+            owner.observer.handler_finished(owner.name, handler, STALE, 0.0)
+        owner.log.info("entry.stale", entry_id=entry.entry_id, event_id=event.id, event_type=event.type,
+                       created=event.created)
+        return
     if entry.attempt > owner.config.max_attempts:
         ledger_key = owner.keys.ledger(owner.name, event.id)
         members: Any = await owner.redis.smembers(ledger_key)
@@ -33,3 +46,10 @@ async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:
                                          failures=failures, attempts=entry.attempt - 1, ledger_key=ledger_key)
         return
     await executor.run(entry, event)
+
+
+def newest_for(owner: Owner, entry: Entry, event: Event) -> Newest | None:
+    """The entry's place in the stale guard, when its pool has `skip_stale: true`."""
+    if not owner.config.skip_stale:
+        return None
+    return Newest.of(owner.keys, owner.name, entry.stream, event, owner.now_ms() / 1000)

@@ -16,7 +16,7 @@ from bus.stream_figures import partition_figures, summed_counters, totals
 from workers.rq.queue import queue_figures
 from workers.stream_ops import id_ms, text
 
-COUNTERS = ("processed", "failed", "retried", "dead")
+COUNTERS = ("processed", "failed", "retried", "dead", "stale")
 
 
 async def pool_status(redis: aioredis.Redis, keys: Keys, pool: str, now_ms: int) -> dict[str, Any]:
