@@ -186,3 +186,35 @@ async def record_newer(event: Event, ctx: Context) -> None:
     newer = await ctx.newer_completed()
     await ctx.redis.hset(newer_key(ctx.settings.key_prefix), event.id, "1" if newer else "0")
     await _record(event, ctx)
+
+
+def ordered_key(prefix: str, what: str) -> str:
+    """Keys of the ordering tests: `overlaps` (set), `done:<object>` (list of seqs), `times` (list)."""
+    return "{" + prefix + "}:test:ordered:" + what
+
+
+async def ordered_run(event: Event, ctx: Context) -> None:
+    """Record overlapping runs of one object, the order of successes, and start/end times.
+
+    The event id is evt_<object>_<seq>; an object whose name starts with `poison` fails its
+    seq 0 always; other entries fail their first attempt when crc32(id) % 10 == 0.
+    """
+    import random
+    import zlib
+
+    prefix, obj = ctx.settings.key_prefix, event.object_id or ""
+    seq = event.id.rsplit("_", 1)[1]
+    running = ordered_key(prefix, "running:" + obj)
+    if int(await ctx.redis.incr(running)) > 1:
+        await ctx.redis.sadd(ordered_key(prefix, "overlaps"), obj)
+    started = time.time()
+    try:
+        await asyncio.sleep(random.random() * 0.003)
+        if obj.startswith("poison") and seq == "0":
+            raise RuntimeError("poison object")
+        if ctx.attempt == 1 and zlib.crc32(event.id.encode()) % 10 == 0:
+            raise RuntimeError("failing the first attempt on purpose")
+        await ctx.redis.rpush(ordered_key(prefix, "done:" + obj), seq)
+    finally:
+        await ctx.redis.decr(running)
+        await ctx.redis.rpush(ordered_key(prefix, "times"), f"{obj} {seq} {started!r} {time.time()!r}")
