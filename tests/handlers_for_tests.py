@@ -218,3 +218,9 @@ async def ordered_run(event: Event, ctx: Context) -> None:
     finally:
         await ctx.redis.decr(running)
         await ctx.redis.rpush(ordered_key(prefix, "times"), f"{obj} {seq} {started!r} {time.time()!r}")
+
+
+async def ordered_slow(event: Event, ctx: Context) -> None:
+    """ordered_run after 30 ms of waiting: keeps a lease holder busy long enough to be killed."""
+    await asyncio.sleep(0.03)
+    await ordered_run(event, ctx)
