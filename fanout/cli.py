@@ -111,8 +111,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     pools = list(table.pools)
     rq_queues = {p: queue_name(settings.key_prefix, p) for p, c in table.pools.items() if c.executor == "rq"}
+    ordered = [p for p, c in table.pools.items() if c.ordering == "object"]
     keys = Keys(settings.key_prefix, settings.partitions)
-    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues))
+    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues,
+                                                            ordered))
     print(orjson.dumps(status).decode() if args.json else render_text(status))
     return 0
 

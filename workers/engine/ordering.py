@@ -47,7 +47,7 @@ def object_of(fields: Any) -> str:
 
 
 def heartbeat_key(prefix: str, pool: str) -> str:
-    """Hash: consumer -> JSON {seen_ms, streams (leases held), held (entries held back)}."""
+    """Hash: consumer -> JSON {seen_ms, streams (leases held), held (entries held back), held_objects}."""
     return "{" + prefix + "}:ordered:" + pool
 
 
@@ -203,7 +203,8 @@ class Ordering:
 
     async def _beat(self, redis: aioredis.Redis, now_ms: int) -> int:
         """Write this consumer's heartbeat; how many consumers of the pool are live."""
-        mine = {"seen_ms": now_ms, "streams": [s for s in self.streams if self.owns(s)], "held": self.held_count}
+        held_objects = sum(1 for o in self.orders.values() for q in o.held.values() if q)
+        mine = {"seen_ms": now_ms, "streams": self.owned(), "held": self.held_count, "held_objects": held_objects}
         await redis.hset(self.heartbeat, self.owner.consumer, orjson.dumps(mine))
         beats: Any = await redis.hgetall(self.heartbeat)
         horizon = now_ms - int((self.owner.config.timeout_s + LEASE_SLACK_S) * 1000)

@@ -16,13 +16,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from bus.keys import Keys
+from bus.reload import RoutingHolder
 from bus.routing import RoutingTable
 from ingress.parse import routing_fields
 from ingress.publish import Publisher
 from tests.conftest import make_settings
 from tests.handlers_for_tests import ordered_key
 from tests.support import H, load, start_worker, wait_for, write_routing
+from workers.engine.consumer import Consumer
 from workers.engine.lease import LEASE_RENEW_S, LEASE_SLACK_S, lease_key
+from workers.ops.status import collect_status, render_text
 from workers.supervision.runner import run_pool
 
 pytestmark = pytest.mark.anyio
@@ -173,3 +176,32 @@ async def test_sigkill_of_the_lease_holder_hands_its_stream_over_within_the_boun
         # At least once: a run cut by the kill may have recorded its success before its ack.
         assert seqs == sorted(seqs) and set(seqs) == set(range(20)), (obj, seqs)
     assert_no_overlap(rows)
+
+
+async def test_status_shows_the_partition_owner_and_the_objects_held_back(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, ROUTING.replace("backoff_base_s: 0.2, backoff_max_s: 0.4",
+                                                      "backoff_base_s: 1.5, backoff_max_s: 1.5"))
+    await publish_interleaved(aredis, keys, load(routing), ["poison_1", "obj_1"], 4)
+    settings = make_settings(prefix, routing_file=routing)
+    consumer = Consumer(settings, "ordered", redis=aredis, holder=RoutingHolder.load(routing), burst=True)
+    task = asyncio.create_task(consumer.run())
+    try:
+        async def held() -> bool:
+            status = await collect_status(aredis, keys, ["ordered"], 0, ordered=["ordered"])
+            return bool(status["pools"]["ordered"]["ordering"]["held_objects"])
+
+        await asyncio.wait_for(wait_for(held), 10)
+        status = await collect_status(aredis, keys, ["ordered"], 0, ordered=["ordered"])
+        ordering = status["pools"]["ordered"]["ordering"]
+        assert ordering["owners"] == {"0": consumer.consumer}
+        assert ordering["held_objects"] == 1 and ordering["held"] == 3  # poison_1's seqs 1..3
+        assert ordering["consumers"][consumer.consumer]["partitions"] == ["0"]
+        assert "partition owners 0: " + consumer.consumer in render_text(status)
+        assert "1 objects held back (3 entries)" in render_text(status)
+    finally:
+        consumer.request_stop()
+        await task
+    after = await collect_status(aredis, keys, ["ordered"], 0, ordered=["ordered"])
+    assert after["pools"]["ordered"]["ordering"]["owners"] == {"0": None}  # let go on stopping
