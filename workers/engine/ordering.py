@@ -177,10 +177,12 @@ class Ordering:
         held = [s for s in self.streams if self.leases[s].held and s not in self.releasing]
         for stream in self.streams:
             lease = self.leases[stream]
-            if stream in self.releasing:
+            if stream in self.releasing:  # renewed until what it started here has ended
                 if self.running_in(stream) == 0:
                     await lease.release()
                     self.releasing.discard(stream)
+                else:
+                    await lease.keep()
                 continue
             if lease.held or len(held) < target:
                 was = lease.held

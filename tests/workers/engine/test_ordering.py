@@ -25,7 +25,8 @@ from tests.handlers_for_tests import ordered_key
 from tests.support import H, load, start_worker, wait_for, write_routing
 from workers.engine.consumer import Consumer
 from workers.engine.lease import LEASE_RENEW_S, LEASE_SLACK_S, lease_key
-from workers.ops.status import collect_status, render_text
+from workers.engine.ordering import Ordering
+from workers.ops.status import collect_status, ordering_status, render_text
 from workers.supervision.runner import run_pool
 
 pytestmark = pytest.mark.anyio
@@ -205,3 +206,52 @@ async def test_status_shows_the_partition_owner_and_the_objects_held_back(
         await task
     after = await collect_status(aredis, keys, ["ordered"], 0, ordered=["ordered"])
     assert after["pools"]["ordered"]["ordering"]["owners"] == {"0": None}  # let go on stopping
+
+
+async def test_consumers_share_the_partitions_leases_and_a_joiner_gets_its_fair_share(
+    aredis: aioredis.Redis, prefix: str, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, ROUTING.replace("ordered_run", "ordered_slow"))
+    keys4 = Keys(prefix, 4)
+    streams = list(keys4.streams("ordered"))
+    objects = [f"obj_{i:02d}" for i in range(40)]
+    await publish_interleaved(aredis, keys4, load(routing), objects, 8)
+    settings = make_settings(prefix, routing_file=routing)
+
+    def consumer() -> Consumer:
+        c = Consumer(settings, "ordered", redis=aredis, holder=RoutingHolder.load(routing))
+        c.streams = streams  # four partitions (until the engine reads them itself)
+        c.ordering = Ordering(c, streams)
+        return c
+
+    async def owners() -> dict[str, str | None]:
+        return (await ordering_status(aredis, keys4, "ordered"))["owners"]
+
+    first, second = consumer(), consumer()
+    tasks = [asyncio.create_task(first.run())]
+    try:
+        async def first_has_all() -> bool:
+            return set((await owners()).values()) == {first.consumer}
+
+        await asyncio.wait_for(wait_for(first_has_all), 10)
+        tasks.append(asyncio.create_task(second.run()))
+
+        async def shared() -> bool:
+            held = list((await owners()).values())
+            return held.count(first.consumer) == 2 and held.count(second.consumer) == 2
+
+        await asyncio.wait_for(wait_for(shared), 15)
+
+        async def all_done() -> bool:
+            return all([len(await done_order(aredis, prefix, obj)) >= 8 for obj in objects])
+
+        await asyncio.wait_for(wait_for(all_done), 60)
+    finally:
+        for c in (first, second):
+            c.request_stop()
+        await asyncio.gather(*tasks)
+    for obj in objects:
+        seqs = await done_order(aredis, prefix, obj)
+        assert seqs == list(range(8)), (obj, seqs)
+    assert await aredis.smembers(ordered_key(prefix, "overlaps")) == set()
+    assert_no_overlap(await times(aredis, prefix))
