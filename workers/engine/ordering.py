@@ -124,8 +124,12 @@ class Ordering:
         if order is None or order.heads.get(obj) != entry.entry_id:
             return
         if not self.owner.outcomes.unacked(entry.stream, entry.entry_id):
-            rows: Any = await self.owner.redis.xpending_range(entry.stream, self.owner.group, min=entry.entry_id,
-                                                              max=entry.entry_id, count=1)
+            try:
+                rows: Any = await self.owner.redis.xpending_range(
+                    entry.stream, self.owner.group, min=entry.entry_id, max=entry.entry_id, count=1)
+            except RedisError:
+                self.fence(entry.stream)  # done or not, Redis will say when the stream is adopted again
+                return
             if rows:
                 return  # pending for a retry: it keeps its place
         if self.orders.get(entry.stream) is not order:
@@ -175,8 +179,10 @@ class Ordering:
         live = await self._beat(redis, now_ms)
         target = math.ceil(len(self.streams) / max(1, live))
         held = [s for s in self.streams if self.leases[s].held and s not in self.releasing]
+        ttl_ms = int((self.owner.config.timeout_s + LEASE_SLACK_S) * 1000)  # timeout_s follows reloads
         for stream in self.streams:
             lease = self.leases[stream]
+            lease.ttl_ms = ttl_ms
             if stream in self.releasing:  # renewed until what it started here has ended
                 if self.running_in(stream) == 0:
                     await lease.release()
