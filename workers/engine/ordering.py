@@ -145,8 +145,9 @@ class Ordering:
         self.start_ready()
 
     def start_ready(self) -> None:
-        """Start ready entries while there are free slots (before the reader takes any)."""
-        while self.ready and self.owner.slots.free() > 0:
+        """Start ready entries while there are free slots (before the reader takes any); none once
+        stopping: they stay pending, for the next holder to adopt."""
+        while self.ready and self.owner.slots.free() > 0 and not self.owner.stopping:
             self.owner.start(self.ready.popleft())
 
     async def read(self, count: int) -> Any:

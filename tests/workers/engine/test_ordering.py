@@ -255,3 +255,27 @@ async def test_consumers_share_the_partitions_leases_and_a_joiner_gets_its_fair_
         assert seqs == list(range(8)), (obj, seqs)
     assert await aredis.smembers(ordered_key(prefix, "overlaps")) == set()
     assert_no_overlap(await times(aredis, prefix))
+
+
+async def test_a_stopping_holder_hands_its_held_back_entries_to_the_next_in_order(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, ROUTING.replace("ordered_run", "ordered_slow"))
+    objects = [f"obj_{i:02d}" for i in range(5)]
+    await publish_interleaved(aredis, keys, load(routing), objects, 10)
+    settings = make_settings(prefix, routing_file=routing)
+    first = Consumer(settings, "ordered", redis=aredis, holder=RoutingHolder.load(routing))
+    task = asyncio.create_task(first.run())
+
+    async def some_done() -> bool:
+        return len(await times(aredis, prefix)) >= 10
+
+    await asyncio.wait_for(wait_for(some_done), 10)
+    assert first.ordering is not None and first.ordering.held_count > 0
+    first.request_stop()
+    await task
+    assert (await ordering_status(aredis, keys, "ordered"))["owners"] == {"0": None}
+    await run_pool(settings, "ordered", redis=aredis, burst=True)
+    for obj in objects:
+        assert await done_order(aredis, prefix, obj) == list(range(10)), obj
+    assert_no_overlap(await times(aredis, prefix))
