@@ -110,6 +110,17 @@ BACKOFF_MAX_S = 600.0
 # How long a pool's stream keeps entries (XTRIM MINID): as long as the dedupe remembers an id.
 STREAM_RETENTION_S = 7 * 24 * 3600
 POOL_EXECUTOR = "async"
+# `skip_stale: true` acks without running an entry older than its object's newest completed
+# event (workers/newest.py); off by default.
+POOL_SKIP_STALE = False
+# `ordering: object` runs one entry per object at a time, in stream order; "none" does not.
+POOL_ORDERING = "none"
+# The stale guard remembers an object's newest completed event for one to two windows of this
+# length (a bucket per window; Stripe retries an event for up to 3 days).
+NEWEST_WINDOW_S = 3 * 24 * 3600
+# At most this many objects per (pool, partition, family, window) bucket; objects past it are not
+# remembered, so their older events run (the guard never skips what it cannot vouch for).
+NEWEST_BUCKET_CAP = 1_000_000
 # The ledger of handlers done for a partly failed entry lives at most this long.
 LEDGER_TTL_S = 7 * 24 * 3600
 # `fanout worker --processes N`: a child that exits unexpectedly is restarted after this.

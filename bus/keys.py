@@ -71,6 +71,14 @@ class Keys:
         """A forward destination's rate limit: the time, in µs, its next request may be sent."""
         return f"{self._base}:rate:{destination}"
 
+    def newest(self, stream: str, pool: str, family: str, window: int) -> str:
+        """Hash: object id -> `created` of its newest completed `family` event in one time window.
+
+        Tagged like `stream` (the entry's own partition, whatever the layout), so the stale
+        guard's write goes in the same slot as the ack (workers/newest.py).
+        """
+        return f"{stream[:stream.index('}') + 1]}:newest:{pool}:{family}:{window}"
+
     def pool_stats(self, pool: str, p: int = 0) -> str:
         """Counters of a pool (processed, failed, retried, dead) for partition p; readers sum them."""
         return f"{self.tag(p)}:stats:pool:{pool}"

@@ -60,6 +60,7 @@ EVENT_NAME = re.compile(rf"^{_SEGMENT}(\.{_SEGMENT})*$")
 EXECUTORS = ("async", "rq")
 # What _scalar returns for a value it reported as a problem.
 _INVALID = object()
+ORDERINGS = ("none", "object")
 
 @cache
 def known_event_types() -> frozenset[str]:
@@ -280,12 +281,19 @@ def _load_pools(
                 continue
             values[option] = value
         pools[name] = PoolConfig(**{**vars(pool), **values})
+        if pools[name].ordering == "object" and pools[name].executor == "rq":
+            problems.error(options["ordering"][0], f"pool {name!r}: ordering: object needs executor: async "
+                           "(an RQ pool cannot keep one run per object at a time)")
     return pools
 
 
 def _pool_option_problem(option: str, value: Any) -> str | None:
     if option == "executor":
         return None if value in EXECUTORS else f"must be one of {', '.join(EXECUTORS)}, got {value!r}"
+    if option == "ordering":
+        return None if value in ORDERINGS else f"must be one of {', '.join(ORDERINGS)}, got {value!r}"
+    if option == "skip_stale":
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"must be a number, got {value!r}"
     if option in ("concurrency", "max_attempts", "retention_s") and not isinstance(value, int):

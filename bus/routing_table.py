@@ -26,6 +26,8 @@ class PoolConfig:
     backoff_max_s: float = defaults.BACKOFF_MAX_S
     retention_s: int = defaults.STREAM_RETENTION_S
     executor: str = defaults.POOL_EXECUTOR
+    skip_stale: bool = defaults.POOL_SKIP_STALE
+    ordering: str = defaults.POOL_ORDERING
 
 
 @dataclass(frozen=True)

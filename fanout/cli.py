@@ -98,10 +98,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     pools = list(table.pools)
     rq_queues = {p: queue_name(settings.key_prefix, p) for p, c in table.pools.items() if c.executor == "rq"}
+    ordered = [p for p, c in table.pools.items() if c.ordering == "object"]
     keys = Keys(settings.key_prefix, settings.partitions)
     status = preflight.with_redis(
         settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues,
-                                           destinations=list(table.destinations)), "status")
+                                           destinations=list(table.destinations), ordered=ordered), "status")
     print(orjson.dumps(status).decode() if args.json else render_text(status))
     return 0
 

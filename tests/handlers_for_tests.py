@@ -175,3 +175,52 @@ async def fetch_related(event: Event, ctx: Context) -> None:
 
     obj = await ctx.stripe.fetch_related_object(event)
     await ctx.redis.hset(fetched_key(ctx.settings.key_prefix), event.id, orjson.dumps(obj))
+
+
+def newer_key(prefix: str) -> str:
+    """Hash: event id -> what ctx.newer_completed() said when its handler ran ("1" / "0")."""
+    return "{" + prefix + "}:test:newer"
+
+
+async def record_newer(event: Event, ctx: Context) -> None:
+    newer = await ctx.newer_completed()
+    await ctx.redis.hset(newer_key(ctx.settings.key_prefix), event.id, "1" if newer else "0")
+    await _record(event, ctx)
+
+
+def ordered_key(prefix: str, what: str) -> str:
+    """Keys of the ordering tests: `overlaps` (set), `done:<object>` (list of seqs), `times` (list)."""
+    return "{" + prefix + "}:test:ordered:" + what
+
+
+async def ordered_run(event: Event, ctx: Context) -> None:
+    """Record overlapping runs of one object, the order of successes, and start/end times.
+
+    The event id is evt_<object>_<seq>; an object whose name starts with `poison` fails its
+    seq 0 always; other entries fail their first attempt when crc32(id) % 10 == 0.
+    """
+    import random
+    import zlib
+
+    prefix, obj = ctx.settings.key_prefix, event.object_id or ""
+    seq = event.id.rsplit("_", 1)[1]
+    running = ordered_key(prefix, "running:" + obj)
+    if int(await ctx.redis.incr(running)) > 1:
+        await ctx.redis.sadd(ordered_key(prefix, "overlaps"), obj)
+    started = time.time()
+    try:
+        await asyncio.sleep(random.random() * 0.003)
+        if obj.startswith("poison") and seq == "0":
+            raise RuntimeError("poison object")
+        if ctx.attempt == 1 and zlib.crc32(event.id.encode()) % 10 == 0:
+            raise RuntimeError("failing the first attempt on purpose")
+        await ctx.redis.rpush(ordered_key(prefix, "done:" + obj), seq)
+    finally:
+        await ctx.redis.decr(running)
+        await ctx.redis.rpush(ordered_key(prefix, "times"), f"{obj} {seq} {started!r} {time.time()!r}")
+
+
+async def ordered_slow(event: Event, ctx: Context) -> None:
+    """ordered_run after 30 ms of waiting: keeps a lease holder busy long enough to be killed."""
+    await asyncio.sleep(0.03)
+    await ordered_run(event, ctx)

@@ -301,3 +301,30 @@ routes:
 
 def test_the_shipped_routing_file_passes_the_handler_type_check() -> None:
     assert load_routing(REPO / "routing.yaml").warnings == ()
+
+
+def test_skip_stale_and_ordering_are_pool_options_with_defaults() -> None:
+    table = parse_routing("pools:\n  a: {skip_stale: true, ordering: object}\n  b: {}\nroutes:\n  x.y: {a: [noop]}\n")
+    assert (table.pools["a"].skip_stale, table.pools["a"].ordering) == (True, "object")
+    assert (table.pools["b"].skip_stale, table.pools["b"].ordering) == (False, "none")
+
+
+def test_skip_stale_must_be_a_boolean_and_ordering_a_known_kind() -> None:
+    errors = errors_of("""
+        pools:
+          a: {skip_stale: 1, ordering: fifo}
+        routes:
+          x.y: {a: [noop]}
+        """)
+    assert "r.yaml:3: pool 'a': skip_stale must be true or false, got 1" in errors
+    assert "r.yaml:3: pool 'a': ordering must be one of none, object, got 'fifo'" in errors
+
+
+def test_object_ordering_on_an_rq_pool_is_refused_naming_the_pool() -> None:
+    errors = errors_of("""
+        pools:
+          slowq: {executor: rq, ordering: object}
+        routes:
+          x.y: {slowq: [noop]}
+        """)
+    assert "r.yaml:3: pool 'slowq': ordering: object needs executor: async" in errors

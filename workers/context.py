@@ -10,7 +10,9 @@ import redis.asyncio as aioredis
 import structlog
 
 from bus.envelope import Event
+from bus.errors import ConfigError
 from bus.settings import Settings
+from workers.newest import Newest
 from workers.resources import Resources
 
 if TYPE_CHECKING:
@@ -34,6 +36,19 @@ class Context:
     # Entries this process runs at once for the pool (0: unknown, e.g. one RQ job per process);
     # forward: sizes a destination's default concurrency limit from it.
     slots: int = 0
+    # Where the pool's stale guard keeps this event's object (None: the pool has no skip_stale).
+    newest: Newest | None = None
+
+    async def newer_completed(self) -> bool:
+        """Whether an event of this object and family, created after this one, has completed here.
+
+        Asked now, so a long handler may ask again before it writes. Only a pool with
+        `skip_stale: true` keeps that record (workers/newest.py has the family rule).
+        """
+        if self.newest is None:
+            raise ConfigError(f"pool {self.pool!r} does not record completed events: set skip_stale: true "
+                              "in routing.yaml to use ctx.newer_completed()")
+        return await self.newest.newer_completed(self.redis)
 
     @property
     def stripe(self) -> StripeFetcher:

@@ -1,4 +1,4 @@
-"""The acks and counts of the consumer's successes, sent in batches: one pipeline per loop tick.
+"""The acks, counts and stale-guard writes of the consumer's successes: one pipeline per loop tick.
 
 Written for workers/engine/outcomes.py (the ack of one entry there is ACK_SCRIPT;
 here many entries share one round trip). Clearing an entry's retry time also
@@ -15,6 +15,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from bus.keys import Keys
+from workers.newest import Newest, merge_writes, queue_writes
 
 log = structlog.get_logger("fanout.worker")
 
@@ -41,11 +42,16 @@ class AckBatch:
         self._counts: Counter[str] = Counter()
         self._ledger_deletes: list[str] = []
         self._retry_at_deletes: list[str] = []
+        # Stale-guard writes, {bucket: {object id: newest created}}: sent before the acks.
+        self._newest: dict[str, dict[str, int]] = {}
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closing = False
 
-    def complete(self, stream: str, entry_id: str, counter: str, ledger_key: str | None) -> None:
+    def complete(self, stream: str, entry_id: str, counter: str, ledger_key: str | None,
+                 newest: Newest | None = None) -> None:
+        if newest is not None:
+            merge_writes(self._newest, {newest.current: {newest.object_key: newest.created}})
         self._acks.setdefault(stream, []).append(entry_id)
         self.unacked.add((stream, entry_id))
         self._counts[counter] += 1
@@ -90,7 +96,9 @@ class AckBatch:
             counts, self._counts = self._counts, Counter()
             ledgers, self._ledger_deletes = self._ledger_deletes, []
             retry_ats, self._retry_at_deletes = self._retry_at_deletes, []
+            newest, self._newest = self._newest, {}
             pipe = self.redis.pipeline(transaction=False)
+            queue_writes(pipe, newest)
             for stream, ids in acks.items():
                 pipe.xack(stream, self.group, *ids)
             for counter, n in counts.items():
@@ -108,5 +116,6 @@ class AckBatch:
                 self._counts.update(counts)
                 self._ledger_deletes = ledgers + self._ledger_deletes
                 self._retry_at_deletes = retry_ats + self._retry_at_deletes
+                merge_writes(self._newest, newest)
                 raise
             self.unacked.difference_update((s, e) for s, ids in acks.items() for e in ids)

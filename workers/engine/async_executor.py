@@ -15,6 +15,7 @@ from bus.envelope import Event
 from workers.context import Context
 from workers.engine import observer as outcome
 from workers.engine import reclaim
+from workers.engine.entries import newest_for
 from workers.engine.executor import Entry, Owner
 from workers.engine.failures import Failure
 from workers.engine.outcomes import dead_reason
@@ -51,12 +52,13 @@ class AsyncExecutor:
             # Named by a newer routing table than this worker's: import off the event loop.
             await owner.handlers.load_async(todo, table)
         log = owner.log
+        newest = newest_for(owner, entry, event)
 
         def make_ctx(handler: str) -> Context:
             bound = log.bind(event_id=event.id, event_type=event.type, handler=handler, attempt=attempt)
             return Context(pool=owner.name, handler=handler, attempt=attempt, log=bound,
                            redis=owner.redis, settings=owner.settings, resources=owner.resources,
-                           slots=owner.slots.capacity)
+                           slots=owner.slots.capacity, newest=newest)
 
         async def one(name: str) -> Result:
             started = time.perf_counter()
@@ -68,7 +70,7 @@ class AsyncExecutor:
         results = [await one(todo[0])] if len(todo) == 1 else list(await asyncio.gather(*map(one, todo)))
         failures = [f for _, f, _ in results if f is not None]
         if not failures:
-            owner.outcomes.succeeded(entry.stream, entry.entry_id, ledger_key if redelivered else None)
+            owner.outcomes.succeeded(entry.stream, entry.entry_id, ledger_key if redelivered else None, newest)
             self._report(results, outcome.OK)
             return
         reason = dead_reason(failures, attempt, config.max_attempts)
@@ -76,7 +78,7 @@ class AsyncExecutor:
             dead = await owner.outcomes.dead_letter(
                 entry.stream, entry.entry_id, entry.fields, reason=reason, failures=failures, attempts=attempt,
                 ledger_key=ledger_key if redelivered else None, failed=len(failures))
-            self._report(results, outcome.DEAD if dead else outcome.STALE)
+            self._report(results, outcome.DEAD if dead else outcome.TAKEN_OVER)
             return
         failed = {f.handler for f in failures}
         await owner.outcomes.failed(config, entry.entry_id, ledger_key, [h for h in todo if h not in failed],

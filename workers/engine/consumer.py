@@ -41,10 +41,12 @@ from bus.settings import Settings
 from workers import heartbeat
 from workers.engine import reclaim, retention
 from workers.engine.async_executor import AsyncExecutor
+from workers.engine.drain import drain
 from workers.engine.entries import run_entry
 from workers.engine.executor import Entry, Executor
 from workers.engine.follow import follow_routing, vet_reloads
 from workers.engine.observer import NoObserver, Observer
+from workers.engine.ordering import Ordering
 from workers.engine.outcomes import Outcomes
 from workers.engine.periodic import every
 from workers.engine.slots import Slots
@@ -126,6 +128,8 @@ class Consumer:
         # The executor is fixed for the life of the process: `rq` enqueues jobs, `async` runs here.
         self.executor_kind = self._config.executor
         self.executor: Executor = RqExecutor(self) if self.executor_kind == "rq" else AsyncExecutor(self)
+        self.ordering = Ordering(self, self.streams) if self._config.ordering == "object" else None  # fixed too
+        self.own_entries_only = self.ordering is not None
 
     # --- configuration ---------------------------------------------------------------------------
 
@@ -146,7 +150,8 @@ class Consumer:
 
     def busy(self, stream: str, entry_id: str) -> bool:
         """Running here, or finished with its ack on its way: not to be run again meanwhile."""
-        return (stream, entry_id) in self.inflight or self.outcomes.unacked(stream, entry_id)
+        return ((stream, entry_id) in self.inflight or self.outcomes.unacked(stream, entry_id)
+                or (self.ordering is not None and self.ordering.holds(stream, entry_id)))
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -177,6 +182,7 @@ class Consumer:
             background.append(asyncio.create_task(
                 follow_routing(self.holder, self.name, self.executor_kind, self.handlers, self.log),
                 name="routing-watch"))
+        background += [asyncio.create_task(self.ordering.run(stopping), name="leases")] if self.ordering else []
         try:
             await self._read_loop()
         finally:
@@ -184,9 +190,11 @@ class Consumer:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._drain()
+            await drain(list(self.inflight.values()), self._shutdown_grace_s, self.log)
             self.outcomes.batch.close()
             await flusher
+            if self.ordering is not None:
+                await self.ordering.close()
             for stream in self.streams:
                 await retention.leave_group(self.redis, stream, self.group, self.consumer)
             await heartbeat.leave(self.redis, self.keys.heartbeats(self.name), self.consumer)
@@ -200,15 +208,15 @@ class Consumer:
         streams = {stream: ">" for stream in self.streams}
         while not self._stopping:
             await self.slots.reader_turn()
-            free = self.slots.free()
+            free = self.slots.free() if self.ordering is None else self.ordering.reader_free()
             if free <= 0:
                 await self.slots.wait_freed()
                 continue
             taken = self.slots.reserve(free)
             try:
-                reply: Any = await self.redis.xreadgroup(
+                reply: Any = await (self.ordering.read(taken) if self.ordering is not None else self.redis.xreadgroup(
                     self.group, self.consumer, streams, count=taken, block=self._block_ms  # type: ignore[arg-type]
-                )
+                ))
             except RedisError as err:
                 self.slots.release(taken)
                 self.read_failures += 1
@@ -242,24 +250,11 @@ class Consumer:
                 return False
         return True
 
-    async def _drain(self) -> None:
-        """Let in-flight entries finish within the grace period; what is left stays pending."""
-        if not self.inflight:
-            return
-        tasks = list(self.inflight.values())
-        self.log.info("pool.draining", inflight=len(tasks), grace_s=self._shutdown_grace_s)
-        _, unfinished = await asyncio.wait(tasks, timeout=self._shutdown_grace_s)
-        for task in unfinished:
-            task.cancel()
-        if unfinished:
-            await asyncio.gather(*unfinished, return_exceptions=True)
-            self.log.warning("pool.drain_timeout", left_pending=len(unfinished))
-
     def _reclaim_interval_s(self) -> float:
         return max(0.01, min(defaults.RECLAIM_INTERVAL_S, self.config.backoff_base_s / 2))
 
     async def _reclaim(self) -> None:
-        for stream in self.streams:
+        for stream in self.streams if self.ordering is None else self.ordering.owned():
             await self.reclaim_once(stream)
 
     async def reclaim_once(self, stream: str) -> int:
@@ -275,8 +270,11 @@ class Consumer:
 
     def start(self, entry: Entry) -> None:
         """Run an entry this consumer now owns (read new, or claimed for a retry)."""
+        if self.ordering is not None and not self.ordering.admit(entry):
+            return  # held back behind its object's head (workers/engine/ordering.py)
         self.slots.occupy()
-        self.inflight[(entry.stream, entry.entry_id)] = asyncio.create_task(self._process(entry))
+        run = self._process(entry) if self.ordering is None else self.ordering.then_next(self._process(entry), entry)
+        self.inflight[(entry.stream, entry.entry_id)] = asyncio.create_task(run)
         self.observer.entries_in_flight(self.name, len(self.inflight))
 
     async def _process(self, entry: Entry) -> None:

@@ -2,7 +2,9 @@
 
 A malformed entry, and one past max_attempts (the consumer or RQ job running
 its last allowed attempt stopped before it finished), are dead-lettered here,
-the same way whatever the executor; every other entry goes to the executor.
+the same way whatever the executor. In a `skip_stale: true` pool, an entry older
+than its object's newest completed event (workers/newest.py) is acked here
+without running, counted `stale`. Every other entry goes to the executor.
 A redelivered entry's paused runs (workers/engine/outcomes.py) are read here:
 they are not attempts, so they do not bring it closer to max_attempts.
 """
@@ -15,7 +17,9 @@ from typing import Any
 from bus.envelope import Event
 from workers.engine.executor import Entry, Executor, Owner
 from workers.engine.failures import REASON_MALFORMED, REASON_MAX_ATTEMPTS, Failure
+from workers.engine.observer import STALE
 from workers.engine.outcomes import lost_attempt_failures
+from workers.newest import Newest
 from workers.stream_ops import text
 
 
@@ -26,6 +30,15 @@ async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:
         failure = Failure("", f"{type(err).__name__}: {err}", "", permanent=True)
         await owner.outcomes.dead_letter(entry.stream, entry.entry_id, entry.fields, reason=REASON_MALFORMED,
                                          failures=[failure], attempts=entry.attempt)
+        return
+    newest = newest_for(owner, entry, event)
+    if newest is not None and await newest.stale(owner.redis):
+        owner.outcomes.stale(entry.stream, entry.entry_id,
+                             owner.keys.ledger(owner.name, event.id) if entry.attempt > 1 else None)
+        for handler in event.handlers:
+            owner.observer.handler_finished(owner.name, handler, STALE, 0.0)
+        owner.log.info("entry.stale", entry_id=entry.entry_id, event_id=event.id, event_type=event.type,
+                       created=event.created)
         return
     if entry.attempt > 1:
         paused: Any = await owner.redis.hget(owner.keys.uncounted(owner.name), entry.entry_id)
@@ -41,3 +54,10 @@ async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:
                                          failures=failures, attempts=last, ledger_key=ledger_key)
         return
     await executor.run(entry, event)
+
+
+def newest_for(owner: Owner, entry: Entry, event: Event) -> Newest | None:
+    """The entry's place in the stale guard, when its pool has `skip_stale: true`."""
+    if not owner.config.skip_stale:
+        return None
+    return Newest.of(owner.keys, owner.name, entry.stream, event, owner.now_ms() / 1000)

@@ -65,6 +65,7 @@ class Owner(Protocol):
     slots: Slots
     log: Any  # the consumer's bound structlog logger
     claim_margin_s: float
+    own_entries_only: bool
     burst: bool
 
     @property

@@ -15,7 +15,8 @@ OK = "ok"            # it succeeded
 FAILED = "failed"    # it raised or timed out; the entry will be retried
 RETRY = "retry"      # it raised RetryLater; the entry will be retried
 DEAD = "dead"        # its failure dead-lettered the entry
-STALE = "stale"      # its failure would have dead-lettered the entry, but another consumer owns it now
+TAKEN_OVER = "taken_over"  # its failure would have dead-lettered the entry, but another consumer owns it now
+STALE = "stale"      # not run: the stale guard skipped its entry (a newer event of its object completed)
 
 
 class Observer(Protocol):

@@ -44,6 +44,7 @@ from workers.engine.failures import (
     paused_run,
 )
 from workers.engine.retry import pool_backoff_ms
+from workers.newest import Newest
 from workers.stream_ops import text
 
 log = structlog.get_logger("fanout.worker")
@@ -205,9 +206,14 @@ class Outcomes:
         """Finished, its ack on its way: never to be run again meanwhile."""
         return (stream, entry_id) in self.batch.unacked
 
-    def succeeded(self, stream: str, entry_id: str, ledger_key: str | None) -> None:
-        """Queue the ack; `ledger_key` when a previous attempt may have left a ledger or retry time."""
-        self.batch.complete(stream, entry_id, "processed", ledger_key)
+    def succeeded(self, stream: str, entry_id: str, ledger_key: str | None, newest: Newest | None = None) -> None:
+        """Queue the ack; `ledger_key` when a previous attempt may have left a ledger or retry time;
+        `newest` when the pool's stale guard records this completion (workers/newest.py)."""
+        self.batch.complete(stream, entry_id, "processed", ledger_key, newest)
+
+    def stale(self, stream: str, entry_id: str, ledger_key: str | None) -> None:
+        """Queue the ack of an entry the stale guard skipped, counted `stale`."""
+        self.batch.complete(stream, entry_id, "stale", ledger_key)
 
     def count(self, counter: str, n: int = 1) -> None:
         self.batch.count(counter, n)

@@ -46,6 +46,8 @@ class Claimer(Protocol):
     group: str
     consumer: str
     claim_margin_s: float
+    # An ordered pool claims only its own entries here.
+    own_entries_only: bool
     outcomes: Outcomes
     slots: Slots
 
@@ -114,8 +116,8 @@ async def due_entries(view: Claimer, stream: str, limit: int) -> list[Due]:
     async for rows in pending_pages(view.redis, stream, view.group, idle_ms=min_idle_ms(view.config)):
         for row, paused in zip(rows, await paused_runs(view, rows), strict=True):
             entry_id = text(row["message_id"])
-            if view.busy(stream, entry_id):
-                continue
+            if view.busy(stream, entry_id) or (view.own_entries_only and text(row["consumer"]) != view.consumer):
+                continue  # an ordered pool takes peers' entries over by adopting them (ordering.py)
             needed = needed_idle_ms(view, row, peer_wait=True, paused_runs=paused)
             if int(row["time_since_delivered"]) >= needed:
                 due.append((entry_id, int(row["times_delivered"]), needed))

@@ -8,17 +8,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from bus.keys import Keys
 from bus.stream_figures import partition_figures, summed_counters, totals
 from workers import heartbeat
+from workers.engine.lease import lease_key
+from workers.engine.ordering import heartbeat_key
 from workers.forward.breaker import breaker_states
 from workers.rq.queue import queue_figures
 from workers.stream_ops import id_ms, text
 
-COUNTERS = ("processed", "failed", "retried", "dead")
+COUNTERS = ("processed", "failed", "retried", "dead", "stale")
 
 
 async def pool_status(redis: aioredis.Redis, keys: Keys, pool: str, now_ms: int) -> dict[str, Any]:
@@ -53,9 +56,30 @@ async def pool_status(redis: aioredis.Redis, keys: Keys, pool: str, now_ms: int)
     return out
 
 
+async def ordering_status(redis: aioredis.Redis, keys: Keys, pool: str) -> dict[str, Any]:
+    """An ordered pool's leases: {"owners": {partition: consumer or None}, "held_objects" and "held"
+    (objects, entries held back behind a running or failed entry of their object), "consumers":
+    {consumer: {"partitions": [...], "held_objects": n, "held": n}}} (workers/engine/ordering.py).
+    The held figures are each consumer's heartbeat, at most a second old."""
+    owners: dict[str, str | None] = {}
+    for p, stream in enumerate(keys.streams(pool)):
+        token = await redis.get(lease_key(stream, pool))
+        owners[str(p)] = text(token).rsplit(":", 1)[0] if token else None
+    beats: Any = await redis.hgetall(heartbeat_key(keys.prefix, pool))
+    consumers: dict[str, Any] = {}
+    for consumer, raw in beats.items():
+        beat = orjson.loads(raw)
+        partitions = sorted(p for p, owner in owners.items() if owner == text(consumer))
+        consumers[text(consumer)] = {"partitions": partitions, "held_objects": int(beat.get("held_objects", 0)),
+                                     "held": int(beat.get("held", 0))}
+    return {"owners": owners, "held_objects": sum(c["held_objects"] for c in consumers.values()),
+            "held": sum(c["held"] for c in consumers.values()), "consumers": consumers}
+
+
 async def collect_status(redis: aioredis.Redis, keys: Keys, pools: list[str], now_ms: int,
                          rq_queues: Mapping[str, str] | None = None,
-                         destinations: list[str] | None = None) -> dict[str, Any]:
+                         destinations: list[str] | None = None,
+                         ordered: list[str] | None = None) -> dict[str, Any]:
     """The `status --json` document: {"pools": {name: {...}}, "unrouted", "duplicates", "breakers"}.
 
     "breakers" has each of `destinations` (forward:): {"state": closed|open|half-open,
@@ -63,6 +87,7 @@ async def collect_status(redis: aioredis.Redis, keys: Keys, pools: list[str], no
 
     A pool in `rq_queues` (pool -> RQ queue name) also gets "executor": "rq", "rq_queue",
     "rq_queued" (jobs waiting in the queue) and "rq_workers" (RQ workers listening to it).
+    A pool in `ordered` (`ordering: object`) also gets "ordering" (ordering_status).
     """
     ingress = await summed_counters(redis, [keys.ingress_stats_of(p) for p in range(keys.partitions)])
     out: dict[str, dict[str, Any]] = {}
@@ -76,6 +101,8 @@ async def collect_status(redis: aioredis.Redis, keys: Keys, pools: list[str], no
             out[pool].update({name: counters.get(name, 0) for name in COUNTERS})
         if rq_queues and pool in rq_queues:
             out[pool].update(await queue_figures(redis, rq_queues[pool]))
+        if ordered and pool in ordered:
+            out[pool]["ordering"] = await ordering_status(redis, keys, pool)
     return {
         "pools": out,
         "unrouted": ingress.get("unrouted", 0),
@@ -107,5 +134,11 @@ def render_text(status: dict[str, Any]) -> str:
                          f"({breaker['failures']} failures); its entries wait without spending attempts")
         elif breaker["state"] == "half-open":
             lines.append(f"forward:{name}: circuit breaker half-open (a probe decides)")
+    for name, pool in status["pools"].items():
+        if "ordering" in pool:
+            owners = ", ".join(f"{p}: {owner or '-'}" for p, owner in pool["ordering"]["owners"].items())
+            lines.append(f"{name} is ordered per object: partition owners {owners}; "
+                         f"{pool['ordering']['held_objects']} objects held back "
+                         f"({pool['ordering']['held']} entries)")
     lines.append(f"unrouted events: {status['unrouted']}    duplicate deliveries: {status['duplicates']}")
     return "\n".join(lines)

@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ from workers.context import Context
 from workers.engine import outcomes
 from workers.engine.failures import REASON_MALFORMED, REASON_TIMEOUT, Failure
 from workers.handlers import HandlerSet, call_handler
+from workers.newest import Newest
 from workers.resources import Resources
 from workers.rq.deadline import INLINE, HandlerTimeout, handler_deadline
 from workers.rq.record import (
@@ -157,7 +159,7 @@ def _connection(settings: Settings) -> redis.Redis:
 
 def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attempts: int, timeout_s: float,
               backoff_base_s: float, backoff_max_s: float, ledger_ttl_s: int,
-              entry: dict[str, str], stream: str | None = None) -> dict[str, int]:
+              entry: dict[str, str], stream: str | None = None, skip_stale: bool = False) -> dict[str, int]:
     """The job function: run the entry's handlers not yet done; raise AttemptFailed if any failed.
 
     `stream` is the entry's stream (jobs enqueued before it was passed: the pool's one stream).
@@ -183,6 +185,7 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
         dead(client, where, entry, REASON_MALFORMED, [failure], attempt, None)
         raise AttemptFailed(f"malformed entry {entry_id}: dead-lettered") from err
     ledger_key = keys.ledger(pool, event.id)
+    newest = Newest.of(keys, pool, where.stream, event, time.time()) if skip_stale else None
     done = {text(h) for h in client.smembers(ledger_key)} if attempt > 1 else set()
     # `attempt` is the delivery (the job's identity); handlers see, and max_attempts counts, the
     # attempt number, which leaves out the runs that ended Paused.
@@ -193,7 +196,7 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
     try:
         with handler_deadline(timeout_s):
             asyncio.run(_run_handlers(runtime, settings, event, pool, counted, todo, timeout_s, succeeded,
-                                      failures))
+                                      failures, newest))
     except (HandlerTimeout, JobTimeoutException):
         ended = {*succeeded, *(f.handler for f in failures)}
         trace = traceback.format_exc()
@@ -202,7 +205,7 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
     # From here on only recording, which RQ's alarm (already cancelled by _handler_deadline) must
     # never cut in half.
     if not failures:
-        ack_done(client, where, event, attempt, ledger_key, ledger_ttl_s)
+        ack_done(client, where, event, attempt, ledger_key, ledger_ttl_s, newest)
         return {"handlers": len(todo)}
     secret_names = runtime.holder.table.secret_env_names()
     record_failure(client, where, config, entry, event, counted, succeeded, failures, ledger_ttl_s,
@@ -212,7 +215,8 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
 
 
 async def _run_handlers(runtime: _Runtime, settings: Settings, event: Event, pool: str, attempt: int,
-                        todo: list[str], timeout_s: float, succeeded: list[str], failures: list[Failure]) -> None:
+                        todo: list[str], timeout_s: float, succeeded: list[str], failures: list[Failure],
+                        newest: Newest | None = None) -> None:
     client = async_redis(settings.redis_url)
     resources = Resources()
     table = runtime.holder.table
@@ -220,7 +224,7 @@ async def _run_handlers(runtime: _Runtime, settings: Settings, event: Event, poo
 
     def make_ctx(handler: str) -> Context:
         return Context(pool=pool, handler=handler, attempt=attempt, log=bound.bind(handler=handler),
-                       redis=client, settings=settings, resources=resources)
+                       redis=client, settings=settings, resources=resources, newest=newest)
 
     async def one(name: str) -> None:
         failure = await call_handler(runtime.handlers.get(name, table), name, event, make_ctx, timeout_s,

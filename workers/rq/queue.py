@@ -80,6 +80,8 @@ def job_kwargs(prefix: str, pool: str, entry_id: str, attempt: int, config: Pool
         "max_attempts": config.max_attempts, "timeout_s": config.timeout_s,
         "backoff_base_s": config.backoff_base_s, "backoff_max_s": config.backoff_max_s,
         "ledger_ttl_s": ledger_ttl_s(config),
+        # Only when set, so RQ workers started before the stale guard keep running other pools' jobs.
+        **({"skip_stale": True} if config.skip_stale else {}),
         "entry": dict(entry),
     }
 

@@ -16,6 +16,7 @@ from bus.keys import Keys
 from bus.routing import PoolConfig
 from workers.engine import outcomes
 from workers.engine.failures import Failure, credential_patterns_only
+from workers.newest import Newest, queue_writes
 
 log = structlog.get_logger("fanout.worker")
 
@@ -73,19 +74,26 @@ def times_delivered(client: redis.Redis, where: Where) -> int | None:
 
 
 def ack_done(client: redis.Redis, where: Where, event: Event, attempt: int, ledger_key: str,
-              ledger_ttl_s: int) -> None:
+              ledger_ttl_s: int, newest: Newest | None = None) -> None:
     """Ack the entry and count it processed, inside the job, right after its handlers succeeded.
 
     Not in RQ's success callback alone: RQ runs that before it saves the job as finished, and
     marks the job failed if it raises, so a lost ack there meant a next attempt with no ledger,
     running every handler again. If this ack fails, every handler is recorded as done in the
     completion ledger (and the entry made due at once) before the job fails: the next attempt
-    runs nothing and acks.
+    runs nothing and acks. `newest`: the stale guard's record of this completion, sent with the
+    ack in one pipeline, before it (workers/newest.py).
     """
     call = outcomes.ack_call(where.keys, where.pool, where.stream, where.entry_id,
                              event.id if attempt > 1 else None)
     try:
-        call.run(client)
+        if newest is None:
+            call.run(client)
+        else:
+            pipe = client.pipeline(transaction=False)
+            queue_writes(pipe, {newest.current: {newest.object_key: newest.created}})
+            pipe.eval(call.script, len(call.keys), *call.keys, *call.args)
+            pipe.execute()
     except redis.RedisError as err:
         log.error("entry.ack_failed", pool=where.pool, executor="rq", entry_id=where.entry_id, attempt=attempt,
                   event_id=event.id, event_type=event.type, error=f"{type(err).__name__}: {err}")

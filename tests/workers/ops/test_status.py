@@ -45,7 +45,7 @@ async def test_status_reports_counters_pending_lag_and_ingress_counts(
     status = await collect_status(aredis, keys, ["alpha", "beta"], int(time.time() * 1000))
     assert status["pools"]["alpha"] == {
         "stream_length": 3, "pending": 0, "lag": 0, "consumers": 0, "group_consumers": 0,
-        "processed": 2, "failed": 3, "retried": 2, "dead": 1, "oldest_pending_s": None,
+        "processed": 2, "failed": 3, "retried": 2, "dead": 1, "stale": 0, "oldest_pending_s": None,
         "partitions": {"0": {"length": 3, "pending": 0, "lag": 0}},
     }
     assert status["pools"]["beta"]["stream_length"] == 0

@@ -713,3 +713,34 @@ def test_the_rq_reclaimer_holds_every_free_slot_while_it_works(
 
     asyncio.run(go())
     assert seen_free == [0, 0], "a reader running meanwhile finds no slot to take"
+
+
+def test_an_rq_pool_with_skip_stale_records_completions_and_skips_an_older_update(
+    sync_client: redis.Redis, prefix: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.workers.engine.test_stale import send
+
+    routing = routing_file(tmp_path, monkeypatch, f"""
+pools:
+  iso: {{executor: rq, {FAST}, skip_stale: true}}
+routes:
+  customer.updated: {{iso: ["{H}record_newer"]}}
+""")
+    settings = make_settings(prefix, routing_file=routing)
+    table = load(routing)
+
+    def send_one(event_id: str, created: int) -> None:
+        async def go() -> None:
+            client = aioredis.Redis.from_url(TEST_REDIS_URL)
+            try:
+                await send(client, keys, table, event_id, "customer.updated", "cus_1", created)
+            finally:
+                await client.aclose()
+        asyncio.run(go())
+
+    send_one("evt_t2", 2_000)
+    drain_rq(settings, "iso", sync_client)
+    send_one("evt_t1", 1_000)
+    drain_rq(settings, "iso", sync_client)
+    assert runs(sync_client, prefix, "record_newer") == {"evt_t2": 1}
+    assert stats(sync_client, keys, "iso") == {"processed": 1, "stale": 1}
