@@ -52,6 +52,10 @@ class Settings:
     signature_tolerance_s: int = defaults.SIGNATURE_TOLERANCE_S
     seen_retention_s: int = defaults.SEEN_RETENTION_S
     log_level: str = defaults.LOG_LEVEL
+    # `fanout worker` serves Prometheus metrics on this port when set (FANOUT_METRICS_PORT).
+    metrics_port: int | None = None
+    # Required by `fanout console` bound anywhere but loopback; then every request must carry it.
+    console_token: Secret | None = None
     # Everything else a handler may need (destination URLs and secrets, SUPABASE_URL, ...).
     # Kept so handlers read configuration from Settings, not from os.environ directly.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -73,6 +77,8 @@ class Settings:
                     env, "SEEN_RETENTION_S", defaults.SEEN_RETENTION_S
                 ),
                 log_level=(env.get("LOG_LEVEL") or defaults.LOG_LEVEL).lower(),
+                metrics_port=_port(env, "FANOUT_METRICS_PORT"),
+                console_token=Secret(env["FANOUT_CONSOLE_TOKEN"]) if env.get("FANOUT_CONSOLE_TOKEN") else None,
                 env=env,
             )
         except ValueError as err:
@@ -95,3 +101,12 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
     return value
+
+
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"{name} must be a TCP port (1-65535), got {raw!r}")
+    return int(raw)

@@ -58,15 +58,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_or_exit()
+    metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
     if args.processes > 1:
         from workers.supervisor import Supervisor
 
-        return Supervisor(args.pool, args.processes, burst=args.burst,
-                          concurrency=args.concurrency).run()
+        return Supervisor(args.pool, args.processes, burst=args.burst, concurrency=args.concurrency,
+                          metrics_host=args.metrics_host, metrics_port=metrics_port).run()
     from workers.runner import serve
 
     try:
-        return serve(settings, args.pool, burst=args.burst, concurrency=args.concurrency)
+        return serve(settings, args.pool, burst=args.burst, concurrency=args.concurrency,
+                     metrics_host=args.metrics_host, metrics_port=metrics_port)
     except ConfigError as err:
         print(f"fanout worker: {err}", file=sys.stderr)
         return 2
@@ -259,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=1, help="consumer processes under this one")
     p.add_argument("--burst", action="store_true",
                    help="exit 0 once nothing is new or pending (pending = done or dead-lettered)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on PORT (default $FANOUT_METRICS_PORT, else off; "
+                        "with --processes N, PORT to PORT+N-1)")
+    p.add_argument("--metrics-host", default=defaults.METRICS_HOST,
+                   help=f"address the metrics listen on (default {defaults.METRICS_HOST})")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("status", help="per pool: length, pending, lag, consumers, counters")

@@ -10,6 +10,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -25,6 +26,9 @@ from workers.deadletter import REASON_PERMANENT, REASON_UNKNOWN_HANDLER, Failure
 from workers.importer import resolve_handler
 
 log = structlog.get_logger("fanout.worker")
+
+# Told how each handler run ended: (handler, outcome, duration_s); see call_handler.
+Finished = Callable[[str, str, float], None]
 
 
 @dataclass(frozen=True)
@@ -113,14 +117,44 @@ async def call_handler(
     executor: Callable[[], Executor],
     *,
     passthrough: tuple[type[BaseException], ...] = (),
+    finished: Finished | None = None,
 ) -> Failure | None:
     """Run one handler once; None on success, else the failure to record.
 
     Exceptions of a `passthrough` type are not a handler's failure but the caller's
     (the RQ executor's hard job timeout): they are raised, not recorded.
+    `finished(handler, outcome, duration_s)`, when given, is told how the run ended
+    (metrics): "ok", "failed", "retry" (RetryLater) or "dead" (permanent).
     """
     if isinstance(handler, ConfigError):
+        if finished is not None:
+            finished(name, "dead", 0.0)
         return Failure(name, f"unknown handler: {handler}", "", permanent=True, reason=REASON_UNKNOWN_HANDLER)
+    if finished is None:
+        return await _run_handler(handler, name, event, make_ctx, timeout_s, executor, passthrough)
+    started = time.perf_counter()
+    failure = await _run_handler(handler, name, event, make_ctx, timeout_s, executor, passthrough)
+    finished(name, _outcome(failure), time.perf_counter() - started)
+    return failure
+
+
+def _outcome(failure: Failure | None) -> str:
+    if failure is None:
+        return "ok"
+    if failure.permanent:
+        return "dead"
+    return "retry" if failure.retry_later else "failed"
+
+
+async def _run_handler(
+    handler: Resolved,
+    name: str,
+    event: Event,
+    make_ctx: Callable[[str], Context],
+    timeout_s: float,
+    executor: Callable[[], Executor],
+    passthrough: tuple[type[BaseException], ...],
+) -> Failure | None:
     ctx = make_ctx(name)
     try:
         async with asyncio.timeout(timeout_s):
@@ -138,7 +172,7 @@ async def call_handler(
         return Failure(name, _error_line(err), traceback.format_exc(), permanent=True, reason=REASON_PERMANENT)
     except RetryLater as err:
         ctx.log.info("handler.retry_later", reason=str(err), defer_s=err.defer_s)
-        return Failure(name, _error_line(err), traceback.format_exc(), defer_s=err.defer_s)
+        return Failure(name, _error_line(err), traceback.format_exc(), defer_s=err.defer_s, retry_later=True)
     except TimeoutError:
         ctx.log.warning("handler.timeout", timeout_s=timeout_s)
         return Failure(name, f"TimeoutError: no result within {timeout_s} s", traceback.format_exc())

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -45,9 +45,12 @@ from workers.deadletter import (
     Failure,
     dead_letter,
 )
-from workers.execute import HandlerSet, call_handler, pool_handler_names
+from workers.execute import Finished, HandlerSet, call_handler, pool_handler_names
 from workers.rq.bridge import RqBridge
 from workers.streams import Fields, ensure_group, text
+
+if TYPE_CHECKING:
+    from workers.metrics import WorkerMetrics
 
 log = structlog.get_logger("fanout.worker")
 
@@ -81,6 +84,7 @@ class Pool:
         watch_routing: bool = True,
         strict: bool = True,
         resources: Resources | None = None,
+        observer: WorkerMetrics | None = None,
     ) -> None:
         if name not in holder.table.pools:
             known = ", ".join(sorted(holder.table.pools)) or "none"
@@ -124,6 +128,9 @@ class Pool:
         # The executor is fixed for the life of the process: `rq` enqueues jobs, `async` runs here.
         self.executor = self._config.executor
         self.rq = RqBridge(self) if self.executor == "rq" else None
+        # Metrics (workers/metrics.py): told when a read returns, the in-flight count changes and
+        # a handler run ends. None (metrics off) costs one test at each of those points.
+        self.observer = observer
 
     # --- configuration ---------------------------------------------------------------------------
 
@@ -237,6 +244,8 @@ class Pool:
                 raise
             self.release(taken)
             if reply:
+                if self.observer is not None:  # metrics: a read batch returned
+                    self.observer.read_batch(self.name, len(reply[0][1]))
                 # More than the free slots only if concurrency was lowered meanwhile: the rest stays
                 # pending and is reclaimed later, rather than running over the limit.
                 for entry_id, fields in reply[0][1][:max(0, self.free_slots())]:
@@ -321,6 +330,8 @@ class Pool:
     def start(self, entry_id: str, fields: Fields, attempt: int) -> None:
         """Run an entry this consumer now owns (read new, or claimed for a retry)."""
         self.inflight[entry_id] = asyncio.create_task(self._process(entry_id, fields, attempt))
+        if self.observer is not None:  # metrics: the in-flight count changed
+            self.observer.entries_in_flight(self.name, len(self.inflight))
 
     async def _process(self, entry_id: str, fields: Fields, attempt: int) -> None:
         try:
@@ -331,6 +342,8 @@ class Pool:
         finally:
             del self.inflight[entry_id]
             self._slot_freed.set()
+            if self.observer is not None:  # metrics: the in-flight count changed
+                self.observer.entries_in_flight(self.name, len(self.inflight))
 
     async def _run_entry(self, entry_id: str, fields: Fields, attempt: int) -> None:
         if self.rq is not None:
@@ -364,8 +377,10 @@ class Pool:
             return Context(pool=self.name, handler=handler, attempt=attempt, log=bound,
                            redis=self.redis, settings=self.settings, resources=self.resources)
 
+        finished = self._handler_finished(last_attempt=attempt >= config.max_attempts)
         calls = [
-            call_handler(self._handlers.get(h, table), h, event, make_ctx, config.timeout_s, self.thread_pool)
+            call_handler(self._handlers.get(h, table), h, event, make_ctx, config.timeout_s, self.thread_pool,
+                         finished=finished)
             for h in todo
         ]
         # One handler (the common case) is awaited directly: gather would wrap it in another task.
@@ -391,6 +406,19 @@ class Pool:
             if defer_s is not None:
                 pipe.hset(self.keys.retry_at(self.name), entry_id, str(self.now_ms() + int(defer_s * 1000)))
             await pipe.execute()
+
+    def _handler_finished(self, *, last_attempt: bool) -> Finished | None:
+        """Metrics: a handler run ended; on the last attempt, a failure dead-letters the entry."""
+        observer = self.observer
+        if observer is None:
+            return None
+
+        def finished(handler: str, outcome: str, duration_s: float) -> None:
+            if last_attempt and outcome in ("failed", "retry"):
+                outcome = "dead"
+            observer.handler_finished(self.name, handler, outcome, duration_s)
+
+        return finished
 
     async def dead(
         self, entry_id: str, fields: Fields, reason: str, failures: list[Failure], attempts: int,
