@@ -19,13 +19,14 @@ from bus.errors import ConfigError
 from bus.logs import configure_logging
 from bus.routing import RoutingTable, load_routing
 from bus.settings import Settings
+from fanout.console.cli import add_console_parser
 from fanout.run import routing_is_valid, serve_ingress, settings_or_exit
 
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
 
 # Commands that serve until stopped; their loggers are cached for speed.
-LONG_RUNNING_COMMANDS = frozenset({"ingress", "run", "worker"})
+LONG_RUNNING_COMMANDS = frozenset({"ingress", "run", "worker", "console"})
 
 
 # --- ingress / run ---------------------------------------------------------------------------------
@@ -102,8 +103,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     pools = list(table.pools)
     rq_queues = {p: queue_name(settings.key_prefix, p) for p, c in table.pools.items() if c.executor == "rq"}
     keys = Keys(settings.key_prefix)
-    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues))
-    print(orjson.dumps(status).decode() if args.json else render_text(status))
+
+    def render() -> str:
+        status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues))
+        return orjson.dumps(status).decode() if args.json else render_text(status)
+
+    if args.watch:
+        from fanout.console.cli import watch
+
+        return watch(render)
+    print(render())
     return 0
 
 
@@ -270,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="per pool: length, pending, lag, consumers, counters")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true", help="refresh in place every second until Ctrl-C")
     p.set_defaults(func=cmd_status)
+
+    add_console_parser(sub)
 
     dlq = sub.add_parser("dlq", help="list or replay a pool's dead-letter stream")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
