@@ -51,7 +51,7 @@ def cmd_ingress(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from fanout.run import run_everything
 
-    return run_everything(args.host, args.port)
+    return run_everything(args.host, args.port, args.console_port)
 
 
 # --- workers ---------------------------------------------------------------------------------------
@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="everything in one process tree, on embedded defaults")
     p.add_argument("--host", default=defaults.HOST)
     p.add_argument("--port", type=int, default=defaults.PORT)
+    p.add_argument("--console-port", type=int, default=defaults.CONSOLE_PORT,
+                   help=f"the console's port (default {defaults.CONSOLE_PORT}; a free one if taken)")
     p.set_defaults(func=cmd_run)
 
     routes = sub.add_parser("routes", help="check or explain routing.yaml")

@@ -21,10 +21,12 @@ ROUTING = f"""
 pools:
   alpha: {{{FAST_POOL}}}
   beta: {{{FAST_POOL}}}
+  gamma: {{concurrency: 8, max_attempts: 2, timeout_s: 2, backoff_base_s: 0.05, backoff_max_s: 0.2}}
 routes:
   test.ok: {{alpha: ["{H}record"], beta: ["{H}record_other"]}}
   test.poison: {{alpha: ["{H}record", "{H}fail_if_poison"]}}
   test.later: {{beta: ["{H}record"]}}
+  test.flaky: {{gamma: ["{H}fail_twice"]}}
 """
 # A string in every event body, to check where raw bodies may appear.
 BODY_MARKER = "marker-of-a-raw-body"
@@ -40,6 +42,7 @@ class Seeded:
     pending: str  # beta: read by a consumer, not acked
     waiting: str  # beta: not read yet
     object_id: str
+    flaky: str  # gamma: fail_twice dead-lettered after 2 attempts; a replay succeeds
 
 
 async def seed(prefix: str, tmp_path: Path) -> Seeded:
@@ -55,13 +58,15 @@ async def seed(prefix: str, tmp_path: Path) -> Seeded:
         await publish(client, keys, table, "test.poison", "evt_dead1", poison=True, note=BODY_MARKER)
         await run_pool(settings, "alpha", redis=client, burst=True)
         await run_pool(settings, "beta", redis=client, burst=True)
+        await publish(client, keys, table, "test.flaky", "evt_flaky1", note=BODY_MARKER)
+        await run_pool(settings, "gamma", redis=client, burst=True)
         await publish(client, keys, table, "test.later", "evt_pending1", note=BODY_MARKER)
         await client.xreadgroup("beta", "someone", {keys.stream("beta"): ">"}, count=1)
         await publish(client, keys, table, "test.later", "evt_waiting1", note=BODY_MARKER)
     finally:
         await client.aclose()
     return Seeded(settings, routing, keys, "evt_done1", "evt_dead1", "evt_pending1", "evt_waiting1",
-                  "obj_done1")
+                  "obj_done1", "evt_flaky1")
 
 
 @asynccontextmanager

@@ -84,6 +84,8 @@ class ConsoleThread:
         self._thread.start()
 
     def stop(self) -> None:
+        if self._thread.ident is None:  # never started
+            return
         self._server.should_exit = True
         self._thread.join(timeout=10)
 
@@ -99,3 +101,37 @@ def watch(render: Callable[[], str], interval_s: float = 1.0) -> int:
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         return 0
+
+
+# --- what `fanout run` adds: the console in a thread, a metrics port per pool -----------------------
+
+
+def free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class Operating:
+    """The console thread and the pools' metrics ports of one `fanout run`, and its banner lines."""
+
+    def __init__(self, settings: Settings, host: str, console_port: int, pools: list[str]) -> None:
+        from fanout.run import cannot_listen
+
+        # Beyond loopback only with a token, as `fanout console` itself requires.
+        self.host = host if refusal(settings, host) is None else defaults.CONSOLE_HOST
+        note = ""
+        if cannot_listen(self.host, console_port) is not None:
+            taken, console_port = console_port, free_port(self.host)
+            note = f"   (port {taken} is taken)"
+        self.console = ConsoleThread(settings, self.host, console_port)
+        self.metrics_ports = {pool: free_port(self.host) for pool in pools}
+        self.lines = [f"  {'console:':<22}{self.console.url}{note}"]
+        self.lines += [f"  {'metrics:':<22}" + ", ".join(
+            f"{pool} http://{self.host}:{port}/metrics" for pool, port in self.metrics_ports.items())]
+
+    def worker_args(self, pool: str) -> list[str]:
+        """What `fanout worker POOL` gets so that it serves its metrics where the banner says."""
+        return ["--metrics-port", str(self.metrics_ports[pool]), "--metrics-host", self.host]
