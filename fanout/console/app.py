@@ -217,8 +217,10 @@ class Console:
         await require_csrf(request, self.guard)
         form = await request.form()
         pasted = str(form.get("routing") or "")
+        event_type = str(form.get("type") or "").strip()  # an explanation shown when the diff was asked
         table = self.holder.table
-        return self.page(request, "routes.html", table=table, event_type="", match=None,
+        return self.page(request, "routes.html", table=table, event_type=event_type,
+                         match=table.match(event_type) if event_type else None,
                          diff=routes.diff_pasted(table, pasted), pasted=pasted,
                          last_error=self.holder.last_error)
 

@@ -35,12 +35,12 @@ def refusal(settings: Settings, host: str) -> str | None:
             "or bind 127.0.0.1")
 
 
-def _uvicorn_config(settings: Settings, host: str, port: int) -> Any:
+def _uvicorn_config(settings: Settings, host: str, port: int, app: Any = None) -> Any:
     import uvicorn
 
     from fanout.console.app import create_app
 
-    return uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
+    return uvicorn.Config(app or create_app(settings), host=host, port=port, log_level="warning",
                           access_log=False, proxy_headers=False)
 
 
@@ -73,11 +73,11 @@ def add_console_parser(sub: Any, func: Callable[[argparse.Namespace], int] = cmd
 class ConsoleThread:
     """The console served in a thread of `fanout run` (its own event loop), until `stop()`."""
 
-    def __init__(self, settings: Settings, host: str, port: int) -> None:
+    def __init__(self, settings: Settings, host: str, port: int, app: Any = None) -> None:
         import uvicorn
 
         self.url = f"http://{host}:{port}/"
-        self._server = uvicorn.Server(_uvicorn_config(settings, host, port))
+        self._server = uvicorn.Server(_uvicorn_config(settings, host, port, app))
         self._thread = threading.Thread(target=self._server.run, name="console", daemon=True)
 
     def start(self) -> None:

@@ -30,12 +30,13 @@ from workers.deadletter import (
     F_REASON,
 )
 from workers.metrics import pool_partitions
-from workers.status import collect_status
+from workers.status import COUNTERS, collect_status
 from workers.streams import text
 
 # A live consumer reads at least every BLOCK_MS; one silent this long is presumably gone.
 LIVE_CONSUMER_IDLE_MS = 10_000
 SCAN_PAGE = 500
+INGRESS_COUNTERS = ("published", "duplicates", "unrouted")
 
 # Finds, server-side, the entries of one page whose event id or object id is ARGV[3], so a
 # lookup never copies the bodies of a whole stream to the console. Newest first.
@@ -102,8 +103,11 @@ async def counters(redis: aioredis.Redis, keys: Keys, pools: list[str]) -> dict[
     for pool in pools:
         pipe.hgetall(keys.pool_stats(pool))
     replies: list[Any] = await pipe.execute()
-    out = {f"ingress.{text(k)}": int(v) for k, v in replies[0].items()}
+    # A counter not written yet is 0, so that its rate reads 0 rather than unknown.
+    out = {f"ingress.{name}": 0 for name in INGRESS_COUNTERS}
+    out.update({f"ingress.{text(k)}": int(v) for k, v in replies[0].items()})
     for pool, reply in zip(pools, replies[1:], strict=True):
+        out.update({f"pool.{pool}.{name}": 0 for name in COUNTERS})
         out.update({f"pool.{pool}.{text(k)}": int(v) for k, v in reply.items()})
     return out
 

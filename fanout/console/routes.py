@@ -68,9 +68,16 @@ def table_diff(old: RoutingTable, new: RoutingTable) -> list[Change]:
         b_config, a_config = old.pools.get(pool), new.pools.get(pool)
         if b_config == a_config:
             continue
-        kind = "added" if b_config is None else "removed" if a_config is None else "changed"
-        changes.append(Change(kind, f"pool {pool}", _options(b_config) if b_config else "",
-                              _options(a_config) if a_config else ""))
+        if b_config is None or a_config is None:
+            kind = "added" if b_config is None else "removed"
+            changes.append(Change(kind, f"pool {pool}", _options(b_config) if b_config else "",
+                                  _options(a_config) if a_config else ""))
+            continue
+        # Only the options that differ, so a changed pool reads as what changed.
+        before, after = vars(b_config), vars(a_config)
+        differ = [k for k in before if before[k] != after[k]]
+        changes.append(Change("changed", f"pool {pool}", ", ".join(f"{k}={before[k]}" for k in differ),
+                              ", ".join(f"{k}={after[k]}" for k in differ)))
     for name in sorted(old.destinations.keys() | new.destinations.keys()):
         b_dest, a_dest = old.destinations.get(name), new.destinations.get(name)
         if b_dest != a_dest:
