@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from ingress.metrics import IngressMetrics
 from tests.conftest import REPO
@@ -13,8 +14,8 @@ DASHBOARD = REPO / "docs" / "grafana" / "stripe-fanout.json"
 METRIC = re.compile(r"\bfanout_[a-z_]+\b")
 
 
-def exported_samples() -> set[str]:
-    """Every sample name the two registries expose once each labelled metric has a child."""
+def registries() -> list[Any]:
+    """The ingress's and a worker's registries, each labelled metric given a child."""
     ingress = IngressMetrics()
     ingress.received.inc()
     ingress.reject("bad_signature")
@@ -30,8 +31,11 @@ def exported_samples() -> set[str]:
     worker.read_batch("customer", 4)
     for gauge in worker.queue.values():
         gauge.labels("customer", "0").set(1)
-    return {sample.name for registry in (ingress.registry, worker.registry)
-            for family in registry.collect() for sample in family.samples}
+    return [ingress.registry, worker.registry]
+
+
+def exported_samples() -> set[str]:
+    return {sample.name for registry in registries() for family in registry.collect() for sample in family.samples}
 
 
 def expressions() -> list[str]:
@@ -58,3 +62,12 @@ def test_the_dashboard_shows_latency_outcomes_queue_gauges_and_ingress_rates() -
         assert needed in text
     for gauge in QUEUE_GAUGES:
         assert f"fanout_pool_{gauge}" in text
+
+
+def test_the_readme_lists_every_metric_exported() -> None:
+    listed = set(re.findall(r"^\| `(fanout_[a-z_]+)` \|", (REPO / "README.md").read_text(), re.M))
+    # Counters as queried (with _total), histograms by their own name.
+    families = {family.name + ("_total" if family.type == "counter" else "")
+                for registry in registries() for family in registry.collect()}
+    assert families - listed == set()
+    assert listed - families == set()
