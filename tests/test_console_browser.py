@@ -1,8 +1,10 @@
 """The console in a real headless Chromium (Debian's chromium, driven by Playwright), as an operator uses it.
 
 The console is served by uvicorn on a free loopback port, over the test's own key
-prefix in the real Redis. One browser serves the whole session; each test opens a
-fresh context (its own cookies).
+prefix in the real Redis. One browser serves every test (they are all in this module;
+the fixture is module-scoped because sync Playwright holds an event loop running in the
+main thread while it is open, which other tests' asyncio.run() would trip on); each test
+opens a fresh context (its own cookies).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ T = TypeVar("T")
 TOKEN = "browser-test-console-token-0123456789"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
