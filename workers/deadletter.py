@@ -45,8 +45,6 @@ class Failure:
     reason: str = ""
     # Set when the handler raised RetryLater(defer_s=...): the next run waits at least this long.
     defer_s: float | None = None
-    # The handler raised RetryLater (metrics tell "asked to retry" from "failed").
-    retry_later: bool = False
 
 
 @dataclass(frozen=True)

@@ -130,32 +130,10 @@ async def call_handler(
         if finished is not None:
             finished(name, "dead", 0.0)
         return Failure(name, f"unknown handler: {handler}", "", permanent=True, reason=REASON_UNKNOWN_HANDLER)
-    if finished is None:
-        return await _run_handler(handler, name, event, make_ctx, timeout_s, executor, passthrough)
-    started = time.perf_counter()
-    failure = await _run_handler(handler, name, event, make_ctx, timeout_s, executor, passthrough)
-    finished(name, _outcome(failure), time.perf_counter() - started)
-    return failure
-
-
-def _outcome(failure: Failure | None) -> str:
-    if failure is None:
-        return "ok"
-    if failure.permanent:
-        return "dead"
-    return "retry" if failure.retry_later else "failed"
-
-
-async def _run_handler(
-    handler: Resolved,
-    name: str,
-    event: Event,
-    make_ctx: Callable[[str], Context],
-    timeout_s: float,
-    executor: Callable[[], Executor],
-    passthrough: tuple[type[BaseException], ...],
-) -> Failure | None:
     ctx = make_ctx(name)
+    # Metrics: how this run ended ("" for a cancellation or a passthrough: not the handler's outcome).
+    outcome = ""
+    started = time.perf_counter() if finished is not None else 0.0
     try:
         async with asyncio.timeout(timeout_s):
             if handler.is_async:
@@ -168,17 +146,26 @@ async def _run_handler(
     except passthrough:
         raise
     except PermanentFailure as err:
+        outcome = "dead"
         ctx.log.warning("handler.permanent_failure", error=str(err))
         return Failure(name, _error_line(err), traceback.format_exc(), permanent=True, reason=REASON_PERMANENT)
     except RetryLater as err:
+        outcome = "retry"
         ctx.log.info("handler.retry_later", reason=str(err), defer_s=err.defer_s)
-        return Failure(name, _error_line(err), traceback.format_exc(), defer_s=err.defer_s, retry_later=True)
+        return Failure(name, _error_line(err), traceback.format_exc(), defer_s=err.defer_s)
     except TimeoutError:
+        outcome = "failed"
         ctx.log.warning("handler.timeout", timeout_s=timeout_s)
         return Failure(name, f"TimeoutError: no result within {timeout_s} s", traceback.format_exc())
     except Exception as err:  # any handler error is a failed attempt
+        outcome = "failed"
         ctx.log.warning("handler.failed", error=_error_line(err))
         return Failure(name, _error_line(err), traceback.format_exc())
+    else:
+        outcome = "ok"
+    finally:
+        if finished is not None and outcome:
+            finished(name, outcome, time.perf_counter() - started)
     return None
 
 

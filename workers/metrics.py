@@ -91,7 +91,8 @@ class WorkerMetrics:
             ["pool", "handler"], buckets=HANDLER_BUCKETS_S, registry=r)
         self.outcomes = Counter(
             "fanout_handler_outcomes", "Handler runs by outcome: ok, failed (will run again), retry "
-            "(asked RetryLater), dead (dead-lettered the entry), stale (skipped as outdated).",
+            "(asked RetryLater), dead (dead-lettered the entry), stale (would have, but another consumer "
+            "owns the entry now).",
             ["pool", "handler", "outcome"], registry=r)
         self.in_flight = Gauge("fanout_entries_in_flight", "Entries this process is running now.",
                                ["pool"], registry=r)
