@@ -80,6 +80,8 @@ CONSOLE_PORT = 8001
 # The console's rates: one sample of every counter this often, kept this long.
 CONSOLE_SAMPLE_INTERVAL_S = 5.0
 CONSOLE_RATE_WINDOW_S = 300.0
+# The overview page fetches itself again this often.
+CONSOLE_REFRESH_S = 5.0
 # Looking an event up scans each pool's stream and dead letters, newest first, this far at most.
 CONSOLE_SCAN_LIMIT = 20_000
 # One dead-letter page lists at most this many; replaying by filter looks at this many letters at most.

@@ -92,6 +92,32 @@ def test_the_overview_shows_a_pools_lag_as_fanout_status_json_does(
     assert status["beta"]["lag"] == 1  # evt_waiting1 is not read yet
 
 
+def test_the_overview_refreshes_itself(page: Any, seeded: Seeded) -> None:
+    with serve(create_app(seeded.settings, refresh_s=0.5)) as url:
+        page.goto(url + "/")
+        lag = page.locator('tr[data-pool="beta"] [data-field="lag"]')
+        assert lag.inner_text() == "1"
+        in_thread(publish_later(seeded))
+        # No navigation: the page's own script fetches it again and swaps the figures in.
+        page.wait_for_function(
+            """() => document.querySelector('tr[data-pool="beta"] [data-field="lag"]').textContent === "2" """,
+            timeout=5_000)
+        assert page.url == url + "/"
+
+
+async def publish_later(seeded: Seeded) -> None:
+    import redis.asyncio as aioredis
+
+    from tests.conftest import TEST_REDIS_URL
+    from tests.support import load, publish
+
+    client = aioredis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        await publish(client, seeded.keys, load(seeded.routing), "test.later", "evt_waiting2")
+    finally:
+        await client.aclose()
+
+
 def test_searching_an_event_id_shows_its_handlers(page: Any, console: str, seeded: Seeded) -> None:
     page.goto(console + "/")
     page.fill('input[name="q"]', seeded.dead)

@@ -68,13 +68,15 @@ class Console:
 
     def __init__(self, settings: Settings, *, redis: aioredis.Redis | None = None,
                  holder: RoutingHolder | None = None, clock: Callable[[], float] = time.time,
-                 sample_interval_s: float = defaults.CONSOLE_SAMPLE_INTERVAL_S) -> None:
+                 sample_interval_s: float = defaults.CONSOLE_SAMPLE_INTERVAL_S,
+                 refresh_s: float = defaults.CONSOLE_REFRESH_S) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self._owns_redis = redis is None
         self.redis = redis if redis is not None else async_redis(settings.redis_url)
         self.holder = holder or RoutingHolder.load(settings.routing_file)
         self.clock = clock
+        self.refresh_s = refresh_s
         self.rates = RateRing(defaults.CONSOLE_RATE_WINDOW_S, sample_interval_s)
         self.guard = Guard(settings.console_token)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -137,7 +139,7 @@ class Console:
         now = self.clock()
         seen = await data.overview(self.redis, self.keys, table, self.rates.per_minute(now, current),
                                    self.rates.span_s(now))
-        return self.page(request, "overview.html", overview=seen, table=table,
+        return self.page(request, "overview.html", overview=seen, table=table, refresh_s=self.refresh_s,
                          last_error=self.holder.last_error, redis=data.redis_place(self.settings.redis_url))
 
     async def search(self, request: Request) -> Response:
@@ -257,7 +259,7 @@ class Console:
 
 
 def create_app(settings: Settings, **options: Any) -> Starlette:
-    """The console app; `options` go to Console (redis, holder, clock, sample_interval_s)."""
+    """The console app; `options` go to Console (redis, holder, clock, sample_interval_s, refresh_s)."""
     console = Console(settings, **options)
     app = Starlette(
         routes=[
