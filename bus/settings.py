@@ -56,6 +56,10 @@ class Settings:
     partitions: int = defaults.PARTITIONS
     # FANOUT_MIN_REPLICAS: the ingress answers 2xx only once this many replicas have the event.
     min_replicas: int = defaults.MIN_REPLICAS
+    # `fanout worker` serves Prometheus metrics on this port when set (FANOUT_METRICS_PORT).
+    metrics_port: int | None = None
+    # Required by `fanout console` bound anywhere but loopback; then every request must carry it.
+    console_token: Secret | None = None
     # Everything else a handler may need (destination URLs and secrets, SUPABASE_URL, ...).
     # Kept so handlers read configuration from Settings, not from os.environ directly.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -79,6 +83,8 @@ class Settings:
                 log_level=(env.get("LOG_LEVEL") or defaults.LOG_LEVEL).lower(),
                 partitions=_positive_int(env, "FANOUT_PARTITIONS", defaults.PARTITIONS),
                 min_replicas=_whole_int(env, "FANOUT_MIN_REPLICAS", defaults.MIN_REPLICAS),
+                metrics_port=_port(env, "FANOUT_METRICS_PORT"),
+                console_token=Secret(env["FANOUT_CONSOLE_TOKEN"]) if env.get("FANOUT_CONSOLE_TOKEN") else None,
                 env=env,
             )
         except ValueError as err:
@@ -108,3 +114,12 @@ def _whole_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")
     return value
+
+
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"{name} must be a TCP port (1-65535), got {raw!r}")
+    return int(raw)

@@ -18,13 +18,14 @@ from bus.errors import ConfigError
 from bus.logs import configure_logging
 from bus.routing import RoutingTable, load_routing
 from bus.settings import Settings
+from fanout.console.cli import add_console_parser
 from fanout.run import routing_is_valid, serve_ingress, settings_or_exit
 
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
 
 # Commands that serve until stopped; their loggers are cached for speed.
-LONG_RUNNING_COMMANDS = frozenset({"ingress", "run", "worker"})
+LONG_RUNNING_COMMANDS = frozenset({"ingress", "run", "worker", "console"})
 
 
 # --- ingress / run ---------------------------------------------------------------------------------
@@ -53,7 +54,7 @@ def cmd_ingress(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from fanout.run import run_everything
 
-    return run_everything(args.host, args.port)
+    return run_everything(args.host, args.port, args.console_port)
 
 
 # --- workers ---------------------------------------------------------------------------------------
@@ -70,15 +71,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     if not partitions_agree(settings, "worker"):
         return 2
+    metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
     if args.processes > 1:
         from workers.supervision.supervisor import Supervisor
 
-        return Supervisor(args.pool, args.processes, burst=args.burst,
-                          concurrency=args.concurrency).run()
+        return Supervisor(args.pool, args.processes, burst=args.burst, concurrency=args.concurrency,
+                          metrics_host=args.metrics_host, metrics_port=metrics_port).run()
     from workers.supervision.runner import serve
 
     try:
-        return serve(settings, args.pool, burst=args.burst, concurrency=args.concurrency)
+        return serve(settings, args.pool, burst=args.burst, concurrency=args.concurrency,
+                     metrics_host=args.metrics_host, metrics_port=metrics_port)
     except ConfigError as err:
         print(f"fanout worker: {err}", file=sys.stderr)
         return 2
@@ -112,8 +115,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     pools = list(table.pools)
     rq_queues = {p: queue_name(settings.key_prefix, p) for p, c in table.pools.items() if c.executor == "rq"}
     keys = Keys(settings.key_prefix, settings.partitions)
-    status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues))
-    print(orjson.dumps(status).decode() if args.json else render_text(status))
+
+    def render() -> str:
+        status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues))
+        return orjson.dumps(status).decode() if args.json else render_text(status)
+
+    if args.watch:
+        from fanout.console.cli import watch
+
+        return watch(render)
+    print(render())
     return 0
 
 
@@ -276,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="everything in one process tree, on embedded defaults")
     p.add_argument("--host", default=defaults.HOST)
     p.add_argument("--port", type=int, default=defaults.PORT)
+    p.add_argument("--console-port", type=int, default=defaults.CONSOLE_PORT,
+                   help=f"the console's port (default {defaults.CONSOLE_PORT}; a free one if taken)")
     p.set_defaults(func=cmd_run)
 
     routes = sub.add_parser("routes", help="check, explain or diff routing.yaml")
@@ -303,11 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=1, help="consumer processes under this one")
     p.add_argument("--burst", action="store_true",
                    help="exit 0 once nothing is new or pending (pending = done or dead-lettered)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on PORT (default $FANOUT_METRICS_PORT, else off; "
+                        "with --processes N, PORT to PORT+N-1)")
+    p.add_argument("--metrics-host", default=defaults.METRICS_HOST,
+                   help=f"address the metrics listen on (default {defaults.METRICS_HOST})")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("status", help="per pool: length, pending, lag, consumers, counters")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true", help="refresh in place every second until Ctrl-C")
     p.set_defaults(func=cmd_status)
+
+    add_console_parser(sub)
 
     dlq = sub.add_parser("dlq", help="list or replay a pool's dead-letter stream")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
