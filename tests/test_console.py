@@ -143,6 +143,61 @@ async def test_reroute_takes_the_handlers_from_the_routing_table_in_use(
     assert fields[b"version"] == console.holder.table.version.encode()
 
 
+async def test_a_reroute_leaves_an_unrouted_letter_and_removes_one_with_nothing_left_to_run(
+    running: tuple[Starlette, httpx.AsyncClient], seeded: Seeded, aredis: aioredis.Redis
+) -> None:
+    app, client = running
+    console = app.state.console
+    [(dead_id, _)] = await aredis.xrange(seeded.keys.dead("alpha"))
+    poison_route = 'test.poison: {alpha: ["tests.handlers_for_tests:record", "tests.handlers_for_tests:fail_if_poison"]}'
+    assert poison_route in ROUTING
+
+    async def reroute() -> str:
+        assert console.holder.check()
+        page = (await client.get("/dlq/alpha")).text
+        answer = await client.post("/dlq/alpha/replay", follow_redirects=True, data={"csrf": csrf_of(page), "id": dead_id.decode(),
+                                                                "reroute": "on"})
+        notice = re.search(r'<p class="notice" id="notice">(.*?)</p>', answer.text, re.S)
+        assert notice is not None
+        return notice.group(1)
+
+    # test.poison now goes to beta only: the letter stays where it is.
+    seeded.routing.write_text(ROUTING.replace(poison_route, 'test.poison: {beta: ["tests.handlers_for_tests:record"]}'))
+    assert "0 put back in the stream; 1 not found or not routed to this pool (left in place)" in await reroute()
+    assert [i for i, _ in await aredis.xrange(seeded.keys.dead("alpha"))] == [dead_id]
+    # Only record, which had succeeded: nothing is left to run, the letter is removed.
+    seeded.routing.write_text(ROUTING.replace(poison_route, 'test.poison: {alpha: ["tests.handlers_for_tests:record"]}'))
+    assert "0 put back in the stream; 1 with nothing left to run" in await reroute()
+    assert await aredis.xlen(seeded.keys.dead("alpha")) == 0
+
+
+async def test_the_lookup_reads_every_partitions_stream_and_dead_letters(
+    seeded: Seeded, aredis: aioredis.Redis, tmp_path: Path
+) -> None:
+    from bus.keys import Keys
+    from bus.partitions import partition_of
+    from fanout.console.lookup import find
+    from tests.support import publish
+    from workers.engine.failures import Failure, dead_fields
+
+    keys = Keys(seeded.keys.prefix, 2)
+    # An event whose object (obj_<suffix>) lands in partition 1.
+    event_id = next(f"evt_p{n}" for n in range(100) if partition_of(f"obj_p{n}", 2) == 1)
+    table = load(seeded.routing)
+    assert await publish(aredis, keys, table, "test.ok", event_id)
+    [(entry_id, fields)] = await aredis.xrange(keys.stream("alpha", 1))
+    await aredis.xadd(keys.dead("alpha", 1), dead_fields(
+        entry_id.decode(), fields, reason="max attempts reached", attempts=3, now_ms=1,
+        failures=[Failure("tests.handlers_for_tests:record", "RuntimeError: boom", "Traceback ...")]))
+    found = await find(aredis, keys, ["alpha", "beta"], event_id)
+    assert {(c.pool, c.partition, c.where) for c in found.copies} == {
+        ("alpha", "1", "stream"), ("beta", "1", "stream"), ("alpha", "1", "dead letters")}
+    letter = next(c for c in found.copies if c.where == "dead letters")
+    assert [(h.name, h.state, h.error) for h in letter.handlers] == [
+        ("tests.handlers_for_tests:record", "failed", "RuntimeError: boom")]
+    assert found.received_ms(event_id) == int(entry_id.decode().split("-")[0])
+
+
 async def test_every_post_without_the_csrf_token_is_refused(
     running: tuple[Starlette, httpx.AsyncClient]
 ) -> None:
@@ -164,6 +219,11 @@ async def test_routes_explains_a_type_and_diffs_a_pasted_file(client: httpx.Asyn
                              'test.later: {alpha: ["tests.handlers_for_tests:record"]}')
     answer = (await client.post("/routes/diff", data={"csrf": csrf_of(page), "routing": pasted})).text
     assert "route test.later → alpha" in answer and "route test.later → beta" in answer
+    # On recorded traffic: the two test.later events (pending and waiting in beta) of five would change.
+    summary = re.search(r'<p id="traffic-summary">(.*?)</p>', answer, re.S)
+    assert summary is not None and re.match(r"2 of 5 events\s+in the streams would run differently", summary.group(1))
+    assert re.search(r'data-type="test.later" data-pool="alpha">.*?pool added:', answer, re.S)
+    assert re.search(r'data-type="test.later" data-pool="beta">.*?pool removed:', answer, re.S)
     broken = (await client.post("/routes/diff", data={"csrf": csrf_of(page), "routing": "pools: [\n"})).text
     assert "invalid YAML" in broken
 

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bus.errors import ConfigError
 from bus.keys import Keys
+from bus.partitions import partition_of
 from bus.settings import Settings
 from tests.conftest import make_settings
 from tests.live import free_port
@@ -91,6 +92,36 @@ async def test_queue_gauges_are_read_from_redis_and_match_status(
     assert gauge("fanout_pool_consumers") == 1
     assert gauge("fanout_pool_dead_letters") == 1
     assert 0 <= (gauge("fanout_pool_oldest_pending_seconds") or -1) < 60
+
+
+def ids_in_partitions(partitions: int, per_partition: int) -> dict[int, list[str]]:
+    """Event ids whose objects (obj_<suffix>, as tests.support.event_body names them) land in each partition."""
+    out: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    n = 0
+    while any(len(ids) < per_partition for ids in out.values()):
+        n += 1
+        p = partition_of(f"obj_part{n}", partitions)
+        if len(out[p]) < per_partition:
+            out[p].append(f"evt_part{n}")
+    return out
+
+
+async def test_queue_gauges_have_one_series_per_partition(
+    aredis: aioredis.Redis, prefix: str, tmp_path: Path
+) -> None:
+    keys = Keys(prefix, 2)
+    table = load(write_routing(tmp_path, ROUTING))
+    by_partition = ids_in_partitions(2, 2)
+    await publish_many(aredis, keys, table, "test.ok", by_partition[0] + by_partition[1][:1])
+    await aredis.xadd(keys.dead("alpha", 1), {"id": "evt_old"})
+    metrics = WorkerMetrics()
+    metrics.watch_pools(aredis, keys, ["alpha"])
+    await metrics.refresh()
+    assert sample(metrics, "fanout_pool_stream_length", pool="alpha", partition="0") == 2
+    assert sample(metrics, "fanout_pool_stream_length", pool="alpha", partition="1") == 1
+    assert sample(metrics, "fanout_pool_lag", pool="alpha", partition="1") == 1
+    assert sample(metrics, "fanout_pool_dead_letters", pool="alpha", partition="0") == 0
+    assert sample(metrics, "fanout_pool_dead_letters", pool="alpha", partition="1") == 1
 
 
 async def test_a_pool_with_no_stream_yet_shows_zeros(aredis: aioredis.Redis, keys: Keys) -> None:
