@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 import redis.asyncio as aioredis
 import structlog
+from jinja2 import StrictUndefined
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -82,6 +83,9 @@ class Console:
         self.rates = RateRing(defaults.CONSOLE_RATE_WINDOW_S, sample_interval_s)
         self.guard = Guard(settings.console_token)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        # A name a template uses and no page passes is an error, not an empty cell (main dropped
+        # Event.received_ms; the event page showed "-" without a word).
+        self.templates.env.undefined = StrictUndefined
         self.templates.env.filters["utc"] = _utc
         self.templates.env.filters["rate"] = _rate
         self._tasks: list[asyncio.Task[None]] = []
