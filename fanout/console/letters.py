@@ -14,7 +14,6 @@ import redis.asyncio as aioredis
 
 from bus import defaults
 from bus.keys import Keys
-from workers.engine.failures import F_ERRORS
 from workers.ops.deadletter import DeadEntry, dead_entry
 from workers.stream_ops import text
 
@@ -44,7 +43,7 @@ class Filter:
                "until": _time_text(self.until_ms)}
         return {k: v for k, v in out.items() if v}
 
-    def matches(self, letter: DeadEntry, errors: str) -> bool:
+    def matches(self, letter: DeadEntry) -> bool:
         if self.event_type:
             if self.event_type.endswith("*"):
                 if not letter.event_type.startswith(self.event_type[:-1]):
@@ -52,6 +51,7 @@ class Filter:
             elif letter.event_type != self.event_type:
                 return False
         if self.text:
+            errors = "\n".join(f"{f.reason}\n{f.error}" for f in letter.failures)
             haystack = f"{letter.reason}\n{letter.error}\n{errors}\n{letter.traceback}".lower()
             if self.text.lower() not in haystack:
                 return False
@@ -105,7 +105,7 @@ async def letters(redis: aioredis.Redis, keys: Keys, pool: str, wanted: Filter, 
         for dead_id, fields in rows:
             letter = dead_entry(dead_id, fields)
             out.newest_id = out.newest_id or letter.id
-            if wanted.matches(letter, text(fields.get(F_ERRORS.encode()))):
+            if wanted.matches(letter):
                 out.matching += 1
                 if len(out.shown) < show:
                     out.shown.append(letter)

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from bus import defaults
 from bus.envelope import F_ID, F_OBJECT_ID, HANDLER_SEPARATOR, Event
 from bus.keys import Keys
-from workers.engine.failures import F_ENTRY_ID, F_ERRORS, F_FAILED_HANDLERS
+from workers.engine.failures import F_ENTRY_ID, F_FAILED_HANDLERS
 from workers.ops.deadletter import dead_entry
 from workers.stream_ops import text
 
@@ -200,16 +200,9 @@ async def _dead_handlers(redis: aioredis.Redis, dead: str, entry_id: str) -> set
 def _dead_copy(pool: str, partition: str, dead_id: str, fields: Any) -> Copy:
     event = Event.from_entry(fields)
     letter = dead_entry(dead_id, fields)
-    errors: list[dict[str, str]] = []
-    raw = fields.get(F_ERRORS.encode())
-    if raw:
-        try:
-            errors = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            errors = []
-    by_handler = {e.get("handler", ""): e for e in errors}
-    handlers = [HandlerState(h, "failed", error=by_handler.get(h, {}).get("error", ""))
-                if h in letter.handlers else HandlerState(h, "done") for h in event.handlers]
+    errors = {f.handler: f.error for f in letter.failures}
+    handlers = [HandlerState(h, "failed", error=errors.get(h, "")) if h in letter.handlers
+                else HandlerState(h, "done") for h in event.handlers]
     return Copy(pool, partition, "dead letters", dead_id, event, handlers, attempts=letter.attempts,
                 state="dead letter", reason=letter.reason, traceback=letter.traceback,
                 failed_ms=letter.failed_ms, stored_ms=_id_key(letter.entry_id)[0] if letter.entry_id else 0)

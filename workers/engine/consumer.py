@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from bus import defaults
 from bus.errors import ConfigError
 from bus.keys import Keys
+from bus.redaction import redact_secrets
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from bus.settings import Settings
@@ -118,7 +119,8 @@ class Consumer:
         self.slots = Slots(lambda: self.concurrency)
         self._stopping = False
         self.read_failures = 0
-        self.outcomes = Outcomes(redis, self.keys, name, self.now_ms)
+        self.outcomes = Outcomes(redis, self.keys, name, self.now_ms, redact=lambda value: redact_secrets(
+            value, settings, holder.table.secret_env_names()))
         # The executor is fixed for the life of the process: `rq` enqueues jobs, `async` runs here.
         self.executor_kind = self._config.executor
         self.executor: Executor = RqExecutor(self) if self.executor_kind == "rq" else AsyncExecutor(self)
