@@ -5,6 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # The console's browser tests drive Debian's chromium (Playwright cannot download a browser here).
 CHROMIUM := /usr/bin/chromium
+# `make run PORT=8010 HOST=0.0.0.0`. Plain `=`: only the command line overrides them, not a
+# PORT or HOST that the shell or a platform happens to export.
+HOST = 127.0.0.1
+PORT = 8000
 
 .PHONY: install run test lint typecheck bench clean
 
@@ -16,13 +20,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create or update .venv; the console script lands at .venv/bin/fanout
 
 run: $(STAMP)  ## the ingress and every pool, on embedded defaults when nothing is configured
-	$(BIN)/fanout run
+	$(BIN)/fanout run --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy bus ingress workers fanout
+	$(BIN)/mypy bus ingress workers fanout examples/shop/shop
 
 $(CHROMIUM):
 	apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; }

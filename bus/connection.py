@@ -6,8 +6,10 @@ server is asked once (`INFO cluster`) and the matching redis-py client is built.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -93,3 +95,71 @@ def sync_redis(url: str) -> Any:
         socket_timeout=defaults.REDIS_SOCKET_TIMEOUT_S * 4,
         retry=Retry(NoBackoff(), 1),
     )
+
+
+def redis_location(url: str) -> str:
+    """Where a Redis URL points, for people: host:port or the socket path, never the password."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return parts.path or "?"
+        if parts.scheme not in ("redis", "rediss"):
+            return "(not a redis:// URL)"
+        return f"{parts.hostname or '?'}:{parts.port or 6379}"
+    except ValueError:  # a port that is not a number
+        return "?"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced by asterisks, for banners and messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)
+        user = parts.username or ""
+        return parts._replace(netloc=f"{user}:****@{netloc[1]}").geturl()
+    except ValueError:
+        return "(a URL that does not parse)"
+
+
+@dataclass(frozen=True)
+class Reachability:
+    """Whether Redis answered a PING: where it was asked (no password), and why not."""
+
+    where: str
+    error: str | None = None  # "ConnectionError: Connection refused"; None when it answered
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def error_summary(err: BaseException) -> str:
+    """The error class and the operating system's reason, without repeating the address."""
+    cause = err.__cause__ or err.__context__
+    reason = None
+    if isinstance(cause, OSError):
+        # "Connection refused" rather than asyncio's "Connect call failed ('127.0.0.1', 6390)".
+        reason = os.strerror(cause.errno) if cause.errno and cause.errno > 0 else cause.strerror
+    if reason is None:
+        text = str(err)
+        # redis-py says "Error 111 connecting to host:port. Connection refused."; keep the reason.
+        reason = text.rsplit(". ", 1)[-1].rstrip(".") if "connecting to" in text else text
+    return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
+
+
+async def reachability(url: str) -> Reachability:
+    """PING the Redis at `url` once, within the client's connect and socket timeouts."""
+    where = redis_location(url)
+    try:
+        client = async_redis(url)
+    except (ValueError, ConfigError) as err:  # not a redis:// URL; a database number on a cluster
+        return Reachability(where, f"{type(err).__name__}: {err}")
+    try:
+        await client.ping()
+    except (RedisError, OSError) as err:
+        return Reachability(where, error_summary(err))
+    finally:
+        await client.aclose()
+    return Reachability(where)

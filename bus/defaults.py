@@ -30,6 +30,14 @@ RELOAD_POLL_S = 0.5
 
 # Dedupe: Stripe retries for up to three days, so remember an event id for a week.
 SEEN_RETENTION_S = 7 * 24 * 3600
+# Dedupe records live in one hash per (partition, time slice, sub-bucket) (bus/dedupe.py).
+# A slice's hashes expire together, SEEN_RETENTION_S after the slice ends; a publish reads
+# every slice that may still be live (8 with these defaults).
+SEEN_SLICE_S = 24 * 3600
+# SEEN_BUCKETS: sub-buckets per partition and slice. A hash stays a compact listpack up to
+# 128 records (Redis's hash-max-listpack-entries), so this suits up to ~100,000 events a day
+# per partition; more still works, at ~70 B per record instead of ~21 (README: sizing Redis).
+SEEN_BUCKETS = 1024
 
 LOG_LEVEL = "info"
 
@@ -62,11 +70,18 @@ RECLAIM_PAGE_SIZE = 500
 CLAIM_MARGIN_S = 2.0
 # How often a pool trims its stream by age (XTRIM MINID) and prunes long-gone consumers.
 TRIM_INTERVAL_S = 60.0
+# Each worker process refreshes its heartbeat this often; `fanout status` counts as live the
+# consumers seen within HEARTBEAT_STALE_S, so a killed worker stops being counted within that.
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_STALE_S = 6.0
 # A consumer with nothing pending and idle this long is removed from the group.
 CONSUMER_PRUNE_IDLE_S = 3600.0
 # After SIGTERM, in-flight handler calls get this long to finish before the process exits
 # (what is unfinished stays pending and is claimed by a peer).
 SHUTDOWN_GRACE_S = 25.0
+# A handler name a worker could not resolve (no such module yet, an import error) is tried again
+# after this, so creating or fixing the module mends a running worker without a restart.
+UNRESOLVED_RETRY_S = 5.0
 # A pool's options when routing.yaml says nothing (bus/routing_table.PoolConfig).
 POOL_CONCURRENCY = 16
 MAX_ATTEMPTS = 10
@@ -86,10 +101,12 @@ FORWARD_TIMEOUT_S = 10.0
 # In --burst mode the reader waits less per XREADGROUP, so it notices "drained" sooner.
 BURST_BLOCK_MS = 100
 
-# The Stripe API: `fanout reconcile` (bus/stripe_events.py) and handlers' ctx.stripe (workers/stripe_api.py).
+# The Stripe API (bus/stripe_http.py), for `fanout reconcile` (bus/stripe_events.py) and handlers'
+# ctx.stripe (workers/stripe_api.py).
 # STRIPE_API_BASE overrides the address, for tests and proxies.
 STRIPE_API_BASE = "https://api.stripe.com"
-# Stripe allows 25 read requests per second in live mode by default: stay under it per process.
+# Stripe allows 25 read requests per second by default: at most this many in any second, per process
+# (reconcile's pager, or a worker process's handlers together).
 STRIPE_API_RATE_PER_S = 25.0
 # A handler's request waits at most this long (the pool's timeout_s bounds the whole handler).
 STRIPE_API_TIMEOUT_S = 10.0
@@ -100,12 +117,13 @@ STRIPE_API_MAX_WAIT_S = 10.0
 # `fanout reconcile`: the largest page the Events API serves, and each request's timeout.
 STRIPE_EVENTS_PAGE_LIMIT = 100
 STRIPE_EVENTS_TIMEOUT_S = 30.0
-# A 429, a 5xx or a transport error is retried this many times, then the command stops.
+# `fanout reconcile`: a 429, a 5xx or a transport error is retried this many times, then it stops.
 STRIPE_API_MAX_RETRIES = 6
-# Waits between retries without a Retry-After: doubling from the base, capped.
+# Reconcile's waits between retries without a Retry-After: doubling from the base, capped. The base
+# is also the wait for a 429 without a usable Retry-After (reconcile and handlers).
 STRIPE_API_BACKOFF_BASE_S = 1.0
 STRIPE_API_BACKOFF_MAX_S = 30.0
-# A Retry-After longer than this is not waited for in full.
+# Reconcile waits a Retry-After for at most this long (a handler's limit is STRIPE_API_MAX_WAIT_S).
 STRIPE_API_RETRY_AFTER_MAX_S = 60.0
 # Redis gets this long to store one page of reconciled events.
 RECONCILE_PUBLISH_BUDGET_S = 10.0

@@ -6,8 +6,8 @@ publish and dead-letter scripts bump) carries its partition's hash tag, so each
 script touches one Redis Cluster slot and a fan-out to several pools stays one
 atomic step. With one partition the tag is ``{prefix}`` (the names of every
 deployment before partitions existed); with N > 1, partition p is tagged
-``{prefix:p}``. Deployment-wide keys (the layout meta, forward destinations' breakers
-and rate limits) use ``{prefix}``.
+``{prefix:p}``. Deployment-wide keys (the layout meta, worker heartbeats, forward
+destinations' breakers and rate limits) use ``{prefix}``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ class Keys:
     def _base(self) -> str:
         return "{" + self.prefix + "}"
 
-    def seen(self, event_id: str, p: int = 0) -> str:
-        """Dedupe marker for one Stripe event id, in the event's partition."""
-        return f"{self.tag(p)}:seen:{event_id}"
+    def seen(self, slice_index: int | str, bucket: int | str, p: int = 0) -> str:
+        """Hash of dedupe records: one time slice's sub-bucket of partition p (bus/dedupe.py)."""
+        return f"{self.tag(p)}:seen:{slice_index}:{bucket}"
 
     def stream(self, pool: str, p: int = 0) -> str:
         """The stream a pool consumes, for partition p."""
@@ -78,6 +78,10 @@ class Keys:
     def ingress_stats_of(self, p: int) -> str:
         """Counters of the ingress (published, duplicates, unrouted) for partition p; readers sum them."""
         return f"{self.tag(p)}:stats:ingress"
+
+    def heartbeats(self, pool: str) -> str:
+        """Deployment-wide sorted set: consumer name -> last time (ms) that worker process was seen alive."""
+        return f"{self._base}:alive:{pool}"
 
     @property
     def ingress_stats(self) -> str:

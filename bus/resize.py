@@ -1,9 +1,11 @@
 """`fanout partitions resize N`: change the partition count without losing an event or a dedupe.
 
-1. Every dedupe record is copied to its partition in the new layout (SET NX with
-   the same remaining TTL), so a redelivery of an event seen before the resize is
-   still a duplicate. A record holds its event's object id (ingress/publish.py);
-   a record written before that (value "1") is copied into every new partition.
+1. Every dedupe record is copied to its partition in the new layout: a record is
+   a field of a hash of one time slice and sub-bucket (bus/dedupe.py), and its value
+   is the CRC-32 of its event's partition key, so its new partition is that CRC mod
+   the new count. It goes to the same slice and sub-bucket there (HSET, and the
+   slice's expiry), so a redelivery of an event seen before the resize is still a
+   duplicate. A record whose value is not a CRC is copied into every new partition.
 2. The meta records the new count, and lists the old one as draining: a consumer
    reads the streams of every draining layout too (bus.partitions.streams_to_read)
    until they are empty and fully acknowledged.
@@ -20,11 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus import defaults
+from bus.dedupe import crc_of_value
 from bus.keys import Keys
-from bus.partitions import META_DRAINING, META_PARTITIONS, Layout, partition_of, read_layout
-
-# The value of a dedupe record written before records held their object id.
-LEGACY_SEEN_VALUE = b"1"
+from bus.partitions import META_DRAINING, META_PARTITIONS, Layout, read_layout
 
 
 @dataclass(frozen=True)
@@ -39,46 +39,58 @@ def _text(value: Any) -> str:
 
 
 def seen_pattern(prefix: str) -> str:
-    """Every dedupe record of the prefix, in every partition of every layout."""
+    """Every dedupe hash of the prefix, in every partition of every layout."""
     return "{" + prefix + "[}:]*:seen:*"
+
+
+def _slice_and_bucket(name: str) -> tuple[str, str] | None:
+    """The slice and sub-bucket of a dedupe hash's name; None for any other key."""
+    parts = name.rsplit(":seen:", 1)[-1].split(":")
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        return None  # e.g. a `seen:<event id>` key of a version before dedupe hashes
+    return parts[0], parts[1]
 
 
 async def copy_seen_records(redis: Any, prefix: str, partitions: int, batch: int = defaults.RESIZE_BATCH) -> int:
     """Copy every dedupe record to its partition under `partitions`; returns how many were written."""
     target = Keys(prefix, partitions)
     copied = 0
-    names: list[bytes] = []
+    names: list[tuple[str, str, str]] = []
 
     async def flush() -> int:
         read = redis.pipeline(transaction=False)
-        for name in names:
-            read.get(name)
-            read.pttl(name)
+        for name, _, _ in names:
+            read.hgetall(name)
+            read.pexpiretime(name)
         replies = await read.execute()
         write = redis.pipeline(transaction=False)
         writes = 0
-        for i, name in enumerate(names):
-            value, ttl_ms = replies[2 * i], replies[2 * i + 1]
-            if value is None or ttl_ms == -2:  # expired meanwhile
+        for i, (name, slice_index, bucket) in enumerate(names):
+            records, expires_ms = replies[2 * i], replies[2 * i + 1]
+            if not records or expires_ms == -2:  # expired meanwhile
                 continue
-            event_id = _text(name).rsplit(":seen:", 1)[1]
-            if value == LEGACY_SEEN_VALUE:
-                destinations = {target.seen(event_id, p) for p in range(partitions)}
-            else:
-                destinations = {target.seen(event_id, partition_of(_text(value) or event_id, partitions))}
-            for destination in destinations - {_text(name)}:
-                if ttl_ms > 0:
-                    write.set(destination, value, px=ttl_ms, nx=True)
-                else:
-                    write.set(destination, value, nx=True)
-                writes += 1
+            moved: dict[str, dict[bytes, bytes]] = {}
+            for field, value in records.items():
+                crc = crc_of_value(value)
+                homes = range(partitions) if crc is None else (crc % partitions,)
+                for p in homes:
+                    moved.setdefault(target.seen(slice_index, bucket, p), {})[field] = value
+            for destination, fields in moved.items():
+                if destination == name:
+                    continue
+                write.hset(destination, mapping=fields)
+                if expires_ms > 0:
+                    write.pexpireat(destination, expires_ms)
+                writes += len(fields)
         if writes:
             await write.execute()
         names.clear()
         return writes
 
-    async for name in redis.scan_iter(match=seen_pattern(prefix), count=batch):
-        names.append(name)
+    async for raw in redis.scan_iter(match=seen_pattern(prefix), count=batch, _type="hash"):
+        name = _text(raw)
+        if (where := _slice_and_bucket(name)) is not None:
+            names.append((name, *where))
         if len(names) >= batch:
             copied += await flush()
     if names:

@@ -51,6 +51,8 @@ class Settings:
     max_body_bytes: int = defaults.MAX_BODY_BYTES
     signature_tolerance_s: int = defaults.SIGNATURE_TOLERANCE_S
     seen_retention_s: int = defaults.SEEN_RETENTION_S
+    # SEEN_BUCKETS: dedupe sub-buckets per partition and time slice (bus/dedupe.py).
+    seen_buckets: int = defaults.SEEN_BUCKETS
     log_level: str = defaults.LOG_LEVEL
     # FANOUT_PARTITIONS: how many partitions each pool's stream is split into (bus/partitions.py).
     partitions: int = defaults.PARTITIONS
@@ -80,6 +82,7 @@ class Settings:
                 seen_retention_s=_positive_int(
                     env, "SEEN_RETENTION_S", defaults.SEEN_RETENTION_S
                 ),
+                seen_buckets=_positive_int(env, "SEEN_BUCKETS", defaults.SEEN_BUCKETS),
                 log_level=(env.get("LOG_LEVEL") or defaults.LOG_LEVEL).lower(),
                 partitions=_positive_int(env, "FANOUT_PARTITIONS", defaults.PARTITIONS),
                 min_replicas=_whole_int(env, "FANOUT_MIN_REPLICAS", defaults.MIN_REPLICAS),

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 import orjson
 
@@ -18,14 +16,18 @@ from bus.errors import ConfigError
 from bus.logs import configure_logging
 from bus.routing import RoutingTable, load_routing
 from bus.settings import Settings
+from fanout import preflight
+from fanout.arguments import DESCRIPTION, EPILOG, listen_options, port_number, positive_int, version
 from fanout.console.cli import add_console_parser
-from fanout.run import routing_is_valid, serve_ingress, settings_or_exit
+from fanout.run import serve_ingress, settings_or_exit
 
 Command = Callable[[argparse.Namespace], int]
-T = TypeVar("T")
 
 # Commands that serve until stopped; their loggers are cached for speed.
 LONG_RUNNING_COMMANDS = frozenset({"ingress", "run", "worker", "console"})
+# Commands that import handler modules named in routing.yaml (`billing.reports:render`): they
+# find them in the current directory, as `python -m fanout.cli` (and so `fanout run`'s pools) does.
+IMPORTS_HANDLERS = frozenset({"run", "worker", "routes"})
 
 
 # --- ingress / run ---------------------------------------------------------------------------------
@@ -41,12 +43,9 @@ def cmd_ingress(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if not routing_is_valid(settings):
-        return 1
-    from fanout.partitions_cmd import partitions_agree
-
-    if not partitions_agree(settings, "ingress"):
-        return 2
+    code = preflight.before_ingress(settings, args.host, args.port)
+    if code is not None:
+        return code
     serve_ingress(args.host, args.port, args.workers)
     return 0
 
@@ -69,6 +68,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"fanout worker: FANOUT_PARTITIONS={settings.partitions}: workers do not read partitioned "
               "streams yet; run them with FANOUT_PARTITIONS=1", file=sys.stderr)
         return 2
+    preflight.require_redis(settings, "worker")
     if not partitions_agree(settings, "worker"):
         return 2
     metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
@@ -80,25 +80,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.supervision.runner import serve
 
     try:
-        return serve(settings, args.pool, burst=args.burst, concurrency=args.concurrency,
-                     metrics_host=args.metrics_host, metrics_port=metrics_port)
+        with preflight.redis_errors_exit("worker", settings.redis_url):  # Redis gone since the check
+            return serve(settings, args.pool, burst=args.burst, concurrency=args.concurrency,
+                         metrics_host=args.metrics_host, metrics_port=metrics_port)
     except ConfigError as err:
         print(f"fanout worker: {err}", file=sys.stderr)
         return 2
-
-
-def _with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run one async operation with a Redis client that is closed afterwards."""
-    from bus.connection import async_redis
-
-    async def run() -> T:
-        client = async_redis(settings.redis_url)
-        try:
-            return await action(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(run())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -117,8 +104,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     keys = Keys(settings.key_prefix, settings.partitions)
 
     def render() -> str:
-        status = _with_redis(settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues,
-                                                                destinations=list(table.destinations)))
+        status = preflight.with_redis(
+            settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues,
+                                               destinations=list(table.destinations)), "status")
         return orjson.dumps(status).decode() if args.json else render_text(status)
 
     if args.watch:
@@ -138,7 +126,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     from workers.ops.deadletter import list_dead
 
     settings = settings_or_exit()
-    dead = _with_redis(settings, lambda r: list_dead(r, Keys(settings.key_prefix), args.pool))
+    dead = preflight.with_redis(settings, lambda r: list_dead(r, Keys(settings.key_prefix), args.pool),
+                                "dlq list", pool=args.pool)
     if args.json:
         print(orjson.dumps([d.as_dict() for d in dead]).decode())
         return 0
@@ -200,7 +189,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def _routing_file(args: argparse.Namespace) -> tuple[Path, RoutingTable | None]:
     """The routing file the command names (or the configured one), loaded; None after printing why not."""
-    path = Path(args.file) if args.file else settings_or_exit().routing_file
+    positional = getattr(args, "file_arg", None)
+    if args.file and positional and args.file != positional:
+        print(f"fanout routes: two routing files given ({positional} and --file {args.file}); give one",
+              file=sys.stderr)
+        raise SystemExit(2)
+    given = args.file or positional
+    path = Path(given) if given else settings_or_exit().routing_file
     try:
         return path, load_routing(path)
     except ConfigError as err:
@@ -214,11 +209,10 @@ def cmd_routes_check(args: argparse.Namespace) -> int:
         return 1
     for warning in table.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    # Import every handler, as `fanout worker` will: modules are found from here too.
+    # Import every handler, as `fanout worker` will: modules are found from here too (main()
+    # put the current directory on sys.path).
     from workers.importer import unresolved
 
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     problems = unresolved(table)
     if problems:
         print("\n".join(problems), file=sys.stderr)
@@ -265,11 +259,21 @@ def cmd_routes_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from fanout.send import send_sample
+    from fanout.send import send_file, send_sample
 
     secret = args.secret or os.environ.get("STRIPE_WEBHOOK_SECRET", "").split(",")[0].strip()
-    return send_sample(args.event_type, url=args.url, secret=secret or defaults.DEV_WEBHOOK_SECRET,
-                       event_id=args.id, objects=args.object)
+    secret = secret or defaults.DEV_WEBHOOK_SECRET
+    if args.file:
+        if args.event_type or args.id or args.object:
+            print("fanout send: --file sends the file as is; give no EVENT_TYPE, --id or --object with it",
+                  file=sys.stderr)
+            return 2
+        return send_file(Path(args.file), url=args.url, secret=secret)
+    if not args.event_type:
+        print("fanout send: give an EVENT_TYPE (e.g. checkout.session.completed) or --file PAYLOAD.json",
+              file=sys.stderr)
+        return 2
+    return send_sample(args.event_type, url=args.url, secret=secret, event_id=args.id, objects=args.object)
 
 
 # --- parser ----------------------------------------------------------------------------------------
@@ -279,48 +283,51 @@ REROUTE_HELP = ("run the handlers $ROUTING_FILE names now for each event's type 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fanout", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fanout", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("ingress", help="serve POST /webhooks/stripe (production)")
-    p.add_argument("--host", default=defaults.HOST)
-    p.add_argument("--port", type=int, default=defaults.PORT)
-    p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    listen_options(p)
+    p.add_argument("--workers", type=positive_int, default=1, help="server processes (default 1)")
     p.set_defaults(func=cmd_ingress)
 
     p = sub.add_parser("run", help="everything in one process tree, on embedded defaults")
-    p.add_argument("--host", default=defaults.HOST)
-    p.add_argument("--port", type=int, default=defaults.PORT)
-    p.add_argument("--console-port", type=int, default=defaults.CONSOLE_PORT,
+    listen_options(p)
+    p.add_argument("--console-port", type=port_number, default=defaults.CONSOLE_PORT,
                    help=f"the console's port (default {defaults.CONSOLE_PORT}; a free one if taken)")
     p.set_defaults(func=cmd_run)
 
     routes = sub.add_parser("routes", help="check, explain or diff routing.yaml")
     routes_sub = routes.add_subparsers(dest="routes_command", required=True, metavar="ACTION")
     p = routes_sub.add_parser("check", help="validate a routing file (exit 1 with the errors)")
-    p.add_argument("file", nargs="?", help="default: $ROUTING_FILE or routing.yaml")
+    # The positional FILE predates --file; both stay accepted.
+    p.add_argument("file_arg", nargs="?", metavar="FILE", help="same as --file")
+    p.add_argument("--file", help="the routing file (default: $ROUTING_FILE or routing.yaml)")
     p.set_defaults(func=cmd_routes_check)
     p = routes_sub.add_parser("explain", help="which pools and handlers run for an event type")
-    p.add_argument("event_type")
-    p.add_argument("--file", help="default: $ROUTING_FILE or routing.yaml")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("event_type", metavar="EVENT_TYPE", help="a Stripe event type, e.g. invoice.paid")
+    p.add_argument("--file", help="the routing file (default: $ROUTING_FILE or routing.yaml)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_routes_explain)
     p = routes_sub.add_parser("diff", help="what a new routing file would change for the traffic the "
                                            "streams hold (writes nothing)")
-    p.add_argument("new_file", metavar="NEW_ROUTING_FILE")
+    p.add_argument("new_file", metavar="NEW_ROUTING_FILE", help="the routing file you mean to deploy")
     p.add_argument("--since", help="only traffic stored at or after this ISO 8601 time, with zone "
                                    "(default: all the streams hold)")
     p.add_argument("--file", help="the table in use (default: $ROUTING_FILE or routing.yaml)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_routes_diff)
 
     p = sub.add_parser("worker", help="run a pool's consumer (one per process; scale with --processes)")
-    p.add_argument("pool")
-    p.add_argument("--concurrency", type=int, help="entries in flight at once (default: the pool's)")
-    p.add_argument("--processes", type=int, default=1, help="consumer processes under this one")
+    p.add_argument("pool", metavar="POOL", help="a pool declared in routing.yaml")
+    p.add_argument("--concurrency", type=positive_int, help="entries in flight at once (default: the pool's)")
+    p.add_argument("--processes", type=positive_int, default=1,
+                   help="consumer processes under this one (default 1)")
     p.add_argument("--burst", action="store_true",
                    help="exit 0 once nothing is new or pending (pending = done or dead-lettered)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
+    p.add_argument("--metrics-port", type=port_number, metavar="PORT",
                    help="serve Prometheus metrics on PORT (default $FANOUT_METRICS_PORT, else off; "
                         "with --processes N, PORT to PORT+N-1)")
     p.add_argument("--metrics-host", default=defaults.METRICS_HOST,
@@ -328,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("status", help="per pool: length, pending, lag, consumers, counters")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--watch", action="store_true", help="refresh in place every second until Ctrl-C")
     p.set_defaults(func=cmd_status)
 
@@ -337,18 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     dlq = sub.add_parser("dlq", help="list or replay a pool's dead-letter stream")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     p = dlq_sub.add_parser("list", help="dead-lettered entries, oldest first")
-    p.add_argument("pool")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("pool", metavar="POOL", help="a pool declared in routing.yaml")
+    p.add_argument("--json", action="store_true", help="print a JSON list, with whole tracebacks")
     p.set_defaults(func=cmd_dlq_list)
     p = dlq_sub.add_parser("replay", help="put entries back in the stream with a fresh attempt count")
-    p.add_argument("pool")
-    p.add_argument("ids", nargs="*", metavar="ENTRY_ID")
-    p.add_argument("--all", action="store_true")
+    p.add_argument("pool", metavar="POOL", help="a pool declared in routing.yaml")
+    p.add_argument("ids", nargs="*", metavar="ENTRY_ID", help="dead-letter ids, as `dlq list` shows them")
+    p.add_argument("--all", action="store_true", help="every dead-lettered entry of the pool")
     p.add_argument("--reroute", action="store_true", help=REROUTE_HELP)
     p.set_defaults(func=cmd_dlq_replay)
 
     p = sub.add_parser("replay", help="run again events still held in a pool's stream")
-    p.add_argument("pool")
+    p.add_argument("pool", metavar="POOL", help="a pool declared in routing.yaml")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--since", help="ISO 8601 time with zone, e.g. 2026-01-31T12:00:00Z")
     which.add_argument("--event", help="one Stripe event id (evt_...)")
@@ -360,12 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="and at or before this one (default: now)")
     p.add_argument("--types", help="only these exact event types, comma-separated (up to 20)")
     p.add_argument("--dry-run", action="store_true", help="write nothing; list what would be published")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_reconcile)
 
-    p = sub.add_parser("send", help="sign and POST a realistic sample event")
-    p.add_argument("event_type")
-    p.add_argument("--url", default=f"http://{defaults.HOST}:{defaults.PORT}{defaults.WEBHOOK_PATH}")
+    p = sub.add_parser("send", help="sign and POST a realistic sample event (or a payload from a file)")
+    p.add_argument("event_type", nargs="?", metavar="EVENT_TYPE",
+                   help="the sample to send, e.g. checkout.session.completed (not with --file)")
+    p.add_argument("--file", help="send this JSON payload instead, signed as is (its id must start with evt_)")
+    p.add_argument("--url", default=f"http://{defaults.HOST}:{defaults.PORT}{defaults.WEBHOOK_PATH}",
+                   help="the ingress's webhook URL (default %(default)s)")
     p.add_argument("--secret", help="default: first of $STRIPE_WEBHOOK_SECRET, else the dev secret")
     p.add_argument("--id", help="event id to use (send it twice to see deduplication)")
     p.add_argument("--object", action="append", default=[], metavar="KIND=ID",
@@ -380,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in IMPORTS_HANDLERS and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     long_running = args.command in LONG_RUNNING_COMMANDS
     try:  # the secrets to strip from every log line; a bad setting is reported by the command itself
         log_settings: Settings | None = Settings.from_env()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
 import orjson
 from redis.exceptions import RedisClusterException, RedisError
 
-from bus.connection import async_redis, sync_redis
+from bus.connection import sync_redis
 from bus.partitions import (
     Layout,
     PartitionMismatch,
@@ -20,6 +19,8 @@ from bus.partitions import (
 )
 from bus.resize import drop_drained, resize
 from bus.settings import Settings
+from fanout.arguments import positive_int
+from fanout.preflight import with_redis
 from fanout.run import settings_or_exit
 
 
@@ -55,26 +56,19 @@ def cmd_partitions(args: argparse.Namespace) -> int:
     settings = settings_or_exit()
     pools = sorted(load_routing(settings.routing_file).pools)
 
-    async def run() -> dict[str, Any]:
-        client = async_redis(settings.redis_url)
-        try:
-            if args.action == "resize":
-                report = await resize(client, settings.key_prefix, args.count, assume_current=settings.partitions)
-                out = _describe(report.after, settings.key_prefix, pools)
-                out["copied_dedupe_records"] = report.copied
-                out["before"] = report.before.partitions
-                return out
-            layout = await drop_drained(client, settings.key_prefix) if args.action == "prune" else \
-                await read_layout(client, settings.key_prefix)
-            return _describe(layout or Layout(settings.partitions), settings.key_prefix, pools) | {
-                "recorded": layout is not None}
-        finally:
-            await client.aclose()
+    async def run(client: Any) -> dict[str, Any]:
+        if args.action == "resize":
+            report = await resize(client, settings.key_prefix, args.count, assume_current=settings.partitions)
+            out = _describe(report.after, settings.key_prefix, pools)
+            out["copied_dedupe_records"] = report.copied
+            out["before"] = report.before.partitions
+            return out
+        layout = await drop_drained(client, settings.key_prefix) if args.action == "prune" else \
+            await read_layout(client, settings.key_prefix)
+        return _describe(layout or Layout(settings.partitions), settings.key_prefix, pools) | {
+            "recorded": layout is not None}
 
-    if args.action == "resize" and args.count < 1:
-        print("fanout partitions resize: the count must be 1 or more", file=sys.stderr)
-        return 2
-    out = asyncio.run(run())
+    out = with_redis(settings, run, "partitions")
     if args.json:
         print(orjson.dumps(out).decode())
         return 0
@@ -95,9 +89,9 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("partitions", help="show the partition layout, or change the partition count")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     p.set_defaults(func=cmd_partitions, action="show", json=False)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     r = actions.add_parser("resize", help="change the partition count (stop the ingresses first; loses nothing)")
-    r.add_argument("count", type=int)
-    r.add_argument("--json", action="store_true")
+    r.add_argument("count", metavar="N", type=positive_int, help="the new partition count (1 or more)")
+    r.add_argument("--json", action="store_true", help="print one JSON document")
     q = actions.add_parser("prune", help="forget old layouts whose streams are fully consumed")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print one JSON document")

@@ -6,12 +6,10 @@ bus/routing_diff.py); this module loads what they need, calls them and prints.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -19,27 +17,12 @@ from bus.errors import ConfigError
 from bus.keys import Keys
 from bus.routing import RoutingTable, load_routing
 from bus.settings import Settings
+from fanout.preflight import with_redis
 from workers.ops.replay import ReplayResult, Skipped
 
 if TYPE_CHECKING:
     from bus.stripe_events import EventQuery
     from ingress.reconcile import ReconcileSummary
-
-T = TypeVar("T")
-
-
-def with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run one async operation with a Redis client that is closed afterwards."""
-    from bus.connection import async_redis
-
-    async def run() -> T:
-        client = async_redis(settings.redis_url)
-        try:
-            return await action(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(run())
 
 
 def parse_time(command: str, option: str, value: str) -> datetime | None:
@@ -85,8 +68,8 @@ def dlq_replay(settings: Settings, pool: str, ids: list[str] | None, *, reroute:
     if reroute and table is None:
         return 1
     result = with_redis(settings, lambda r: replay_dead_entries(
-        r, Keys(settings.key_prefix), pool, ids, table=table))
-    print(f"{pool}: {len(result.added)} entries put back in the stream")
+        r, Keys(settings.key_prefix), pool, ids, table=table), "dlq replay", pool=pool)
+    print(f"{pool}: {_plural(len(result.added), 'entry', 'entries')} put back in the stream")
     _print_skipped(result, pool, str(settings.routing_file), "left in the dead-letter stream")
     for dead_id in result.missing:
         print(f"not found (or nothing to replay): {dead_id}", file=sys.stderr)
@@ -101,9 +84,10 @@ def replay(settings: Settings, pool: str, *, since: datetime | None, event_id: s
     if reroute and table is None:
         return 1
     result = with_redis(settings, lambda r: replay_stream(
-        r, Keys(settings.key_prefix), pool, since=since, event_id=event_id, table=table))
-    copies = f" ({result.skipped_copies} copies from earlier replays skipped)" if result.skipped_copies else ""
-    print(f"{pool}: {len(result.added)} entries published again{copies}")
+        r, Keys(settings.key_prefix), pool, since=since, event_id=event_id, table=table), "replay", pool=pool)
+    copies = (f" ({_plural(result.skipped_copies, 'copy', 'copies')} from earlier replays skipped)"
+              if result.skipped_copies else "")
+    print(f"{pool}: {_plural(len(result.added), 'entry', 'entries')} published again{copies}")
     _print_skipped(result, pool, str(settings.routing_file), "not published")
     if result.unrouted:
         return 1
@@ -134,7 +118,8 @@ def reconcile(settings: Settings, *, since: datetime, until: datetime | None, ty
 
     from bus import defaults
     from bus.errors import StoreUnavailable
-    from bus.stripe_events import EventPages, EventQuery, RateLimiter, StripeApiError
+    from bus.stripe_events import EventPages, EventQuery, StripeApiError
+    from bus.stripe_http import RateLimiter
     from ingress.reconcile import reconcile as run_reconcile
 
     api_key = settings.secret("STRIPE_API_KEY")
@@ -159,12 +144,14 @@ def reconcile(settings: Settings, *, since: datetime, until: datetime | None, ty
         async with httpx.AsyncClient(timeout=defaults.STRIPE_EVENTS_TIMEOUT_S) as client:
             pages = EventPages(client, api_key, base_url=base_url,
                                limiter=RateLimiter(defaults.STRIPE_API_RATE_PER_S))
-            summary = await run_reconcile(redis, Keys(settings.key_prefix), table, pages.pages(query),
-                                          seen_retention_s=settings.seen_retention_s, dry_run=dry_run)
+            keys = Keys(settings.key_prefix, settings.partitions)
+            summary = await run_reconcile(redis, keys, table, pages.pages(query),
+                                          seen_retention_s=settings.seen_retention_s,
+                                          seen_buckets=settings.seen_buckets, dry_run=dry_run)
             return summary, pages.requests
 
     try:
-        summary, requests = with_redis(settings, run)
+        summary, requests = with_redis(settings, run, "reconcile")
     except StripeApiError as err:
         print(f"fanout reconcile: {err}", file=sys.stderr)
         return 1
@@ -218,7 +205,8 @@ def routes_diff(settings: Settings, old_path: str | None, new_path: str, *, sinc
             return 1
     old, new = tables
     since_ms = int(since.timestamp() * 1000) if since else None
-    diff = with_redis(settings, lambda r: routing_diff(r, Keys(settings.key_prefix), old, new, since_ms))
+    diff = with_redis(settings, lambda r: routing_diff(r, Keys(settings.key_prefix), old, new, since_ms),
+                      "routes diff")
     if as_json:
         print(orjson.dumps(diff.as_dict()).decode())
         return 0
@@ -248,5 +236,5 @@ def _change_text(change: str, added: tuple[str, ...], removed: tuple[str, ...]) 
     return " ".join([*(f"+{h}" for h in added), *(f"-{h}" for h in removed)])
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def _plural(n: int, noun: str, nouns: str | None = None) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {nouns or noun + 's'}"

@@ -17,6 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from bus import defaults
+from bus.connection import redact_url
 from bus.errors import ConfigError
 from bus.routing import RoutingTable, load_routing
 from bus.settings import Settings
@@ -100,6 +101,8 @@ def run_banner(settings: Settings, table: RoutingTable, url: str, where: str,
     rq_pools = [pool for pool, config in table.pools.items() if config.executor == "rq"]
     on_rq = f"; an `rq worker` for {', '.join(rq_pools)}" if rq_pools else ""
     lines = ["stripe-fanout is running.", f"  events are stored in: {where}",
+             f"  key prefix:           {settings.key_prefix} (FANOUT_PREFIX; every Redis key starts with "
+             f"{{{settings.key_prefix}}})",
              f"  pools:                {', '.join(table.pools)} (one `fanout worker` process each{on_rq})"]
     lines += [f"  {label + ':':<22}{place}" for label, place in describe(settings)]
     for destination in table.destinations.values():
@@ -158,11 +161,23 @@ def run_everything(host: str, port: int, console_port: int = defaults.CONSOLE_PO
     stopped, config_error = threading.Event(), threading.Event()
     try:
         store = embedded.resolve(os.environ.get("REDIS_URL"))
+        if not store.in_process:
+            # A configured Redis that does not answer would have every pool exit and restart in a loop.
+            from fanout.preflight import check_redis_url, redis_line
+
+            found = check_redis_url(store.url)
+            if not found.ok:
+                print(redis_line("run", found.where, found.error or "?"), file=sys.stderr)
+                return 1
         os.environ["REDIS_URL"] = store.url
         using_dev_secret = not os.environ.get("STRIPE_WEBHOOK_SECRET")
         if using_dev_secret:
             os.environ["STRIPE_WEBHOOK_SECRET"] = defaults.DEV_WEBHOOK_SECRET
         settings = settings_or_exit()
+        from fanout.preflight import secret_warnings
+
+        for warning in secret_warnings(settings.webhook_secrets):
+            print(warning, file=sys.stderr)
         if not routing_is_valid(settings):
             return 1
         table = load_routing(settings.routing_file)
@@ -170,7 +185,7 @@ def run_everything(host: str, port: int, console_port: int = defaults.CONSOLE_PO
         if stand_ins is not None:
             os.environ.update(stand_ins.environ())  # for the pools started below
         url = f"http://{host}:{port}{defaults.WEBHOOK_PATH}"
-        where = "in-process Redis (nothing is kept)" if store.in_process else store.url
+        where = "in-process Redis (nothing is kept)" if store.in_process else redact_url(store.url)
         operating = Operating(settings, host, console_port, list(table.pools))
         print(run_banner(settings, table, url, where, stand_ins, using_dev_secret, operating.lines), flush=True)
         operating.console.start()

@@ -107,6 +107,39 @@ def _price(ids: dict[str, str], now: int) -> Object:
     }
 
 
+def _subscription(ids: dict[str, str], now: int, status: str = "active") -> Object:
+    period_end = now + 30 * 86400
+    return {
+        "id": ids["subscription"], "object": "subscription", "cancel_at_period_end": False,
+        "canceled_at": now if status == "canceled" else None, "collection_method": "charge_automatically",
+        "created": now - 60, "currency": "usd", "customer": ids["customer"],
+        "ended_at": now if status == "canceled" else None, "latest_invoice": ids["invoice"],
+        "livemode": False, "metadata": {},
+        "items": {"object": "list", "has_more": False, "data": [{
+            "id": "si_" + ids["subscription"].removeprefix("sub_"), "object": "subscription_item",
+            "current_period_start": now, "current_period_end": period_end, "quantity": 1,
+            "price": _price(ids, now) | {"type": "recurring",
+                                        "recurring": {"interval": "month", "interval_count": 1}},
+        }]},
+        "status": status,
+    }
+
+
+def _invoice(ids: dict[str, str], now: int, paid: bool = True) -> Object:
+    return {
+        "id": ids["invoice"], "object": "invoice", "amount_due": 4999,
+        "amount_paid": 4999 if paid else 0, "amount_remaining": 0 if paid else 4999,
+        "attempt_count": 1, "billing_reason": "subscription_cycle", "collection_method": "charge_automatically",
+        "created": now - 60, "currency": "usd", "customer": ids["customer"],
+        "customer_email": "jenny.rosen@example.com", "livemode": False, "metadata": {},
+        "number": "FANOUT-0001", "paid": paid,
+        "parent": {"type": "subscription_details",
+                   "subscription_details": {"subscription": ids["subscription"], "metadata": {}}},
+        "status": "paid" if paid else "open", "total": 4999,
+        "status_transitions": {"paid_at": now if paid else None, "finalized_at": now - 60},
+    }
+
+
 Builder = Callable[[dict[str, str], int], Object]
 
 # event type -> builder of its data.object (and, for *.updated, previous_attributes).
@@ -123,20 +156,31 @@ SAMPLES: dict[str, Builder] = {
     "refund.created": _refund,
     "product.created": _product,
     "product.updated": _product,
+    "product.deleted": lambda ids, now: _product(ids, now) | {"active": False},
     "price.created": _price,
     "price.updated": _price,
+    "price.deleted": lambda ids, now: _price(ids, now) | {"active": False},
+    "customer.subscription.created": _subscription,
+    "customer.subscription.updated": _subscription,
+    "customer.subscription.deleted": lambda ids, now: _subscription(ids, now, "canceled"),
+    "invoice.created": lambda ids, now: _invoice(ids, now, paid=False) | {"status": "draft"},
+    "invoice.finalized": lambda ids, now: _invoice(ids, now, paid=False),
+    "invoice.paid": _invoice,
+    "invoice.payment_succeeded": _invoice,
+    "invoice.payment_failed": lambda ids, now: _invoice(ids, now, paid=False),
 }
 
 # The objects a sample names, with the prefix of their fresh ids; `ids` may pin any of them.
 OBJECT_KINDS: dict[str, str] = {
     "customer": "cus", "session": "cs_test", "payment_intent": "pi", "charge": "ch",
-    "refund": "re", "product": "prod", "price": "price",
+    "refund": "re", "product": "prod", "price": "price", "subscription": "sub", "invoice": "in",
 }
 
 PREVIOUS_ATTRIBUTES: dict[str, Object] = {
     "customer.updated": {"name": "Jenny R."},
     "product.updated": {"metadata": {"sku": "SUIT-CHAR-40R", "inventory": "13"}},
     "price.updated": {"active": False},
+    "customer.subscription.updated": {"cancel_at_period_end": True},
 }
 
 

@@ -54,6 +54,7 @@ class Ingress:
         holder: RoutingHolder,
         *,
         redis: aioredis.Redis | None = None,
+        clock: Callable[[], float] = time.time,
         watch_routing: bool = True,
         freeze_gc: bool = False,
     ) -> None:
@@ -65,7 +66,8 @@ class Ingress:
         self.redis = redis if redis is not None else async_redis(settings.redis_url)
         self.publisher = Publisher(self.redis, Keys(settings.key_prefix, settings.partitions),
                                    settings.seen_retention_s, budget_s=PUBLISH_BUDGET_S,
-                                   min_replicas=settings.min_replicas)
+                                   min_replicas=settings.min_replicas, seen_buckets=settings.seen_buckets,
+                                   clock=clock)
         self._watch_routing = watch_routing
         self._freeze_gc = freeze_gc
         self._watcher: asyncio.Task[None] | None = None
@@ -219,7 +221,7 @@ def create_app(
         if table is not None
         else RoutingHolder.load(settings.routing_file, on_change=on_change)
     )
-    ingress = Ingress(settings, holder, redis=redis,
+    ingress = Ingress(settings, holder, redis=redis, clock=clock,
                       watch_routing=watch_routing, freeze_gc=freeze_gc)
     return ingress
 

@@ -1,20 +1,25 @@
 """Dedupe and fan-out as one Redis script, so a crash can never leave half a publish.
 
-KEYS: the event's dedupe key, its partition's ingress counters hash, then one stream per
-routed pool (all in the event's partition, so one Redis Cluster slot).
-ARGV: retention_s, the values of envelope.SHARED_FIELDS in order, then per stream the
-consumer group name and the handler list for that pool.
+KEYS: the event's dedupe hashes (its sub-bucket in the current time slice, then in each
+earlier slice that may still hold a live record: bus/dedupe.py), its partition's ingress
+counters hash, then one stream per routed pool (all in the event's partition, so one
+Redis Cluster slot).
+ARGV: the number of dedupe hashes, the record's field (a digest of the event id) and
+value (the CRC-32 of its partition key, so `fanout partitions resize` can find the
+record's partition in a new layout), the current slice's expiry (Unix s), the values of
+envelope.SHARED_FIELDS in order, then per stream the consumer group name and the
+handler list for that pool.
 
 A stream that does not exist yet is created together with its consumer group at
 id 0, so a pool whose workers have never run still receives every event.
-The dedupe record holds the event's object id, so `fanout partitions resize` can
-find the record's partition in a new layout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +28,9 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from bus import defaults
 from bus.connection import is_cluster
+from bus.dedupe import DIGEST_BYTES, expires_at_s, lookback_slices, seen_record, slice_of
 from bus.envelope import (
     F_HANDLERS,
-    F_OBJECT_ID,
     HANDLER_SEPARATOR,
     SHARED_FIELDS,
     RoutingFields,
@@ -33,46 +38,51 @@ from bus.envelope import (
 )
 from bus.errors import StoreUnavailable
 from bus.keys import Keys
-from bus.partitions import partition_of
+from bus.partitions import partition_key, partition_of
 from bus.routing import RouteMatch
 from ingress.wire import ClusterWire, bulk, command, run_single
 
 _SHARED = len(SHARED_FIELDS)
+# ARGV index of the first shared value: after the dedupe count, field, value and expiry.
+_FIRST_SHARED = 5
 # The field names are written into the script, so each call sends only the values.
-_FIELD_LIST = ", ".join(f"'{name}', ARGV[{i + 2}]" for i, name in enumerate(SHARED_FIELDS))
-
-_OBJECT_ARG = SHARED_FIELDS.index(F_OBJECT_ID) + 2
+_FIELD_LIST = ", ".join(f"'{name}', ARGV[{i + _FIRST_SHARED}]" for i, name in enumerate(SHARED_FIELDS))
 
 PUBLISH_LUA = f"""
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  -- This write also makes a WAIT after a duplicate cover the original's write.
-  redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
-  return 0
+local k = tonumber(ARGV[1])
+local stats = KEYS[k + 1]
+for i = 1, k do
+  if redis.call('HEXISTS', KEYS[i], ARGV[2]) == 1 then
+    -- This write also makes a WAIT after a duplicate cover the original's write.
+    redis.call('HINCRBY', stats, 'duplicates', 1)
+    return 0
+  end
 end
-local base = {_SHARED + 1}
-local n = #KEYS - 2
+local base = {_SHARED + _FIRST_SHARED - 1}
+local n = #KEYS - k - 1
 -- Check every target before writing anything: Redis does not undo a script
 -- that fails halfway, and a half publish must never be marked as seen.
 local missing = {{}}
 for i = 1, n do
-  local kind = redis.call('TYPE', KEYS[2 + i])['ok']
+  local kind = redis.call('TYPE', KEYS[k + 1 + i])['ok']
   if kind == 'none' then
     missing[i] = true
   elseif kind ~= 'stream' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[2 + i] .. ' is a ' .. kind .. ', not a stream')
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k + 1 + i] .. ' is a ' .. kind .. ', not a stream')
   end
 end
 for i = 1, n do
-  local stream = KEYS[2 + i]
+  local stream = KEYS[k + 1 + i]
   if missing[i] then
     redis.call('XGROUP', 'CREATE', stream, ARGV[base + 2 * i - 1], '0', 'MKSTREAM')
   end
   redis.call('XADD', stream, '*', '{F_HANDLERS}', ARGV[base + 2 * i], {_FIELD_LIST})
 end
 -- Marked seen last, so nothing before this line can leave an event deduped but unpublished.
-redis.call('SET', KEYS[1], ARGV[{_OBJECT_ARG}], 'EX', ARGV[1])
-redis.call('HINCRBY', KEYS[2], 'published', 1)
-if n == 0 then redis.call('HINCRBY', KEYS[2], 'unrouted', 1) end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIREAT', KEYS[1], ARGV[4])
+redis.call('HINCRBY', stats, 'published', 1)
+if n == 0 then redis.call('HINCRBY', stats, 'unrouted', 1) end
 return 1
 """
 
@@ -98,17 +108,30 @@ class Publisher:
 
     :param redis: a `redis.asyncio.Redis`, or a `RedisCluster` (bus.connection.async_redis)
     :param keys: the key layout, with the deployment's partition count
-    :param retention_s: how long an event id is remembered for dedupe
+    :param retention_s: how long an event id is remembered for dedupe (at least; bus/dedupe.py)
     :param budget_s: how long one batch may take before its callers get StoreUnavailable
     :param min_replicas: answer only once this many replicas acknowledged the batch (WAIT)
+    :param seen_buckets: dedupe sub-buckets per partition and time slice
+    :param seen_slice_s: the length of a dedupe time slice
+    :param clock: the time in Unix seconds, which picks the current dedupe slice (tests pass a fake one)
     """
 
     def __init__(self, redis: Any, keys: Keys, retention_s: int, budget_s: float,
-                 min_replicas: int = 0) -> None:
+                 min_replicas: int = 0, seen_buckets: int = defaults.SEEN_BUCKETS,
+                 seen_slice_s: int = defaults.SEEN_SLICE_S, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._keys = keys
         self._partitions = keys.partitions
         self._retention_s = retention_s
+        self._buckets = seen_buckets
+        self._slice_s = seen_slice_s
+        self._lookback = lookback_slices(retention_s, seen_slice_s)
+        self._lookback_arg = bulk(self._lookback)
+        self._clock = clock
+        # Per partition: the slice its dedupe key heads below were built for, those heads (per
+        # digit count of the sub-bucket: "$<length>\r\n<key without its sub-bucket>", current
+        # slice first) and the slice's expiry; rebuilt when a new slice starts.
+        self._slice_parts: list[tuple[int, dict[int, tuple[bytes, ...]], bytes]] = [(-1, {}, b"")] * keys.partitions
         self._budget_s = budget_s
         self._min_replicas = min_replicas
         self._wait = (command("WAIT", min_replicas, min(defaults.REPLICA_WAIT_MS, int(budget_s * 500)))
@@ -121,8 +144,6 @@ class Publisher:
         self._pending: list[Call] = []
         self._flushes: set[asyncio.Task[None]] = set()
         self._stats = [bulk(keys.ingress_stats_of(p)) for p in range(keys.partitions)]
-        self._seen = [keys.seen("", p) for p in range(keys.partitions)]
-        self._retention = bulk(retention_s)
         # Per partition, the parts of a command fixed by its route, packed once per route.
         self._route_parts: list[dict[Targets, tuple[bytes, bytes, bytes]]] = [{} for _ in range(keys.partitions)]
 
@@ -130,10 +151,20 @@ class Publisher:
         self, event: RoutingFields, match: RouteMatch, table_version: str, body: bytes
     ) -> PublishResult:
         """Store the event once in every routed pool's stream; raise StoreUnavailable if Redis fails."""
-        p = partition_of(event.object_id or event.id, self._partitions)
+        key = partition_key(event)
+        record = seen_record(event.id, key, self._buckets)
+        p = partition_of(key, self._partitions)
         head, streams, per_pool = self._route_parts[p].get(match.targets) or self._pack_route(match.targets, p)
+        slice_index, heads, expiry = self._slice_parts[p]
+        if slice_index != (now := slice_of(int(self._clock() * 1000), self._slice_s)):
+            slice_index, heads, expiry = self._pack_slice(p, now)
+        bucket = b"%d" % record.bucket
+        # Every dedupe key ends with the same sub-bucket: one join packs them all.
+        tail = bucket + b"\r\n"
+        dedupe_keys = tail.join(heads.get(len(bucket)) or self._pack_heads(p, len(bucket))) + tail
         packed = b"".join((
-            head, bulk(self._seen[p] + event.id), self._stats[p], streams, self._retention,
+            head, dedupe_keys, self._stats[p], streams, self._lookback_arg,
+            b"$%d\r\n%b\r\n$4\r\n%b\r\n" % (DIGEST_BYTES, record.field, record.value), expiry,
             *map(bulk, shared_values(event, table_version, body)), per_pool,
         ))
         loop = asyncio.get_running_loop()
@@ -146,10 +177,25 @@ class Publisher:
             return PublishResult(duplicate=True, pools=())
         return PublishResult(duplicate=False, pools=match.pools)
 
+    def _pack_slice(self, p: int, slice_index: int) -> tuple[int, dict[int, tuple[bytes, ...]], bytes]:
+        """Start partition p's new slice: no key heads yet, and the slice's expiry."""
+        parts: tuple[int, dict[int, tuple[bytes, ...]], bytes] = (
+            slice_index, {}, bulk(expires_at_s(slice_index, self._slice_s, self._retention_s)))
+        self._slice_parts[p] = parts
+        return parts
+
+    def _pack_heads(self, p: int, digits: int) -> tuple[bytes, ...]:
+        """The RESP heads of partition p's dedupe keys in the current slice, for sub-buckets of `digits`."""
+        slice_index, heads, _ = self._slice_parts[p]
+        prefixes = [self._keys.seen(slice_index - i, "", p).encode() for i in range(self._lookback)]
+        packed = tuple(b"$%d\r\n%b" % (len(prefix) + digits, prefix) for prefix in prefixes)
+        heads[digits] = packed
+        return packed
+
     def _pack_route(self, targets: Targets, p: int) -> tuple[bytes, bytes, bytes]:
         """EVALSHA, the key count and the per-pool keys and arguments of one route, in RESP."""
-        n_keys = 2 + len(targets)
-        n_args = 1 + len(SHARED_FIELDS) + 2 * len(targets)
+        n_keys = self._lookback + 1 + len(targets)
+        n_args = _FIRST_SHARED - 1 + len(SHARED_FIELDS) + 2 * len(targets)
         head = b"*%d\r\n" % (3 + n_keys + n_args) + bulk("EVALSHA") + bulk(self._sha) + bulk(n_keys)
         streams = b"".join(bulk(self._keys.stream(pool, p)) for pool, _ in targets)
         per_pool = b"".join(

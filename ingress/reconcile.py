@@ -12,8 +12,9 @@ Reconciling is safe to repeat: a second run publishes nothing new.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,10 @@ import orjson
 import redis.asyncio as aioredis
 
 from bus import defaults
+from bus.dedupe import lookup_keys, seen_record
 from bus.envelope import RoutingFields
 from bus.keys import Keys
+from bus.partitions import partition_key, partition_of
 from bus.routing import RoutingTable
 from ingress.parse import routing_fields
 from ingress.publish import Publisher
@@ -66,11 +69,13 @@ class ReconcileSummary:
 
 async def reconcile(
     redis: aioredis.Redis, keys: Keys, table: RoutingTable, pages: AsyncIterable[list[dict[str, Any]]],
-    *, seen_retention_s: int, dry_run: bool = False,
+    *, seen_retention_s: int, seen_buckets: int = defaults.SEEN_BUCKETS, dry_run: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> ReconcileSummary:
     """Publish every listed event not seen yet; with `dry_run`, only say what would be published."""
     summary = ReconcileSummary(dry_run=dry_run)
-    publisher = Publisher(redis, keys, seen_retention_s, budget_s=defaults.RECONCILE_PUBLISH_BUDGET_S)
+    publisher = Publisher(redis, keys, seen_retention_s, budget_s=defaults.RECONCILE_PUBLISH_BUDGET_S,
+                          seen_buckets=seen_buckets, clock=clock)
     async for page in pages:
         parsed: list[tuple[RoutingFields, bytes]] = []
         for obj in page:
@@ -83,7 +88,8 @@ async def reconcile(
                 event_id = obj.get("id") if isinstance(obj, dict) else None
                 summary.invalid.append((event_id if isinstance(event_id, str) else "?", rejection.detail))
         if dry_run:
-            seen = await _seen(redis, keys, [fields.id for fields, _ in parsed])
+            seen = await _seen(redis, keys, [fields for fields, _ in parsed], int(clock() * 1000),
+                               seen_retention_s, seen_buckets)
             for (fields, _), was_seen in zip(parsed, seen, strict=True):
                 if was_seen:
                     summary.already_seen += 1
@@ -112,10 +118,20 @@ def _count(summary: ReconcileSummary, fields: RoutingFields, pools: tuple[str, .
     summary.events.append(Planned(fields.id, fields.type, fields.created, pools))
 
 
-async def _seen(redis: aioredis.Redis, keys: Keys, event_ids: list[str]) -> list[bool]:
-    if not event_ids:
+async def _seen(redis: aioredis.Redis, keys: Keys, events: list[RoutingFields], now_ms: int,
+                retention_s: int, buckets: int) -> list[bool]:
+    """Whether each event has a dedupe record (what the publish script would find)."""
+    if not events:
         return []
     pipe = redis.pipeline(transaction=False)
-    for event_id in event_ids:
-        pipe.exists(keys.seen(event_id))
-    return [bool(n) for n in await pipe.execute()]
+    looked: list[int] = []
+    for event in events:
+        key = partition_key(event)
+        record = seen_record(event.id, key, buckets)
+        hashes = lookup_keys(keys, record, partition_of(key, keys.partitions), now_ms,
+                             retention_s=retention_s, slice_s=defaults.SEEN_SLICE_S)
+        for name in hashes:
+            pipe.hexists(name, record.field)
+        looked.append(len(hashes))
+    found = iter(await pipe.execute())
+    return [any([bool(next(found)) for _ in range(n)]) for n in looked]

@@ -1,14 +1,17 @@
-"""Run an ASGI app under a real uvicorn server on a free loopback port, in a thread."""
+"""Run an ASGI app under a real uvicorn server on a free loopback port, in a thread; wait for a
+server started as a subprocess to answer /healthz."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import uvicorn
 
 
@@ -36,3 +39,16 @@ def serve(app: Any, **config: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def wait_for_health(process: subprocess.Popen[Any], port: int, *, timeout_s: float,
+                    output: Callable[[], object]) -> httpx.Response:
+    """The first answer of http://127.0.0.1:port/healthz; fails (with `output()`) if the process exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, output()
+        assert time.monotonic() < deadline, f"nothing answered /healthz on port {port} within {timeout_s} s"
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
+        except httpx.HTTPError:
+            time.sleep(0.1)

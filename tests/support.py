@@ -84,3 +84,16 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], poll_s: float = 0.0
     # The state lives in Redis, written by other processes: there is no local event to await.
     while not await condition():  # noqa: ASYNC110
         await asyncio.sleep(poll_s)
+
+
+def mark_seen(client: Any, keys: Keys, event_id: str, object_id: str | None = None) -> None:
+    """Write the dedupe record the ingress writes for an event (bus/dedupe.py), with a sync client."""
+    from bus import defaults
+    from bus.dedupe import lookup_keys, seen_record
+    from bus.partitions import partition_of
+
+    key = object_id or event_id
+    record = seen_record(event_id, key, defaults.SEEN_BUCKETS)
+    current = lookup_keys(keys, record, partition_of(key, keys.partitions), int(time.time() * 1000),
+                          retention_s=defaults.SEEN_RETENTION_S, slice_s=defaults.SEEN_SLICE_S)[0]
+    client.hset(current, record.field, record.value)

@@ -22,11 +22,30 @@ from ingress.app import create_app
 from .conftest import REPO, make_settings
 from .live import serve
 
-REQUIRED_SAMPLES = [
-    "checkout.session.completed", "checkout.session.async_payment_succeeded",
-    "payment_intent.succeeded", "payment_intent.payment_failed", "customer.created",
-    "customer.updated", "charge.refunded", "refund.created", "product.updated",
-]
+
+def routed_and_documented_types() -> list[str]:
+    """Every exact event type routing.yaml routes, one of each wildcard, and each the README names."""
+    import re
+
+    from bus.routing import load_routing
+
+    table = load_routing(REPO / "routing.yaml")
+    found = {r.pattern for r in table.routes if not r.pattern.endswith("*")}
+    found |= {r.pattern[:-1] + suffix for r in table.routes if r.pattern.endswith(".*")
+              for suffix in ("created", "updated", "deleted")}
+    readme = (REPO / "README.md").read_text()
+    found |= set(re.findall(r"\b(invoice\.[a-z_]+|customer\.subscription\.[a-z_]+|"
+                            r"checkout\.session\.async_[a-z_]+)\b", readme))
+    return sorted(found)
+
+
+REQUIRED_SAMPLES = sorted({
+    *routed_and_documented_types(),
+    "invoice.paid", "invoice.payment_failed", "customer.subscription.created",
+    "customer.subscription.updated", "customer.subscription.deleted", "charge.refunded", "refund.created",
+    "product.created", "product.updated", "product.deleted", "price.created", "price.updated",
+    "price.deleted", "checkout.session.async_payment_succeeded", "checkout.session.async_payment_failed",
+})
 
 
 def test_routes_check_passes_on_the_shipped_file(capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,6 +75,66 @@ def test_every_required_sample_is_a_realistic_event_of_its_type(event_type: str)
     assert event_type in SAMPLES
     assert event["type"] == event_type and event["id"].startswith("evt_") and event["object"] == "event"
     assert isinstance(event["data"]["object"]["id"], str)
+    stripe_type = event["data"]["object"]["object"]
+    assert event_type.startswith(stripe_type.replace("subscription", "customer.subscription")
+                                 if stripe_type == "subscription" else stripe_type), (event_type, stripe_type)
+
+
+def test_the_required_samples_include_what_the_readme_names() -> None:
+    assert {"invoice.paid", "customer.subscription.created"} <= set(routed_and_documented_types())
+
+
+def test_send_suggests_the_closest_sample_for_an_unknown_type(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["send", "invoice.payed", "--url", "http://127.0.0.1:1/"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fanout send: no sample for 'invoice.payed'; did you mean 'invoice.paid'?")
+    assert "--file PAYLOAD.json" in err
+
+
+def test_send_file_posts_the_payload_signed_as_is(prefix: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    payload = tmp_path / "payload.json"
+    body = orjson.dumps(sample_event("invoice.paid", event_id="evt_from_file_1"))  # compact, unlike samples
+    payload.write_bytes(body)
+    settings = make_settings(prefix, secrets=defaults.DEV_WEBHOOK_SECRET)
+    with serve(create_app(settings)) as base:
+        url = base + defaults.WEBHOOK_PATH
+        assert main(["send", "--file", str(payload), "--url", url]) == 0
+        answer = capsys.readouterr().out.splitlines()[-1]
+    assert answer == '200 {"id":"evt_from_file_1","duplicate":false,"pools":[]}'
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        assert client.exists(Keys(prefix).seen("evt_from_file_1"))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"{not json", "is not JSON"),
+    (b'{"id": "ch_1", "type": "charge.refunded"}', "a Stripe event has an \"id\" starting with 'evt_'"),
+    (b'{"id": "evt_1"}', "a Stripe event has a string \"type\""),
+])
+def test_send_file_refuses_what_cannot_be_a_stripe_event(content: bytes, message: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    payload = tmp_path / "payload.json"
+    payload.write_bytes(content)
+    assert main(["send", "--file", str(payload), "--url", "http://127.0.0.1:1/"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_send_of_a_payment_intent_alone_says_how_to_tie_it_to_a_checkout(
+        prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = make_settings(prefix, secrets=defaults.DEV_WEBHOOK_SECRET)
+    with serve(create_app(settings)) as base:
+        url = base + defaults.WEBHOOK_PATH
+        assert main(["send", "payment_intent.succeeded", "--url", url]) == 0
+        alone = capsys.readouterr().err
+        assert main(["send", "payment_intent.succeeded", "--url", url,
+                     "--object", "session=cs_test_1", "--object", "payment_intent=pi_1"]) == 0
+        pinned = capsys.readouterr().err
+    assert "names a fresh checkout session that no order has" in alone
+    assert "--object session=cs_test_1 --object payment_intent=pi_1" in alone
+    assert "note:" not in pinned
 
 
 def test_send_posts_a_signed_sample_that_the_ingress_stores(prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,7 +166,7 @@ def test_send_refuses_an_event_type_without_a_sample(capsys: pytest.CaptureFixtu
 def test_send_object_pins_an_object_id_and_refuses_an_unknown_kind(capsys: pytest.CaptureFixture[str]) -> None:
     assert sample_event("customer.updated", ids=parse_objects(["customer=cus_pinned"]))[
         "data"]["object"]["id"] == "cus_pinned"
-    assert main(["send", "customer.updated", "--url", "http://127.0.0.1:9/", "--object", "invoice=in_1"]) == 2
+    assert main(["send", "customer.updated", "--url", "http://127.0.0.1:9/", "--object", "coupon=co_1"]) == 2
     assert "KIND is one of customer, session," in capsys.readouterr().err
     assert main(["send", "customer.updated", "--url", "http://127.0.0.1:9/", "--object", "cus_1"]) == 2
     assert "expected KIND=ID" in capsys.readouterr().err

@@ -43,8 +43,9 @@ async def test_status_dlq_and_replay_commands(
 
     status = orjson.loads(fanout(prefix, routing, "status", "--json").stdout)
     assert set(status) == {"pools", "unrouted", "duplicates", "breakers"}
-    assert set(status["pools"]["alpha"]) == {"stream_length", "pending", "lag", "consumers", "processed",
-                                             "failed", "retried", "dead", "oldest_pending_s", "partitions"}
+    assert set(status["pools"]["alpha"]) == {"stream_length", "pending", "lag", "consumers", "group_consumers",
+                                             "processed", "failed", "retried", "dead", "oldest_pending_s",
+                                             "partitions"}
     assert (status["pools"]["alpha"]["processed"], status["pools"]["alpha"]["dead"]) == (1, 1)
     assert "alpha" in fanout(prefix, routing, "status").stdout
 
@@ -54,10 +55,11 @@ async def test_status_dlq_and_replay_commands(
     assert fanout(prefix, routing, "dlq", "replay", "alpha").returncode == 2  # neither --all nor ids
     replayed = fanout(prefix, routing, "dlq", "replay", "alpha", dead[0]["id"])
     assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.strip() == "alpha: 1 entry put back in the stream"
     assert orjson.loads(fanout(prefix, routing, "dlq", "list", "alpha", "--json").stdout) == []
 
     again = fanout(prefix, routing, "replay", "alpha", "--event", "evt_ok")
-    assert again.returncode == 0 and "1 entries" in again.stdout
+    assert again.returncode == 0 and again.stdout.strip() == "alpha: 1 entry published again"
     since = fanout(prefix, routing, "replay", "alpha", "--since", "2000-01-01T00:00:00Z")
     # evt_ok and evt_bad, once each: the dead-letter replay of evt_bad and the copy of evt_ok
     # just added are copies, not events received in the window.

@@ -14,6 +14,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from bus import defaults
+from bus.dedupe import seen_record
 from bus.envelope import RoutingFields
 from bus.keys import Keys
 from bus.partitions import (
@@ -21,11 +23,12 @@ from bus.partitions import (
     PartitionMismatch,
     claim_layout,
     event_partition,
+    partition_key,
     partition_of,
     read_layout,
     streams_to_read,
 )
-from bus.resize import drop_drained, resize
+from bus.resize import drop_drained, resize, seen_pattern
 from bus.routing import parse_routing
 from fanout.samples import sample_event
 from ingress.parse import routing_fields
@@ -66,7 +69,7 @@ def test_with_one_partition_every_key_keeps_its_name() -> None:
     keys = Keys("fanout")
     assert keys.stream("customer") == "{fanout}:stream:customer"
     assert keys.streams("customer") == ("{fanout}:stream:customer",)
-    assert keys.seen("evt_1") == "{fanout}:seen:evt_1"
+    assert keys.seen(20423, 17) == "{fanout}:seen:20423:17"
     assert keys.dead("admin") == "{fanout}:dead:admin"
     assert keys.ledger("customer", "evt_1") == "{fanout}:done:customer:evt_1"
     assert keys.retry_at("customer") == "{fanout}:retry_at:customer"
@@ -77,7 +80,7 @@ def test_with_one_partition_every_key_keeps_its_name() -> None:
 def test_with_n_partitions_each_event_key_carries_its_partition_tag() -> None:
     keys = Keys("fanout", 4)
     assert keys.streams("customer") == tuple(f"{{fanout:{p}}}:stream:customer" for p in range(4))
-    assert keys.seen("evt_1", 3) == "{fanout:3}:seen:evt_1"
+    assert keys.seen(20423, 17, 3) == "{fanout:3}:seen:20423:17"
     assert keys.ledger("customer", "evt_1", 2) == "{fanout:2}:done:customer:evt_1"
     assert keys.dead("admin", 1) == "{fanout:1}:dead:admin"
     assert keys.pool_stats("customer", 1) == "{fanout:1}:stats:pool:customer"
@@ -86,14 +89,14 @@ def test_with_n_partitions_each_event_key_carries_its_partition_tag() -> None:
 
 
 def test_the_cleanup_pattern_matches_every_partition_of_the_prefix_only(sredis: redis.Redis, prefix: str) -> None:
-    sredis.set(Keys(prefix).seen("evt_a"), 1)
-    sredis.set(Keys(prefix, 8).seen("evt_b", 5), 1)
-    sredis.set("{" + prefix + "x}:seen:evt_c", 1)
+    sredis.hset(Keys(prefix).seen(1, 2), "a", 1)
+    sredis.hset(Keys(prefix, 8).seen(1, 2, 5), "b", 1)
+    sredis.hset("{" + prefix + "x}:seen:1:2", "c", 1)
     try:
         found = sorted(k.decode() for k in sredis.scan_iter(match=Keys(prefix).pattern(), count=1000))
-        assert found == sorted([Keys(prefix).seen("evt_a"), Keys(prefix, 8).seen("evt_b", 5)])
+        assert found == sorted([Keys(prefix).seen(1, 2), Keys(prefix, 8).seen(1, 2, 5)])
     finally:
-        sredis.delete("{" + prefix + "x}:seen:evt_c")
+        sredis.delete("{" + prefix + "x}:seen:1:2")
 
 
 # --- the recorded count --------------------------------------------------------------------------
@@ -192,14 +195,37 @@ async def test_a_shrink_keeps_the_old_streams_readable_until_they_are_consumed(a
     assert streams_to_read(Layout(2), prefix, "customer") == list(Keys(prefix, 2).streams("customer"))
 
 
-async def test_resizing_a_deployment_from_before_partitions_copies_legacy_records_everywhere(
+async def test_a_resize_moves_each_record_to_the_partition_of_its_crc_in_the_same_slice_bucket_and_expiry(
     aredis: aioredis.Redis, prefix: str
 ) -> None:
-    await aredis.set(Keys(prefix).seen("evt_legacy"), "1", ex=600)  # as written before records held an object id
+    await claim_layout(aredis, prefix, 4)
+    events = [_refund(i) for i in range(60)]
+    await _publish(aredis, Keys(prefix, 4), events)
+    old_names = [k.decode() async for k in aredis.scan_iter(match=seen_pattern(prefix))]
+    slices = {name.split(":seen:")[1].split(":")[0] for name in old_names}
+    expiries = {await aredis.pexpiretime(name) for name in old_names}
+    assert len(slices) == 1 and len(expiries) == 1 and next(iter(expiries)) > 0, "one slice, one expiry"
+
+    await resize(aredis, prefix, 8)
+    for event in events:
+        fields = routing_fields(orjson.dumps(event))
+        record = seen_record(event["id"], partition_key(fields), defaults.SEEN_BUCKETS)
+        home = Keys(prefix, 8).seen(next(iter(slices)), record.bucket, event_partition(fields, 8))
+        assert await aredis.hget(home, record.field) == record.value
+        assert await aredis.pexpiretime(home) in expiries, "the copy expires with its slice"
+
+
+async def test_a_resize_copies_a_record_whose_value_is_not_a_crc_into_every_partition(
+    aredis: aioredis.Redis, prefix: str
+) -> None:
+    await aredis.hset(Keys(prefix).seen(7, 3), b"digest!!", b"?")  # not a 4-byte CRC: its home is unknown
+    await aredis.expire(Keys(prefix).seen(7, 3), 600)
+    await aredis.set(Keys(prefix).tag() + ":seen:evt_legacy", "1", ex=600)  # a string record of an older version
     report = await resize(aredis, prefix, 4)
-    assert report.before == Layout(1) and report.copied == 4
+    assert report.before == Layout(1) and report.copied == 4, "the string record of an older version is skipped"
     for p in range(4):
-        assert 0 < await aredis.ttl(Keys(prefix, 4).seen("evt_legacy", p)) <= 600
+        assert await aredis.hget(Keys(prefix, 4).seen(7, 3, p), b"digest!!") == b"?"
+        assert 0 < await aredis.ttl(Keys(prefix, 4).seen(7, 3, p)) <= 600
 
 
 def test_fanout_partitions_shows_and_resizes(prefix: str, tmp_path: Path) -> None:

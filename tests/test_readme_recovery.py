@@ -28,6 +28,7 @@ from ingress.parse import routing_fields
 from tests.conftest import REPO, TEST_REDIS_URL
 from tests.live import serve
 from tests.stripe_events_double import API_KEY, EventsDouble
+from tests.support import mark_seen
 
 TYPO = "mypkg.mymod:handle"
 CHARGE_REFUNDED = "  charge.refunded: {admin: [forward:admin_backend]}\n"
@@ -119,7 +120,7 @@ def test_the_readme_reconcile_examples_run_and_print_what_it_shows(
     double = EventsDouble(events=[*in_window, _api_event("customer.created", "2026-11-28T12:00:00Z", 1),
                                   _api_event("checkout.session.completed", "2026-11-30T08:00:00Z", 3)])
     # The first checkout was delivered: the ingress marked it seen.
-    client.set(keys.seen(in_window[0]["id"]), "1")
+    mark_seen(client, keys, in_window[0]["id"], in_window[0]["data"]["object"]["id"])
     monkeypatch.setenv("STRIPE_API_KEY", API_KEY)
     with serve(double.app()) as base:
         monkeypatch.setenv("STRIPE_API_BASE", base)

@@ -14,9 +14,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from bus.envelope import entry_body
 from bus.keys import Keys
 from bus.settings import Secret
-from bus.stripe_events import EventPages, EventQuery, RateLimiter, StripeApiError
+from bus.stripe_events import EventPages, EventQuery, StripeApiError
+from bus.stripe_http import RateLimiter
 from fanout.cli import main
 from ingress.reconcile import reconcile
 from tests.conftest import TEST_REDIS_URL, make_settings
@@ -108,7 +110,7 @@ async def test_reconcile_publishes_what_was_never_delivered_and_skips_what_was(
     assert out[0] == f"events created {start} to now, every type (1 request)"
     assert await aredis.xlen(keys.stream("alpha")) == 3 and await aredis.xlen(keys.stream("beta")) == 1
     # The stored body is the event as the API listed it.
-    stored = {orjson.loads(f[b"body"])["id"]: orjson.loads(f[b"body"])
+    stored = {orjson.loads(entry_body(f))["id"]: orjson.loads(entry_body(f))
               for _, f in await aredis.xrange(keys.stream("alpha"))}
     assert stored == {e["id"]: e for e in events if e["type"] == "customer.created"}
 
@@ -248,8 +250,32 @@ async def test_the_rate_limiter_spaces_requests_to_the_rate() -> None:
     limiter = RateLimiter(25, clock=lambda: now[0], sleep=sleep)
     for _ in range(26):
         await limiter.wait()
-    # 26 requests take one second: never more than 25 in any second.
-    assert slept == [0.04] * 25 and now[0] == pytest.approx(1.0)
+    # 26 requests take one second: never more than 25 in any second (25 at once, the 26th a second later).
+    assert slept == [1.0] and now[0] == pytest.approx(1.0)
+
+
+async def test_a_5xx_or_a_network_error_is_retried_with_backoff_then_stops_without_the_key() -> None:
+    answers = [httpx.Response(503), "network", httpx.Response(200, json={"data": [], "has_more": False})]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        reply = answers.pop(0) if answers else httpx.Response(502)
+        if reply == "network":
+            raise httpx.ConnectError(f"refused, with {request.headers}")
+        assert isinstance(reply, httpx.Response)
+        return reply
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        pages = EventPages(client, Secret("sk_test_abc9xQz"), sleep=sleep, max_retries=2)
+        assert [page async for page in pages.pages(EventQuery(created_gte=0))] == []
+        assert slept == [1.0, 2.0] and pages.requests == 3
+        with pytest.raises(StripeApiError, match="answered 502; gave up after 3 tries") as raised:
+            await anext(pages.pages(EventQuery(created_gte=0)))
+    assert pages.requests == 6 and "9xQz" not in str(raised.value)
 
 
 def test_reconcile_warns_when_since_is_before_what_the_dedupe_remembers(

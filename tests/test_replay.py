@@ -11,6 +11,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from bus.envelope import entry_body
 from bus.keys import Keys
 from tests.conftest import make_settings
 from tests.support import FAST_POOL, H, load, publish, runs, worker_env, write_routing
@@ -79,11 +80,11 @@ async def test_after_a_handler_typo_is_fixed_reroute_recovers_every_dead_lettere
 
     # One event is recovered from the stream, the others from the dead-letter stream.
     stream_plain = fanout(prefix, routing, "replay", "alpha", "--event", "evt_4")
-    assert stream_plain.returncode == 0 and "1 entries published again" in stream_plain.stdout
+    assert stream_plain.returncode == 0 and "1 entry published again" in stream_plain.stdout
     await run_pool(settings, "alpha", redis=aredis, burst=True)
     assert await runs(aredis, prefix, "record_other") == {}  # the stored list, typo included
     stream = fanout(prefix, routing, "replay", "alpha", "--event", "evt_4", "--reroute")
-    assert stream.returncode == 0 and "1 entries published again" in stream.stdout, stream.stderr
+    assert stream.returncode == 0 and "1 entry published again" in stream.stdout, stream.stderr
 
     dead_ids = [d.id for d in await list_dead(aredis, keys, "alpha") if d.event_id != "evt_4"]
     rerouted = fanout(prefix, routing, "dlq", "replay", "alpha", *dead_ids, "--reroute")
@@ -129,7 +130,7 @@ routes:
 """)
     result = fanout(prefix, routing, "dlq", "replay", "alpha", "--all", "--reroute")
     assert result.returncode == 1
-    assert "1 entries put back" in result.stdout
+    assert "1 entry put back" in result.stdout
     assert "not routed to alpha" in result.stderr and "evt_m  test.moved" in result.stderr
     assert "left in the dead-letter stream" in result.stderr
     await run_pool(settings, "alpha", redis=aredis, burst=True)
@@ -241,4 +242,4 @@ async def test_replay_since_skips_unmarked_copies_of_an_event_already_replayed(
     result = await replay_stream(aredis, keys, "alpha", since=EPOCH)
     assert (len(result.added), result.skipped_copies) == (1, 1)
     [*_, (_, copy)] = await aredis.xrange(keys.stream("alpha"))
-    assert orjson.loads(copy[b"body"])["id"] == "evt_a" and copy[b"replay_of"]
+    assert orjson.loads(entry_body(copy))["id"] == "evt_a" and copy[b"replay_of"]

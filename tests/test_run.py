@@ -200,6 +200,7 @@ def test_fanout_run_takes_a_sent_checkout_to_an_order_an_email_and_the_admin_sta
     banner = output.split("\n\n", 1)[0]
     where = TEST_REDIS_URL if redis_kind == "local Redis" else "in-process Redis (nothing is kept)"
     assert "events are stored in: " + where in banner
+    assert f"key prefix:           {prefix} (FANOUT_PREFIX" in banner
     assert "sqlite3 var/fanout.sqlite3 'select checkout_session_id," in banner
     assert ".eml files in var/mail/" in banner
     assert "admin_backend:        a local STAND-IN" in banner and "var/admin-backend.jsonl" in banner

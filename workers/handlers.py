@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import importlib
 import inspect
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from bus import defaults
 from bus.envelope import Event
 from bus.errors import ConfigError, PermanentFailure, RetryLater
 from bus.routing import Destination, RoutingTable
@@ -48,56 +51,86 @@ def pool_handler_names(table: RoutingTable, pool: str) -> set[str]:
 
 
 class HandlerSet:
-    """The pool's handlers by name. Names are resolved once; a name that cannot be is remembered."""
+    """The pool's handlers by name, resolved once.
 
-    def __init__(self) -> None:
-        self._resolved: dict[str, Resolved | ConfigError] = {}
+    A name that cannot be resolved is remembered for UNRESOLVED_RETRY_S only, then
+    tried again: creating the missing module (or fixing it) mends a running worker.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
+                 retry_unresolved_s: float = defaults.UNRESOLVED_RETRY_S) -> None:
+        # Resolved names only, so the hot path (`known`, `get`) is one dict lookup, as before.
+        self._resolved: dict[str, Resolved] = {}
+        # name -> (why it did not resolve, when (clock) it may be tried again).
+        self._failed: dict[str, tuple[ConfigError, float]] = {}
+        self._clock = clock
+        self._retry_unresolved_s = retry_unresolved_s
         # The destinations of the latest table (a removed one keeps its last known declaration);
         # forward handlers read it at each call, so edits apply without resolving them again.
         self._destinations: dict[str, Destination] = {}
+
+    def _todo(self, names: Iterable[str]) -> list[str]:
+        """Names never seen, and failed names whose retry time has come."""
+        now = self._clock()
+        todo = sorted(n for n in set(names) - set(self._resolved)
+                      if n not in self._failed or self._failed[n][1] <= now)
+        if any(n in self._failed for n in todo):
+            # The import system caches directory listings: a module created since must be found.
+            importlib.invalidate_caches()
+        return todo
+
+    def _store(self, name: str, resolved: Resolved | ConfigError) -> None:
+        if isinstance(resolved, ConfigError):
+            self._failed[name] = (resolved, self._clock() + self._retry_unresolved_s)
+        else:
+            self._resolved[name] = resolved
+            self._failed.pop(name, None)
 
     def load(self, names: Iterable[str], table: RoutingTable, *, strict: bool) -> list[ConfigError]:
         """Resolve names not seen yet; with `strict`, raise the first error instead of returning them."""
         errors: list[ConfigError] = []
         self._destinations.update(table.destinations)
-        for name in sorted(set(names) - set(self._resolved)):
+        for name in self._todo(names):
             try:
                 func = resolve_handler(name, self._destinations)
             except ConfigError as err:
                 if strict:
                     raise
-                self._resolved[name] = err
+                self._store(name, err)
                 errors.append(err)
                 continue
-            self._resolved[name] = Resolved(name, func, inspect.iscoroutinefunction(func))
+            self._store(name, Resolved(name, func, inspect.iscoroutinefunction(func)))
         return errors
 
     async def load_async(self, names: Iterable[str], table: RoutingTable) -> list[ConfigError]:
         """`load(strict=False)` with the new names resolved in a thread: importing a module never blocks the loop."""
         self._destinations.update(table.destinations)
-        new = sorted(set(names) - set(self._resolved))
+        new = self._todo(names)
         if not new:
             return []
         found = await asyncio.to_thread(_resolve_all, new, self._destinations)
         errors: list[ConfigError] = []
         for name, resolved in found.items():
-            if name not in self._resolved:  # a concurrent call may have resolved it meanwhile
-                self._resolved[name] = resolved
-                if isinstance(resolved, ConfigError):
-                    errors.append(resolved)
+            if name in self._resolved:
+                continue  # a concurrent call resolved it meanwhile
+            self._store(name, resolved)
+            if isinstance(resolved, ConfigError):
+                errors.append(resolved)
         return errors
 
     def known(self, name: str) -> bool:
-        """True when `name` was resolved already (or found unresolvable)."""
-        return name in self._resolved
+        """True when `name` was resolved already (or found unresolvable, and not yet due another try)."""
+        return name in self._resolved or (name in self._failed and self._failed[name][1] > self._clock())
 
     def get(self, name: str, table: RoutingTable) -> Resolved | ConfigError:
-        """The handler called `name`; a name first seen here (a newer routing table) is resolved now."""
+        """The handler called `name`; a name first seen here (a newer routing table), or a failed
+        one due another try, is resolved now."""
         found = self._resolved.get(name)
-        if found is None:
+        if found is not None:
+            return found
+        if not self.known(name):
             self.load([name], table, strict=False)
-            found = self._resolved[name]
-        return found
+        return self._resolved.get(name) or self._failed[name][0]
 
 
 def _resolve_all(names: list[str], destinations: dict[str, Destination]) -> dict[str, Resolved | ConfigError]:
@@ -128,7 +161,8 @@ async def call_handler(
     (the RQ executor's hard job timeout): they are raised, not recorded.
     """
     if isinstance(handler, ConfigError):
-        return Failure(name, f"unknown handler: {handler}", "", permanent=True, reason=REASON_UNKNOWN_HANDLER)
+        # The reason already says "unknown handler": the error is the resolver's own line.
+        return Failure(name, _error_line(handler), "", permanent=True, reason=REASON_UNKNOWN_HANDLER)
     ctx = make_ctx(name)
     try:
         async with asyncio.timeout(timeout_s):

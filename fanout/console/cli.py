@@ -12,6 +12,7 @@ from typing import Any
 
 from bus import defaults
 from bus.settings import Settings
+from fanout.arguments import port_number
 
 # ANSI: cursor home, then clear the screen, so each refresh overwrites the last in place.
 CLEAR = "\x1b[H\x1b[2J"
@@ -66,7 +67,7 @@ def add_console_parser(sub: Any, func: Callable[[argparse.Namespace], int] = cmd
     p = sub.add_parser("console", help="the operator's console in a browser (pools, events, dead letters)")
     p.add_argument("--host", default=defaults.CONSOLE_HOST,
                    help=f"default {defaults.CONSOLE_HOST}; any other address needs FANOUT_CONSOLE_TOKEN")
-    p.add_argument("--port", type=int, default=defaults.CONSOLE_PORT)
+    p.add_argument("--port", type=port_number, default=defaults.CONSOLE_PORT)
     p.set_defaults(func=func)
 
 

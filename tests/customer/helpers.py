@@ -5,27 +5,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 import structlog
 
-from bus.envelope import Event, RoutingFields, entry_fields
+from bus.envelope import Event
 from bus.settings import Settings
+from fanout import testing
 from fanout.samples import sample_event
 from workers.context import Context
 from workers.resources import Resources
 
 
 def event_from(payload: dict[str, Any], handlers: tuple[str, ...] = ()) -> Event:
-    """The Event a worker would read for this Stripe payload (through a stream entry's fields)."""
-    obj = payload["data"]["object"]
-    fields = RoutingFields(id=payload["id"], type=payload["type"], created=payload["created"],
-                           livemode=payload["livemode"], account=payload.get("account"),
-                           object_id=obj.get("id"))
-    body = orjson.dumps(payload, option=orjson.OPT_INDENT_2)
-    entry: dict[bytes | str, bytes | str] = dict(
-        entry_fields(fields, handlers, "test", body))
-    return Event.from_entry(entry)
+    """The Event a worker would read for this Stripe payload (the public helper users test with)."""
+    return testing.event(payload, handlers)
 
 
 def make_event(event_type: str, *, ids: dict[str, str] | None = None, created: int | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -169,6 +170,8 @@ async def test_without_smtp_url_the_confirmation_is_written_once_to_the_mail_dir
 
     files = eml_files(mail_dir)
     assert len(files) == 1
+    # <millis>-<event id>.<template>.eml: the Message-ID's local part, not its domain glued on.
+    assert re.fullmatch(rf"[0-9]+-{re.escape(event.id)}\.order_confirmation\.eml", files[0].name), files[0].name
     message = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
     assert message["To"] == "Jenny Rosen <jenny.rosen@example.com>"
 

@@ -5,7 +5,8 @@ One process runs one consumer of the pool's group. Its tasks:
 * the reader: XREADGROUP with COUNT equal to the free concurrency slots (slots.py);
 * one task per in-flight entry, run by the pool's executor (executor.py);
 * the flusher: the acks and counts gathered since its last pass (outcomes.py);
-* the reclaimer (reclaim.py), the trimmer (retention.py), the routing watcher.
+* the reclaimer (reclaim.py), the trimmer (retention.py), the routing watcher;
+* the heartbeat, from which `fanout status` counts live processes (workers/heartbeat.py).
 
 An entry is acked only once every handler it names has succeeded, or once it
 is in the dead-letter stream (one script with the ack). Anything else leaves it
@@ -37,6 +38,7 @@ from bus.redaction import redact_secrets
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from bus.settings import Settings
+from workers import heartbeat
 from workers.engine import reclaim, retention
 from workers.engine.async_executor import AsyncExecutor
 from workers.engine.entries import run_entry
@@ -168,6 +170,8 @@ class Consumer:
         background = [
             asyncio.create_task(every(self._reclaim_interval_s, self._reclaim, stopping, self.log), name="reclaim"),
             asyncio.create_task(every(lambda: self.trim_interval_s, self._trim, stopping, self.log), name="trim"),
+            asyncio.create_task(heartbeat.keep_beating(self.redis, self.keys.heartbeats(self.name), self.consumer,
+                                                       self.clock), name="heartbeat"),
         ]
         if self._watch_routing:
             background.append(asyncio.create_task(
@@ -185,6 +189,7 @@ class Consumer:
             await flusher
             for stream in self.streams:
                 await retention.leave_group(self.redis, stream, self.group, self.consumer)
+            await heartbeat.leave(self.redis, self.keys.heartbeats(self.name), self.consumer)
             if self._threads is not None:
                 self._threads.shutdown(wait=False)
             self.executor.close()

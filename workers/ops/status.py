@@ -1,4 +1,4 @@
-"""`fanout status`: per pool stream length, pending, lag, consumers, counters; ingress counters.
+"""`fanout status`: per pool stream length, pending, lag, live consumers, counters; ingress counters.
 
 Everything is read from Redis, so the figures hold across processes and restarts.
 """
@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 
 from bus.keys import Keys
 from bus.stream_figures import partition_figures, summed_counters, totals
+from workers import heartbeat
 from workers.forward.breaker import breaker_states
 from workers.rq.queue import queue_figures
 from workers.stream_ops import id_ms, text
@@ -23,7 +24,11 @@ COUNTERS = ("processed", "failed", "retried", "dead")
 async def pool_status(redis: aioredis.Redis, keys: Keys, pool: str, now_ms: int) -> dict[str, Any]:
     """The status of one pool; a pool whose stream does not exist yet shows zeros."""
     stream, group = keys.stream(pool), keys.group(pool)
-    out: dict[str, Any] = {"stream_length": 0, "pending": 0, "lag": 0, "consumers": 0}
+    # consumers: live worker processes (heartbeats); group_consumers: members of the consumer
+    # group, which include stopped consumers still holding pending entries, and killed ones.
+    out: dict[str, Any] = {"stream_length": 0, "pending": 0, "lag": 0,
+                           "consumers": await heartbeat.live_count(redis, keys.heartbeats(pool), now_ms),
+                           "group_consumers": 0}
     counters: Any = await redis.hgetall(keys.pool_stats(pool))
     for name in COUNTERS:
         out[name] = int(counters.get(name.encode(), 0))
@@ -38,7 +43,7 @@ async def pool_status(redis: aioredis.Redis, keys: Keys, pool: str, now_ms: int)
         out["lag"] = out["stream_length"]
         return out
     out["pending"] = int(ours["pending"])
-    out["consumers"] = int(ours["consumers"])
+    out["group_consumers"] = int(ours["consumers"])
     lag = ours.get("lag")
     out["lag"] = int(lag) if lag is not None else None
     if out["pending"]:

@@ -31,6 +31,7 @@ from rq.serializers import JSONSerializer
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from bus import defaults
+from bus.envelope import plain_entry
 from bus.keys import Keys
 from bus.routing import PoolConfig
 from workers.engine.outcomes import ledger_ttl_s
@@ -60,11 +61,12 @@ def job_id(prefix: str, pool: str, entry_id: str, attempt: int) -> str:
 
 
 def entry_payload(fields: Fields) -> dict[str, str]:
-    """The entry's fields as text, for the JSON serializer; the raw body travels as UTF-8 text.
+    """The entry's fields as text, for the JSON serializer; the raw body travels as UTF-8 text
+    (decompressed: bus.envelope.plain_entry).
 
     Raises UnicodeDecodeError for a body that is not UTF-8 (the ingress never stores one).
     """
-    return {text(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in fields.items()}
+    return {text(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in plain_entry(fields).items()}
 
 
 def job_kwargs(prefix: str, pool: str, entry_id: str, attempt: int, config: PoolConfig,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from bus.envelope import entry_body
 from bus.keys import Keys
 from tests.conftest import make_settings
 from tests.handlers_for_tests import order_key, poison_seen_key
@@ -229,7 +230,7 @@ async def test_permanent_failure_is_dead_lettered_at_once_with_its_traceback(
     raw = await aredis.xrange(keys.dead("alpha"))
     fields = raw[0][1]
     assert b"PermanentFailure" in fields[b"dlq_traceback"]
-    assert fields[b"body"].startswith(b"{")  # the original entry travels with it
+    assert entry_body(fields).startswith(b"{")  # the original entry (its body as stored) travels with it
     assert await pending(aredis, keys, "alpha") == 0
 
 
@@ -246,6 +247,8 @@ async def test_unknown_handler_name_is_dead_lettered_not_dropped(
     assert dead.reason == "unknown handler"
     assert dead.handlers == ("tests.nowhere:handler",)
     assert "no module named 'tests.nowhere'" in dead.error
+    # `dlq list` prints "<reason>: <error>": the error must not repeat the reason.
+    assert dead.error.startswith("ConfigError: handler 'tests.nowhere:handler': could not import"), dead.error
     assert await runs(aredis, prefix, "record") == {"evt_unknown": 1}
     assert await pending(aredis, keys, "alpha") == 0
 

@@ -17,7 +17,9 @@ from structlog.testing import capture_logs
 from bus.envelope import Event
 from bus.errors import PermanentFailure, RetryLater
 from bus.keys import Keys
-from bus.routing import Destination
+from bus.routing import Destination, parse_routing
+from ingress.parse import routing_fields
+from ingress.publish import Publisher
 from tests.conftest import make_settings
 from tests.support import FAST_POOL, event_body, load, publish, write_routing
 from workers.context import Context
@@ -141,6 +143,26 @@ async def test_forward_posts_the_original_body_signed_so_the_stripe_sdk_verifies
     assert (path, body, verified) == ("/200", event.body, True)
     assert DEST_SECRET not in repr(logs)
     assert event.body.decode() not in repr(logs)
+
+
+@pytest.mark.anyio
+async def test_forward_of_an_entry_stored_compressed_posts_the_exact_bytes_stripe_signed(
+    aredis: aioredis.Redis, receiver: Receiver, keys: Keys
+) -> None:
+    body = event_body("evt_fwd_lz4", "charge.refunded", description="Remboursé — 東京 €5 🎉",
+                      metadata={"note": "x" * 300})
+    table = parse_routing("pools: {admin: {}}\ndestinations: {backend: {url_env: BACKEND_URL, secret_env: BACKEND_SECRET}}"
+                          "\nroutes: {charge.refunded: {admin: ['forward:backend']}}\n")
+    await Publisher(aredis, keys, 3600, budget_s=2.0).publish(
+        routing_fields(body), table.match("charge.refunded"), table.version, body)
+    [(_, fields)] = await aredis.xrange(keys.stream("admin"))
+    assert fields[b"body_encoding"] == b"lz4" and fields[b"body"] != body, "Redis holds it compressed"
+    resources = Resources()
+    await forward(DEST, Event.from_entry(fields), _ctx(aredis, keys.prefix, resources, BACKEND_URL=receiver.base + "/200",
+                                                       BACKEND_SECRET=DEST_SECRET))
+    await resources.aclose()
+    [(path, received, verified)] = receiver.received
+    assert (path, received, verified) == ("/200", body, True)
 
 
 @pytest.mark.anyio

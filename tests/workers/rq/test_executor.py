@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from rq.job import Job
 
 from bus import defaults
+from bus.envelope import entry_body
 from bus.keys import Keys
 from bus.routing import RoutingTable
 from tests.conftest import TEST_REDIS_URL, make_settings
@@ -31,7 +32,7 @@ from tests.rq_support import drain_rq, pending, rq_queue_of, work_burst
 from tests.support import H, load, publish_many, start_worker, write_routing
 from workers.ops.deadletter import list_dead
 from workers.ops.status import collect_status
-from workers.rq.queue import enqueue, job_id, job_kwargs, queue_name
+from workers.rq.queue import enqueue, entry_payload, job_id, job_kwargs, queue_name
 from workers.supervision.runner import run_pool
 
 pytestmark = pytest.mark.timeout(90, method="thread")
@@ -92,7 +93,9 @@ def test_every_event_runs_exactly_once_as_one_json_job_and_is_acked(
     first_entry = sync_client.xrange(keys.stream("iso"), count=1)[0]
     raw = sync_client.hgetall(Job.key_for(job_id(prefix, "iso", first_entry[0].decode(), 1)))
     payload = json.loads(zlib.decompress(raw[b"data"]))  # the JSON serializer: no pickle
-    assert payload[3]["entry"]["body"] == first_entry[1][b"body"].decode()  # the raw body, as text
+    # The raw body, as text (the stream holds it compressed: the job gets it decoded).
+    assert payload[3]["entry"]["body"] == entry_body(first_entry[1]).decode()
+    assert "body_encoding" not in payload[3]["entry"]
     # The pool's timeout_s, plus the time the job keeps to record its outcome.
     assert raw[b"timeout"] == str(1 + defaults.RQ_RECORDING_MARGIN_S).encode()
     assert b"evt_" in raw[b"description"] and first_entry[1][b"body"] not in raw[b"description"]
@@ -194,7 +197,7 @@ def test_killing_the_stream_consumer_between_enqueue_and_ack_duplicates_nothing(
     # Enqueueing an attempt's job again (after a crash, say) adds nothing.
     entry_id, fields = sync_client.xrange(keys.stream("iso"), count=1)[0]
     kwargs = job_kwargs(prefix, "iso", entry_id.decode(), 1, load(routing).pools["iso"],
-                        {k.decode(): v.decode() for k, v in fields.items()})
+                        entry_payload(fields))
     assert enqueue(queue, kwargs, load(routing).pools["iso"]) is False
     assert queue.count == len(ids)
 

@@ -200,6 +200,12 @@ class SmtpTransport:
             raise RetryLater(f"SMTP unavailable: {type(err).__name__}") from None
 
 
+def file_ident(message_id: str) -> str:
+    """The file-name part of a Message-ID: `<evt_1.order_confirmation@stripe-fanout>` -> `evt_1.order_confirmation`."""
+    local = message_id.strip().removeprefix("<").removesuffix(">").partition("@")[0]
+    return re.sub(r"[^A-Za-z0-9_.-]", "", local).strip(".") or "message"
+
+
 class FileTransport:
     """Writes each message as an .eml file: the local outbox of `make run`."""
 
@@ -210,7 +216,7 @@ class FileTransport:
 
     def _write(self, message: EmailMessage) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
-        ident = re.sub(r"[^A-Za-z0-9_.-]", "", str(message.get("Message-ID", ""))) or "message"
+        ident = file_ident(str(message.get("Message-ID", "")))
         path = self.directory / f"{int(time.time() * 1000)}-{ident}.eml"
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(message.as_bytes())

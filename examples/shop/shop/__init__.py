@@ -1,0 +1,1 @@
+"""An example shop's handlers for stripe-fanout (see docs/handlers.md)."""
