@@ -97,3 +97,16 @@ def mark_seen(client: Any, keys: Keys, event_id: str, object_id: str | None = No
     current = lookup_keys(keys, record, partition_of(key, keys.partitions), int(time.time() * 1000),
                           retention_s=defaults.SEEN_RETENTION_S, slice_s=defaults.SEEN_SLICE_S)[0]
     client.hset(current, record.field, record.value)
+
+
+def is_seen(client: Any, keys: Keys, event_id: str, object_id: str | None = None) -> bool:
+    """Whether the ingress holds a dedupe record for the event (a sync client)."""
+    from bus import defaults
+    from bus.dedupe import lookup_keys, seen_record
+    from bus.partitions import partition_of
+
+    key = object_id or event_id
+    record = seen_record(event_id, key, defaults.SEEN_BUCKETS)
+    hashes = lookup_keys(keys, record, partition_of(key, keys.partitions), int(time.time() * 1000),
+                         retention_s=defaults.SEEN_RETENTION_S, slice_s=defaults.SEEN_SLICE_S)
+    return any(client.hexists(name, record.field) for name in hashes)

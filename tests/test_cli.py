@@ -21,6 +21,7 @@ from ingress.app import create_app
 
 from .conftest import REPO, make_settings
 from .live import serve
+from .support import is_seen
 
 
 def routed_and_documented_types() -> list[str]:
@@ -104,7 +105,7 @@ def test_send_file_posts_the_payload_signed_as_is(prefix: str, tmp_path: Path,
     assert answer == '200 {"id":"evt_from_file_1","duplicate":false,"pools":[]}'
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        assert client.exists(Keys(prefix).seen("evt_from_file_1"))
+        assert is_seen(client, Keys(prefix), "evt_from_file_1")
     finally:
         client.close()
 

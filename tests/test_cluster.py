@@ -232,13 +232,24 @@ async def test_an_event_is_acknowledged_only_once_a_replica_has_it_also_when_red
             body, headers = signed(event)
             return await client.post("/webhooks/stripe", content=body, headers=headers)
 
+        async def post_as_stripe(event: dict[str, Any]) -> httpx.Response:
+            """Retried on 503 as Stripe retries: on a loaded machine a healthy master may miss
+            the publish budget once; the assertions are about what is finally acknowledged."""
+            for _ in range(4):
+                answer = await post(event)
+                if answer.status_code != 503:
+                    break
+                await asyncio.sleep(0.2)
+            return answer
+
         os.kill(replica.pid, signal.SIGSTOP)  # the master's writes no longer reach its replica
         try:
-            first, other, again = await post(stalled), await post(elsewhere), await post(stalled)
+            first, other = await post(stalled), await post_as_stripe(elsewhere)
+            again = await post(stalled)
         finally:
             os.kill(replica.pid, signal.SIGCONT)
         await asyncio.to_thread(redis_cluster.wait_healthy)
-        settled = await post(stalled)
+        settled = await post_as_stripe(stalled)
     assert other.status_code == 200
     if min_replicas:
         assert first.status_code == 503 and first.json()["error"] == "store_unavailable"
