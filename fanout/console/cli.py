@@ -67,7 +67,8 @@ def add_console_parser(sub: Any, func: Callable[[argparse.Namespace], int] = cmd
     p = sub.add_parser("console", help="the operator's console in a browser (pools, events, dead letters)")
     p.add_argument("--host", default=defaults.CONSOLE_HOST,
                    help=f"default {defaults.CONSOLE_HOST}; any other address needs FANOUT_CONSOLE_TOKEN")
-    p.add_argument("--port", type=port_number, default=defaults.CONSOLE_PORT)
+    p.add_argument("--port", type=port_number, default=defaults.CONSOLE_PORT,
+                   help=f"port to listen on (default {defaults.CONSOLE_PORT})")
     p.set_defaults(func=func)
 
 
