@@ -278,3 +278,18 @@ def test_rates_are_per_minute_since_the_oldest_sample_in_the_window() -> None:
     assert ring.span_s(1060.0) == 60.0
     # Samples older than the window no longer count.
     assert ring.per_minute(1320.0, {"a": 40, "b": 50}) == {"a": 20 * 60 / 290, "b": 0.0}
+
+
+async def test_the_overview_counts_live_consumers_by_heartbeat_as_status_does(
+    client: httpx.AsyncClient, seeded: Seeded, aredis: aioredis.Redis
+) -> None:
+    import time
+
+    from workers import heartbeat
+
+    # The seeded pools ran in burst and stopped: none is alive.
+    before = re.search(r'<tr data-pool="alpha".*?</tr>', (await client.get("/")).text, re.S)
+    assert before is not None and re.search(r'data-field="consumers" [^>]*>0 \(', before.group(0))
+    await heartbeat.beat(aredis, seeded.keys.heartbeats("alpha"), "worker-1", int(time.time() * 1000))
+    after = re.search(r'<tr data-pool="alpha".*?</tr>', (await client.get("/")).text, re.S)
+    assert after is not None and re.search(r'data-field="consumers" [^>]*>1 \(', after.group(0))

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from bus.keys import Keys
 from bus.routing import RoutingTable
 from bus.stream_figures import group_figures, summed_counters
+from workers import heartbeat
 from workers.ops.status import COUNTERS
 
-# A live consumer reads at least every BLOCK_MS; one silent this long is presumably gone.
-LIVE_CONSUMER_IDLE_MS = 10_000
 INGRESS_COUNTERS = ("published", "duplicates", "unrouted")
 
 
@@ -44,8 +41,10 @@ class PoolRow:
     lag: int | None
     dead_letters: int
     oldest_pending_s: float | None
+    # Live worker processes of the pool (heartbeats, as `fanout status` counts them), and the members
+    # of this partition's consumer group (stopped ones holding pending entries, killed ones too).
     consumers: int
-    live_consumers: int
+    group_consumers: int
     # The pool's counters (all partitions).
     counters: dict[str, int]
     # Per minute over the sampled window (None until two samples exist).
@@ -82,14 +81,15 @@ async def overview(redis: aioredis.Redis, keys: Keys, table: RoutingTable, curre
     rows = []
     for pool, config in table.pools.items():
         group = keys.group(pool)
+        live = await heartbeat.live_count(redis, keys.heartbeats(pool), now_ms)
         for p, stream in enumerate(keys.streams(pool)):
             figures = await group_figures(redis, stream, group, now_ms)
             rows.append(PoolRow(
                 pool=pool, partition=str(p), executor=config.executor,
                 stream_length=figures["length"], pending=figures["pending"], lag=figures["lag"],
                 dead_letters=int(await redis.xlen(keys.dead(pool, p))),
-                oldest_pending_s=figures["oldest_pending_s"], consumers=figures["consumers"],
-                live_consumers=await live_consumers(redis, stream, group),
+                oldest_pending_s=figures["oldest_pending_s"], consumers=live,
+                group_consumers=figures["consumers"],
                 counters={name: current[f"pool.{pool}.{name}"] for name in COUNTERS},
                 rates={name: rates.get(f"pool.{pool}.{name}") for name in ("processed", "failed", "dead")},
             ))
@@ -100,10 +100,3 @@ async def overview(redis: aioredis.Redis, keys: Keys, table: RoutingTable, curre
         window_s=window_s,
     )
 
-
-async def live_consumers(redis: aioredis.Redis, stream: str, group: str) -> int:
-    try:
-        rows: Any = await redis.xinfo_consumers(stream, group)
-    except ResponseError:  # no stream or group yet
-        return 0
-    return sum(1 for row in rows if int(row["idle"]) < LIVE_CONSUMER_IDLE_MS)
