@@ -24,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
@@ -46,6 +47,15 @@ SERVERS = {
     "naive": "bench.apps:naive_app",
     "ingress": "ingress.asgi:from_env",
 }
+
+
+def server_command(kind: str, port: int) -> list[str]:
+    """The baselines under plain uvicorn; the ingress as it ships (`fanout ingress`, with the edge's limits)."""
+    if kind == "ingress":
+        return [sys.executable, "-m", "fanout.cli", "ingress", "--host", "127.0.0.1", "--port", str(port)]
+    return [sys.executable, "-m", "uvicorn", "--factory", SERVERS[kind], "--host", "127.0.0.1", "--port", str(port),
+            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-proxy-headers",
+            "--log-level", "warning"]
 
 
 @dataclass
@@ -74,14 +84,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(kind: str, port: int, prefix: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_server(kind: str, port: int, prefix: str, extra_env: dict[str, str] | None = None,
+                 command: list[str] | None = None, **popen: Any) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REDIS_URL": REDIS_URL, "STRIPE_WEBHOOK_SECRET": SECRET, "FANOUT_PREFIX": prefix,
            "ROUTING_FILE": str(REPO / "routing.yaml"), **(extra_env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", SERVERS[kind], "--host", "127.0.0.1", "--port", str(port),
-         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-proxy-headers", "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen(command or server_command(kind, port), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
     import httpx
 
     deadline = time.monotonic() + 20

@@ -27,6 +27,24 @@ PORT = 8000
 WEBHOOK_PATH = "/webhooks/stripe"
 # How often a running process looks at ROUTING_FILE for changes.
 RELOAD_POLL_S = 0.5
+# A routing file larger than this is refused before it is read: a real one is a few KiB, and
+# parsing (and hinting at) tens of MB would cost minutes of CPU and gigabytes per process.
+MAX_ROUTING_FILE_BYTES = 1024 * 1024
+# Only this many unknown event types get a "did you mean" hint (difflib costs ~1 ms each).
+MAX_EVENT_TYPE_HINTS = 20
+
+# The HTTP edge (ingress/limits.py). Stripe's headers are well under 2 KiB.
+MAX_HEADER_BYTES = 16 * 1024
+# From a request's first byte to the end of its body; Stripe itself gives up after 10 s.
+REQUEST_READ_TIMEOUT_S = 10.0
+# A connection with no request in progress (fresh, or between keep-alive requests) is closed
+# after this: open sockets cost file descriptors and memory, and Stripe reconnects cheaply.
+KEEP_ALIVE_TIMEOUT_S = 5.0
+# Open connections per server process; the cap is further lowered to leave FD_RESERVE_FRACTION
+# of the process's file-descriptor limit for Redis, the routing file and logs.
+MAX_CONNECTIONS = 10_000
+FD_RESERVE_FRACTION = 0.1
+FD_RESERVE_MIN = 64
 
 # Dedupe: Stripe retries for up to three days, so remember an event id for a week.
 SEEN_RETENTION_S = 7 * 24 * 3600

@@ -7,6 +7,7 @@ here, so callers import everything routing-related from this module.
 
 from __future__ import annotations
 
+import collections
 import difflib
 import hashlib
 import re
@@ -19,6 +20,7 @@ from typing import Any
 import orjson
 import yaml
 
+from bus import defaults
 from bus.errors import ConfigError
 from bus.handler_names import (
     ANY_TYPE,
@@ -27,6 +29,7 @@ from bus.handler_names import (
     handler_accepts,
     handler_name_problem,
 )
+from bus.routing_file import compose_yaml, read_routing_text
 from bus.routing_table import (
     Destination,
     MatchKind,
@@ -55,6 +58,8 @@ POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SEGMENT = r"[a-z0-9_]+(\[[a-z0-9_]+(\.[a-z0-9_]+)*\])?"
 EVENT_NAME = re.compile(rf"^{_SEGMENT}(\.{_SEGMENT})*$")
 EXECUTORS = ("async", "rq")
+# What _scalar returns for a value it reported as a problem.
+_INVALID = object()
 
 @cache
 def known_event_types() -> frozenset[str]:
@@ -97,30 +102,20 @@ def _line(node: yaml.Node | None) -> int:
     return node.start_mark.line + 1 if node is not None else 1
 
 
-def load_routing(path: str | Path) -> RoutingTable:
+def load_routing(path: str | Path, max_bytes: int = defaults.MAX_ROUTING_FILE_BYTES) -> RoutingTable:
     """Read and validate a routing file; raise ConfigError listing every problem found."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read routing file: {err.strerror or err}") from err
-    return parse_routing(text, source=str(path))
+    return parse_routing(read_routing_text(Path(path), max_bytes), source=str(path))
 
 
 def parse_routing(text: str, source: str = "routing.yaml") -> RoutingTable:
     problems = _Problems(source)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        reason = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{source}:{line}: invalid YAML: {reason}") from err
+    root = compose_yaml(text, source)
     if root is None:
         raise ConfigError(f"{source}:1: the file is empty; it needs 'pools' and 'routes'")
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(f"{source}:{_line(root)}: the top level must be a mapping")
 
+    _check_tags(root, problems)
     sections = _mapping(root, problems, "top level")
     for name, (key_node, _) in sections.items():
         if name not in ("pools", "destinations", "routes", "version"):
@@ -225,9 +220,35 @@ def _mapping(
     return out
 
 
-def _scalar(node: yaml.Node) -> Any:
-    """The Python value of a scalar node, with YAML's usual typing (ints, floats, bools)."""
-    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+# Only the tags of plain data; `!!python/object` and other application tags are refused.
+PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in
+                       ("str", "int", "float", "bool", "null", "map", "seq", "timestamp"))
+
+
+def _check_tags(root: yaml.Node, problems: _Problems) -> None:
+    """Report every node tagged with anything but plain data (iteratively: nesting may be deep)."""
+    stack: list[yaml.Node] = [root]
+    while stack:
+        node = stack.pop()
+        if node.tag not in PLAIN_TAGS:
+            problems.error(node, f"unsupported YAML tag {node.tag!r}: only plain data is allowed")
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in node.value for n in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+
+
+def _scalar(node: yaml.Node, problems: _Problems, what: str) -> Any:
+    """The Python value of a scalar node, with YAML's usual typing (ints, floats, bools).
+
+    A value its tag cannot make (`!!int eight`) is a problem on its line, not an exception.
+    """
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    except Exception as err:  # ValueError, ConstructorError, ...: whatever a constructor raises
+        reason = getattr(err, "problem", None) or err
+        problems.error(node, f"{what}: cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}: {reason}")
+        return _INVALID
 
 
 def _load_pools(
@@ -287,7 +308,9 @@ def _options(
         if not isinstance(value_node, yaml.ScalarNode):
             problems.error(value_node, f"{what}: {key} must be a single value")
             continue
-        out[key] = (key_node, _scalar(value_node))
+        value = _scalar(value_node, problems, f"{what}: {key}")
+        if value is not _INVALID:
+            out[key] = (key_node, value)
     return out
 
 
@@ -368,7 +391,7 @@ def _load_routes(
     if not isinstance(node, yaml.MappingNode):
         problems.error(key_node, "'routes' must be a mapping of event types to {pool: [handlers]}")
         return []
-    known = known_event_types()
+    hints = _Hints(known_event_types())
     dest_names = frozenset(destinations)
     routes: list[Route] = []
     for pattern, (pattern_node, targets_node) in _mapping(node, problems, "routes").items():
@@ -380,7 +403,7 @@ def _load_routes(
                 "a prefix wildcard ending in '.*' (customer.*), or '*'",
             )
             continue
-        _warn_unknown_type(pattern, kind, pattern_node, known, problems)
+        _warn_unknown_type(pattern, kind, pattern_node, hints, problems)
         if not isinstance(targets_node, yaml.MappingNode) or not targets_node.value:
             problems.error(pattern_node, f"route {pattern!r} must map pool names to handler lists")
             continue
@@ -396,7 +419,7 @@ def _load_routes(
                 if problem:
                     problems.error(handler_node, f"route {pattern!r}, pool {pool!r}: {problem}")
             names = [h for _, h in handlers]
-            for dup in sorted({h for h in names if names.count(h) > 1}):
+            for dup in sorted(h for h, n in collections.Counter(names).items() if n > 1):
                 problems.error(handlers_node, f"route {pattern!r}, pool {pool!r}: handler {dup!r} is listed twice")
             targets.append((pool, tuple(names)))
         routes.append(Route(pattern, kind, tuple(targets), _line(pattern_node)))
@@ -417,17 +440,35 @@ def _handler_names(
         yield item, item.value.strip()
 
 
+class _Hints:
+    """"Did you mean" hints, with a bounded cost: difflib costs about 1-5 ms per unknown type,
+    so only the first MAX_EVENT_TYPE_HINTS get one, and only names of plausible length."""
+
+    def __init__(self, known: frozenset[str]) -> None:
+        self.known = known
+        self.prefixes = frozenset(t.split(".")[0] + ".*" for t in known)
+        self.left = defaults.MAX_EVENT_TYPE_HINTS
+
+    def closest(self, pattern: str, candidates: frozenset[str]) -> str:
+        if self.left <= 0 or len(pattern) > MAX_HINTED_NAME_CHARS:
+            return ""
+        self.left -= 1
+        close = difflib.get_close_matches(pattern, candidates, n=1, cutoff=0.6)
+        return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# Stripe's longest event type is about 60 characters.
+MAX_HINTED_NAME_CHARS = 100
+
+
 def _warn_unknown_type(
-    pattern: str, kind: MatchKind, node: yaml.Node, known: frozenset[str], problems: _Problems
+    pattern: str, kind: MatchKind, node: yaml.Node, hints: _Hints, problems: _Problems
 ) -> None:
     if kind == "catch-all":
         return
-    if kind == "exact" and pattern not in known:
-        close = difflib.get_close_matches(pattern, known, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+    if kind == "exact" and pattern not in hints.known:
+        hint = hints.closest(pattern, hints.known)
         problems.warn(node, f"{pattern!r} is not a Stripe event type this SDK knows{hint}")
-    elif kind == "wildcard" and not any(t.startswith(pattern[:-1]) for t in known):
-        prefixes = {t.split(".")[0] + ".*" for t in known}
-        close = difflib.get_close_matches(pattern, prefixes, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+    elif kind == "wildcard" and not any(t.startswith(pattern[:-1]) for t in hints.known):
+        hint = hints.closest(pattern, hints.prefixes)
         problems.warn(node, f"{pattern!r} matches no Stripe event type this SDK knows{hint}")

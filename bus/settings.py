@@ -62,6 +62,11 @@ class Settings:
     metrics_port: int | None = None
     # Required by `fanout console` bound anywhere but loopback; then every request must carry it.
     console_token: Secret | None = None
+    max_header_bytes: int = defaults.MAX_HEADER_BYTES
+    request_read_timeout_s: float = defaults.REQUEST_READ_TIMEOUT_S
+    keep_alive_timeout_s: float = defaults.KEEP_ALIVE_TIMEOUT_S
+    max_connections: int = defaults.MAX_CONNECTIONS
+    max_routing_file_bytes: int = defaults.MAX_ROUTING_FILE_BYTES
     # Everything else a handler may need (destination URLs and secrets, SUPABASE_URL, ...).
     # Kept so handlers read configuration from Settings, not from os.environ directly.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -88,6 +93,17 @@ class Settings:
                 min_replicas=_whole_int(env, "FANOUT_MIN_REPLICAS", defaults.MIN_REPLICAS),
                 metrics_port=_port(env, "FANOUT_METRICS_PORT"),
                 console_token=Secret(env["FANOUT_CONSOLE_TOKEN"]) if env.get("FANOUT_CONSOLE_TOKEN") else None,
+                max_header_bytes=_positive_int(env, "MAX_HEADER_BYTES", defaults.MAX_HEADER_BYTES),
+                request_read_timeout_s=_positive_float(
+                    env, "REQUEST_READ_TIMEOUT_S", defaults.REQUEST_READ_TIMEOUT_S
+                ),
+                keep_alive_timeout_s=_positive_float(
+                    env, "KEEP_ALIVE_TIMEOUT_S", defaults.KEEP_ALIVE_TIMEOUT_S
+                ),
+                max_connections=_positive_int(env, "MAX_CONNECTIONS", defaults.MAX_CONNECTIONS),
+                max_routing_file_bytes=_positive_int(
+                    env, "MAX_ROUTING_FILE_BYTES", defaults.MAX_ROUTING_FILE_BYTES
+                ),
                 env=env,
             )
         except ValueError as err:
@@ -126,3 +142,16 @@ def _port(env: Mapping[str, str], name: str) -> int | None:
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         raise ValueError(f"{name} must be a TCP port (1-65535), got {raw!r}")
     return int(raw)
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be positive and finite, got {raw!r}")
+    return value

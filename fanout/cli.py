@@ -46,7 +46,7 @@ def cmd_ingress(args: argparse.Namespace) -> int:
     code = preflight.before_ingress(settings, args.host, args.port)
     if code is not None:
         return code
-    serve_ingress(args.host, args.port, args.workers)
+    serve_ingress(settings, args.host, args.port, args.workers)
     return 0
 
 
@@ -95,7 +95,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = settings_or_exit()
     try:
-        table = load_routing(settings.routing_file)
+        table = load_routing(settings.routing_file, settings.max_routing_file_bytes)
     except ConfigError as err:
         print(f"fanout status: {err}", file=sys.stderr)
         return 1
@@ -195,9 +195,10 @@ def _routing_file(args: argparse.Namespace) -> tuple[Path, RoutingTable | None]:
               file=sys.stderr)
         raise SystemExit(2)
     given = args.file or positional
-    path = Path(given) if given else settings_or_exit().routing_file
+    settings = settings_or_exit()
+    path = Path(given) if given else settings.routing_file
     try:
-        return path, load_routing(path)
+        return path, load_routing(path, settings.max_routing_file_bytes)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return path, None

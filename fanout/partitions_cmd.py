@@ -54,7 +54,7 @@ def cmd_partitions(args: argparse.Namespace) -> int:
     from bus.routing import load_routing
 
     settings = settings_or_exit()
-    pools = sorted(load_routing(settings.routing_file).pools)
+    pools = sorted(load_routing(settings.routing_file, settings.max_routing_file_bytes).pools)
 
     async def run(client: Any) -> dict[str, Any]:
         if args.action == "resize":

@@ -125,7 +125,7 @@ def before_ingress(settings: Settings, host: str, port: int) -> int | None:
 def declared_pools(settings: Settings) -> list[str]:
     """The pools routing.yaml declares (none when it does not load: Redis alone then decides)."""
     try:
-        return list(load_routing(settings.routing_file).pools)
+        return list(load_routing(settings.routing_file, settings.max_routing_file_bytes).pools)
     except ConfigError:
         return []
 

@@ -42,7 +42,7 @@ def parse_time(command: str, option: str, value: str) -> datetime | None:
 def current_table(command: str, settings: Settings) -> RoutingTable | None:
     """The routing table of ROUTING_FILE; None after printing why it does not load."""
     try:
-        return load_routing(settings.routing_file)
+        return load_routing(settings.routing_file, settings.max_routing_file_bytes)
     except ConfigError as err:
         print(f"fanout {command}: {err}", file=sys.stderr)
         return None

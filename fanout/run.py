@@ -35,9 +35,15 @@ def settings_or_exit() -> Settings:
         raise SystemExit(2) from err
 
 
-def serve_ingress(host: str, port: int, workers: int) -> None:
+def serve_ingress(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Serve the ingress with uvicorn's httptools protocol, guarded by the edge's limits."""
     import uvicorn
 
+    from ingress.limits import ConnectionGuard, EdgeLimits, raise_fd_limit
+
+    # Idle sockets must never take the descriptors real requests and Redis need: use all we may
+    # have, and keep the connection cap below it (each --workers child inherits the limit).
+    limits = EdgeLimits.from_settings(settings, raise_fd_limit())
     uvicorn.run(
         "ingress.asgi:from_env",
         factory=True,
@@ -45,13 +51,11 @@ def serve_ingress(host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=ConnectionGuard(limits).protocol_factory(),
         access_log=False,
         # We never use the client address; parsing X-Forwarded-For cost ~4% per request.
         proxy_headers=False,
         log_level="warning",
-        # Stripe waits up to 10 s then retries; a long keep-alive only holds sockets.
-        timeout_keep_alive=5,
     )
 
 
@@ -76,7 +80,7 @@ def cannot_listen(host: str, port: int) -> str | None:
 def routing_is_valid(settings: Settings) -> bool:
     """Load the routing file once to report its errors and warnings before serving."""
     try:
-        table = load_routing(settings.routing_file)
+        table = load_routing(settings.routing_file, settings.max_routing_file_bytes)
     except ConfigError as err:
         print(f"fanout: routing file is invalid:\n{err}", file=sys.stderr)
         return False
@@ -180,7 +184,7 @@ def run_everything(host: str, port: int, console_port: int = defaults.CONSOLE_PO
             print(warning, file=sys.stderr)
         if not routing_is_valid(settings):
             return 1
-        table = load_routing(settings.routing_file)
+        table = load_routing(settings.routing_file, settings.max_routing_file_bytes)
         stand_ins = standin.start(table.destinations.values(), os.environ)
         if stand_ins is not None:
             os.environ.update(stand_ins.environ())  # for the pools started below
@@ -201,7 +205,7 @@ def run_everything(host: str, port: int, console_port: int = defaults.CONSOLE_PO
 
         supervisor = threading.Thread(target=supervise, args=(pools,), name="pools", daemon=True)
         supervisor.start()
-        serve_ingress(host, port, 1)
+        serve_ingress(settings, host, port, 1)
     except StopRequested:
         pass
     finally:

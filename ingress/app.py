@@ -13,6 +13,7 @@ import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -103,10 +104,11 @@ class Ingress:
 
     async def stop(self) -> None:
         if self._durability_check is not None:
-            # Awaited, so a connection it was opening is closed before the client is.
+            # Awaited before Redis is closed: cancelled mid-connect, it would leave a socket open.
             self._durability_check.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._durability_check
+            self._durability_check = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -179,7 +181,8 @@ class Ingress:
         table = self.holder.table
         checks: dict[str, Any] = {
             "routing": {"version": table.version, "file": table.source,
-                        "last_reload_error": self.holder.last_error},
+                        "last_reload_error": self.holder.last_error,
+                        "watcher": self._watcher_state()},
         }
         try:
             async with asyncio.timeout(PUBLISH_BUDGET_S):
@@ -194,6 +197,16 @@ class Ingress:
             checks["durability"] = (await check_durability(self.redis)).as_dict()
         checks["status"] = "ready" if ready else "not_ready"
         return JSONResponse(checks, status_code=200 if ready else 503)
+
+    def _watcher_state(self) -> dict[str, Any]:
+        """Whether hot reload is on: the watcher task is alive, and when it last looked at the file."""
+        alive = self._watcher is not None and not self._watcher.done()
+        checked = self.holder.last_check_at
+        return {
+            "alive": alive,
+            "last_check_at": None if checked is None else datetime.fromtimestamp(checked, UTC).isoformat(),
+            "seconds_since_check": None if checked is None else round(max(0.0, time.time() - checked), 3),
+        }
 
     async def metrics_endpoint(self, _: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
@@ -217,9 +230,11 @@ def create_app(
             ingress.metrics.table_version(new.version)
 
     holder = (
-        RoutingHolder(settings.routing_file, table, on_change=on_change)
+        RoutingHolder(settings.routing_file, table, on_change=on_change,
+                      max_bytes=settings.max_routing_file_bytes)
         if table is not None
-        else RoutingHolder.load(settings.routing_file, on_change=on_change)
+        else RoutingHolder.load(settings.routing_file, on_change=on_change,
+                                max_bytes=settings.max_routing_file_bytes)
     )
     ingress = Ingress(settings, holder, redis=redis, clock=clock,
                       watch_routing=watch_routing, freeze_gc=freeze_gc)

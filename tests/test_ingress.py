@@ -288,6 +288,29 @@ async def test_an_invalid_edit_keeps_the_old_table_and_logs_the_line(prefix: str
         assert "unknown pool" in ready["routing"]["last_reload_error"]
 
 
+async def test_readyz_shows_a_reload_error_and_the_watcher_still_alive(prefix: str, tmp_path: Path) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_text(ROUTES_V1)
+    async with running(make_settings(prefix, routing_file=path)) as (app, client):
+        path.write_text(ROUTES_V1.replace("[noop]", "[!!python/object:os.getcwd noop]"))
+
+        async def refused() -> bool:
+            return app.holder.last_error is not None
+
+        assert await _eventually(refused)
+        ready = (await client.get("/readyz")).json()
+        assert ready["routing"]["last_reload_error"].startswith(f"{path}:3: unsupported YAML tag")
+        watcher = ready["routing"]["watcher"]
+        assert watcher["alive"] is True and watcher["seconds_since_check"] < 5
+        path.write_text(ROUTES_V2)  # and it keeps following the file
+
+        async def moved() -> bool:
+            return await _pools_for(client, "charge.refunded") == ["customer"]
+
+        assert await _eventually(moved)
+        assert (await client.get("/readyz")).json()["routing"]["last_reload_error"] is None
+
+
 # --- logs ---------------------------------------------------------------------------------------
 
 

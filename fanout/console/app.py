@@ -77,7 +77,8 @@ class Console:
         self.keys = Keys(settings.key_prefix, settings.partitions)
         self._owns_redis = redis is None
         self.redis = redis if redis is not None else async_redis(settings.redis_url)
-        self.holder = holder or RoutingHolder.load(settings.routing_file)
+        self.holder = holder or RoutingHolder.load(settings.routing_file,
+                                                   max_bytes=settings.max_routing_file_bytes)
         self.clock = clock
         self.refresh_s = refresh_s
         self.rates = RateRing(defaults.CONSOLE_RATE_WINDOW_S, sample_interval_s)
@@ -235,7 +236,7 @@ class Console:
         pasted = str(form.get("routing") or "")
         event_type = str(form.get("type") or "").strip()  # an explanation shown when the diff was asked
         table = self.holder.table
-        diff = routes.diff_pasted(table, pasted)
+        diff = routes.diff_pasted(table, pasted, self.settings.max_routing_file_bytes)
         since_ms = int((self.clock() - defaults.CONSOLE_TRAFFIC_WINDOW_S) * 1000)
         traffic = (None if diff.table is None else
                    await routing_diff(self.redis, self.keys, table, diff.table, since_ms))

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bus import defaults
 from bus.errors import ConfigError
 from bus.routing import PoolConfig, RoutingTable, parse_routing
-
-# A pasted file larger than this is refused: a routing table is a few kilobytes.
-MAX_PASTE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -90,10 +88,15 @@ def table_diff(old: RoutingTable, new: RoutingTable) -> list[Change]:
     return changes
 
 
-def diff_pasted(loaded: RoutingTable, pasted: str) -> PastedDiff:
-    """What loading `pasted` instead of the table in use would change; its errors if it is invalid."""
-    if len(pasted.encode()) > MAX_PASTE_BYTES:
-        return PastedDiff([], error=f"the pasted file is over {MAX_PASTE_BYTES // 1024} KiB")
+def diff_pasted(loaded: RoutingTable, pasted: str,
+                max_bytes: int = defaults.MAX_ROUTING_FILE_BYTES) -> PastedDiff:
+    """What loading `pasted` instead of the table in use would change; its errors if it is invalid.
+
+    A paste larger than a routing file may be (MAX_ROUTING_FILE_BYTES) is refused unparsed.
+    """
+    if len(pasted.encode()) > max_bytes:
+        return PastedDiff([], error=f"the pasted file is over {max_bytes // 1024} KiB, "
+                                    "the largest routing file a process reads")
     try:
         new = parse_routing(pasted, source="pasted")
     except ConfigError as err:

@@ -128,7 +128,7 @@ def _runtime(settings: Settings) -> _Runtime:
         if not any(isinstance(f, _HideJobArguments) for f in rq_log.filters):
             rq_log.addFilter(_HideJobArguments())
         found = _runtimes[settings.routing_file] = _Runtime(
-            RoutingHolder.load(settings.routing_file), HandlerSet())
+            RoutingHolder.load(settings.routing_file, max_bytes=settings.max_routing_file_bytes), HandlerSet())
     elif found.holder.check():
         # A reload: forward handlers read their destination from the handler set at each call,
         # so refresh it, as the pool does, or edits to a destination would never reach RQ jobs.

@@ -40,8 +40,9 @@ async def run_pool(
     the routing table is read from settings.routing_file unless given.
     """
     holder = (
-        RoutingHolder(settings.routing_file, table) if table is not None
-        else RoutingHolder.load(settings.routing_file)
+        RoutingHolder(settings.routing_file, table, max_bytes=settings.max_routing_file_bytes)
+        if table is not None
+        else RoutingHolder.load(settings.routing_file, max_bytes=settings.max_routing_file_bytes)
     )
     client = redis if redis is not None else async_redis(settings.redis_url)
     try:
@@ -56,7 +57,7 @@ async def run_pool(
 
 async def _serve(settings: Settings, pool: str, *, burst: bool, concurrency: int | None,
                  metrics_host: str, metrics_port: int | None) -> None:
-    holder = RoutingHolder.load(settings.routing_file)
+    holder = RoutingHolder.load(settings.routing_file, max_bytes=settings.max_routing_file_bytes)
     client = async_redis(settings.redis_url, max_connections=None)
     server: asyncio.Server | None = None
     try:

@@ -152,9 +152,9 @@ async def test_a_reload_resolves_new_handler_names_off_the_event_loop(
         threads.setdefault(name, set()).add(threading.get_ident() == loop_thread)
         return real_resolve(name, *args)  # type: ignore[arg-type]
 
-    def load_routing(path: Path) -> object:
+    def load_routing(path: Path, max_bytes: int) -> object:
         threads.setdefault("routing.yaml", set()).add(threading.get_ident() == loop_thread)
-        return real_load(path)
+        return real_load(path, max_bytes)
 
     settings = make_settings(prefix, routing_file=routing)
     pool = Consumer(settings, "alpha", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50)
