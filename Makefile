@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The console's browser tests drive Debian's chromium (Playwright cannot download a browser here).
+CHROMIUM := /usr/bin/chromium
 # `make run PORT=8010 HOST=0.0.0.0`. Plain `=`: only the command line overrides them, not a
 # PORT or HOST that the shell or a platform happens to export.
 HOST = 127.0.0.1
@@ -26,7 +28,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy bus ingress workers fanout examples/shop/shop
 
-test: lint typecheck  ## ruff, mypy, then pytest (real Redis at 127.0.0.1:6379 for integration tests)
+$(CHROMIUM):
+	apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: lint typecheck $(CHROMIUM)  ## ruff, mypy, then pytest (real Redis at 127.0.0.1:6379 for integration tests)
 	$(BIN)/pytest
 
 bench: $(STAMP)  ## side-by-side benchmarks; not part of `make test`

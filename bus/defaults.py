@@ -176,3 +176,22 @@ FORWARD_BUSY_DEFER_S = 1.0
 FORWARD_BREAKER_FAILURES = 5
 FORWARD_BREAKER_WINDOW_S = 30.0
 FORWARD_BREAKER_OPEN_S = 30.0
+
+# Metrics and the console
+# `fanout worker --metrics-port` listens on every interface unless told otherwise (Prometheus
+# scrapes from elsewhere); the metrics name pools and handlers, never an event or a secret.
+METRICS_HOST = "0.0.0.0"
+CONSOLE_HOST = "127.0.0.1"
+CONSOLE_PORT = 8001
+# The console's rates: one sample of every counter this often, kept this long.
+CONSOLE_SAMPLE_INTERVAL_S = 5.0
+CONSOLE_RATE_WINDOW_S = 300.0
+# The overview page fetches itself again this often.
+CONSOLE_REFRESH_S = 5.0
+# Looking an event up scans each pool's stream and dead letters, newest first, this far at most.
+CONSOLE_SCAN_LIMIT = 20_000
+# One dead-letter page lists at most this many; replaying by filter looks at this many letters at most.
+CONSOLE_DLQ_PAGE = 100
+CONSOLE_DLQ_SCAN_LIMIT = 10_000
+# The routes page tries a pasted routing file on the events the streams stored this recently.
+CONSOLE_TRAFFIC_WINDOW_S = 24 * 3600.0

@@ -105,7 +105,8 @@ async def routing_diff(
     """Compare two tables on the event types the streams hold (from `since_ms`, or all they hold)."""
     events_by_type: dict[str, set[str]] = defaultdict(set)
     for pool in sorted(old_table.pools.keys() | new_table.pools.keys()):
-        await _collect(redis, keys.stream(pool), since_ms, events_by_type)
+        for stream in keys.streams(pool):
+            await _collect(redis, stream, since_ms, events_by_type)
     types = []
     for event_type in sorted(events_by_type):
         old_route = old_table.match(event_type).route

@@ -58,6 +58,10 @@ class Settings:
     partitions: int = defaults.PARTITIONS
     # FANOUT_MIN_REPLICAS: the ingress answers 2xx only once this many replicas have the event.
     min_replicas: int = defaults.MIN_REPLICAS
+    # `fanout worker` serves Prometheus metrics on this port when set (FANOUT_METRICS_PORT).
+    metrics_port: int | None = None
+    # Required by `fanout console` bound anywhere but loopback; then every request must carry it.
+    console_token: Secret | None = None
     max_header_bytes: int = defaults.MAX_HEADER_BYTES
     request_read_timeout_s: float = defaults.REQUEST_READ_TIMEOUT_S
     keep_alive_timeout_s: float = defaults.KEEP_ALIVE_TIMEOUT_S
@@ -87,6 +91,8 @@ class Settings:
                 log_level=(env.get("LOG_LEVEL") or defaults.LOG_LEVEL).lower(),
                 partitions=_positive_int(env, "FANOUT_PARTITIONS", defaults.PARTITIONS),
                 min_replicas=_whole_int(env, "FANOUT_MIN_REPLICAS", defaults.MIN_REPLICAS),
+                metrics_port=_port(env, "FANOUT_METRICS_PORT"),
+                console_token=Secret(env["FANOUT_CONSOLE_TOKEN"]) if env.get("FANOUT_CONSOLE_TOKEN") else None,
                 max_header_bytes=_positive_int(env, "MAX_HEADER_BYTES", defaults.MAX_HEADER_BYTES),
                 request_read_timeout_s=_positive_float(
                     env, "REQUEST_READ_TIMEOUT_S", defaults.REQUEST_READ_TIMEOUT_S
@@ -127,6 +133,15 @@ def _whole_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")
     return value
+
+
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"{name} must be a TCP port (1-65535), got {raw!r}")
+    return int(raw)
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -17,13 +17,14 @@ from bus.logs import configure_logging
 from bus.routing import RoutingTable, load_routing
 from bus.settings import Settings
 from fanout import preflight
-from fanout.arguments import DESCRIPTION, EPILOG, listen_options, positive_int, version
+from fanout.arguments import DESCRIPTION, EPILOG, listen_options, port_number, positive_int, version
+from fanout.console.cli import add_console_parser
 from fanout.run import serve_ingress, settings_or_exit
 
 Command = Callable[[argparse.Namespace], int]
 
 # Commands that serve until stopped; their loggers are cached for speed.
-LONG_RUNNING_COMMANDS = frozenset({"ingress", "run", "worker"})
+LONG_RUNNING_COMMANDS = frozenset({"ingress", "run", "worker", "console"})
 # Commands that import handler modules named in routing.yaml (`billing.reports:render`): they
 # find them in the current directory, as `python -m fanout.cli` (and so `fanout run`'s pools) does.
 IMPORTS_HANDLERS = frozenset({"run", "worker", "routes"})
@@ -52,7 +53,7 @@ def cmd_ingress(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from fanout.run import run_everything
 
-    return run_everything(args.host, args.port)
+    return run_everything(args.host, args.port, args.console_port)
 
 
 # --- workers ---------------------------------------------------------------------------------------
@@ -70,16 +71,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     preflight.require_redis(settings, "worker")
     if not partitions_agree(settings, "worker"):
         return 2
+    metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
     if args.processes > 1:
         from workers.supervision.supervisor import Supervisor
 
-        return Supervisor(args.pool, args.processes, burst=args.burst,
-                          concurrency=args.concurrency).run()
+        return Supervisor(args.pool, args.processes, burst=args.burst, concurrency=args.concurrency,
+                          metrics_host=args.metrics_host, metrics_port=metrics_port).run()
     from workers.supervision.runner import serve
 
     try:
         with preflight.redis_errors_exit("worker", settings.redis_url):  # Redis gone since the check
-            return serve(settings, args.pool, burst=args.burst, concurrency=args.concurrency)
+            return serve(settings, args.pool, burst=args.burst, concurrency=args.concurrency,
+                         metrics_host=args.metrics_host, metrics_port=metrics_port)
     except ConfigError as err:
         print(f"fanout worker: {err}", file=sys.stderr)
         return 2
@@ -100,10 +103,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     rq_queues = {p: queue_name(settings.key_prefix, p) for p, c in table.pools.items() if c.executor == "rq"}
     ordered = [p for p, c in table.pools.items() if c.ordering == "object"]
     keys = Keys(settings.key_prefix, settings.partitions)
-    status = preflight.with_redis(
-        settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues,
-                                           destinations=list(table.destinations), ordered=ordered), "status")
-    print(orjson.dumps(status).decode() if args.json else render_text(status))
+
+    def render() -> str:
+        status = preflight.with_redis(
+            settings, lambda r: collect_status(r, keys, pools, int(time.time() * 1000), rq_queues,
+                                               destinations=list(table.destinations), ordered=ordered), "status")
+        return orjson.dumps(status).decode() if args.json else render_text(status)
+
+    if args.watch:
+        from fanout.console.cli import watch
+
+        return watch(render)
+    print(render())
     return 0
 
 
@@ -286,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="everything in one process tree, on embedded defaults")
     listen_options(p)
+    p.add_argument("--console-port", type=port_number, default=defaults.CONSOLE_PORT,
+                   help=f"the console's port (default {defaults.CONSOLE_PORT}; a free one if taken)")
     p.set_defaults(func=cmd_run)
 
     routes = sub.add_parser("routes", help="check, explain or diff routing.yaml")
@@ -316,11 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="consumer processes under this one (default 1)")
     p.add_argument("--burst", action="store_true",
                    help="exit 0 once nothing is new or pending (pending = done or dead-lettered)")
+    p.add_argument("--metrics-port", type=port_number, metavar="PORT",
+                   help="serve Prometheus metrics on PORT (default $FANOUT_METRICS_PORT, else off; "
+                        "with --processes N, PORT to PORT+N-1)")
+    p.add_argument("--metrics-host", default=defaults.METRICS_HOST,
+                   help=f"address the metrics listen on (default {defaults.METRICS_HOST})")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("status", help="per pool: length, pending, lag, consumers, counters")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--watch", action="store_true", help="refresh in place every second until Ctrl-C")
     p.set_defaults(func=cmd_status)
+
+    add_console_parser(sub)
 
     dlq = sub.add_parser("dlq", help="list or replay a pool's dead-letter stream")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")

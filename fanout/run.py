@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -97,7 +98,8 @@ def _request_stop(signum: int, _: FrameType | None) -> None:
 
 
 def run_banner(settings: Settings, table: RoutingTable, url: str, where: str,
-                stand_ins: StandInServer | None, using_dev_secret: bool) -> str:
+                stand_ins: StandInServer | None, using_dev_secret: bool,
+                operating: Sequence[str] = ()) -> str:
     from workers.customer.store.select import describe
 
     rq_pools = [pool for pool, config in table.pools.items() if config.executor == "rq"]
@@ -119,6 +121,7 @@ def run_banner(settings: Settings, table: RoutingTable, url: str, where: str,
             f"  {'':<22}it verifies each forwarded event with stripe.Webhook.construct_event",
             f"  {'':<22}and logs it to {stand_in.log_path}   (tail -f {stand_in.log_path})",
         ]
+    lines += list(operating)  # the console and metrics addresses
     lines += [
         f"  point Stripe at:      {url}",
         f"    e.g.  stripe listen --forward-to {url.removeprefix('http://')}",
@@ -131,9 +134,10 @@ def run_banner(settings: Settings, table: RoutingTable, url: str, where: str,
     return "\n".join(lines) + "\n"
 
 
-def run_everything(host: str, port: int) -> int:
+def run_everything(host: str, port: int, console_port: int = defaults.CONSOLE_PORT) -> int:
     """`fanout run`: the ingress in this process, each pool as a child, stand-ins for unset destinations."""
     from fanout import embedded, standin
+    from fanout.console.cli import Operating
     from workers.supervision.supervisor import (
         CONFIG_ERROR_EXIT,
         Children,
@@ -155,6 +159,7 @@ def run_everything(host: str, port: int) -> int:
     stand_ins: StandInServer | None = None
     pools: Children | None = None
     supervisor: threading.Thread | None = None
+    operating: Operating | None = None
     # The pools' processes are restarted as `fanout worker --processes N` restarts its own; one that
     # exits with a configuration error stops everything (SIGINT: the ingress shuts down as on Ctrl-C).
     stopped, config_error = threading.Event(), threading.Event()
@@ -185,9 +190,11 @@ def run_everything(host: str, port: int) -> int:
             os.environ.update(stand_ins.environ())  # for the pools started below
         url = f"http://{host}:{port}{defaults.WEBHOOK_PATH}"
         where = "in-process Redis (nothing is kept)" if store.in_process else redact_url(store.url)
-        print(run_banner(settings, table, url, where, stand_ins, using_dev_secret), flush=True)
+        operating = Operating(settings, host, console_port, list(table.pools))
+        print(run_banner(settings, table, url, where, stand_ins, using_dev_secret, operating.lines), flush=True)
+        operating.console.start()
         rq_pools = [pool for pool, config in table.pools.items() if config.executor == "rq"]
-        pools = Children([worker_command(pool) for pool in table.pools]
+        pools = Children([worker_command(pool) + operating.worker_args(pool) for pool in table.pools]
                          + [rq_worker_command(settings.key_prefix, pool) for pool in rq_pools])
         pools.start()
 
@@ -206,6 +213,8 @@ def run_everything(host: str, port: int) -> int:
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
         stopped.set()
+        if operating is not None:
+            operating.console.stop()
         if supervisor is not None:
             supervisor.join()
         if pools is not None:

@@ -94,6 +94,20 @@ async def test_routes_diff_shows_each_changed_type_with_the_events_it_would_have
     assert (updated.old_route, updated.new_route) == ("customer.*", "customer.updated")
 
 
+async def test_routes_diff_counts_the_traffic_of_every_partition(
+    aredis: aioredis.Redis, prefix: str, tmp_path: Path,
+) -> None:
+    keys = Keys(prefix, 3)
+    old_file = write_routing(tmp_path, OLD)
+    await publish_traffic(aredis, keys, old_file)
+    filled = [p for p in range(3) if await aredis.xlen(keys.stream("customer", p))]
+    assert len(filled) > 1  # the traffic is spread over partitions
+
+    diff = await routing_diff(aredis, keys, load(old_file), load(write_routing(tmp_path, NEW, "routing.new.yaml")))
+
+    assert (diff.events, diff.affected_events) == (8, 6)
+
+
 async def test_routes_diff_since_counts_only_the_traffic_stored_from_then(
     aredis: aioredis.Redis, keys: Keys, tmp_path: Path,
 ) -> None:

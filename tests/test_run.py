@@ -10,6 +10,7 @@ and the admin stand-in's var/admin-backend.jsonl.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -142,6 +143,24 @@ def test_fanout_run_takes_a_sent_checkout_to_an_order_an_email_and_the_admin_sta
         wait_until("/readyz", ready, run, log)
         wait_until("pool processes", lambda: len(children_of(run.pid)) == 2, run, log)
         pools = children_of(run.pid)
+
+        # The banner gives the console's address and each pool's metrics; all of them answer.
+        def answers(url: str, text: str) -> Callable[[], bool]:
+            def check() -> bool:
+                try:
+                    got = httpx.get(url, timeout=1)
+                except httpx.HTTPError:
+                    return False
+                return got.status_code == 200 and text in got.text
+            return check
+
+        [console_url] = re.findall(r"console: +(http://\S+)", log.read_text())
+        wait_until("the console", answers(console_url, 'data-pool="customer"'), run, log)
+        metrics = dict(re.findall(r"(\w+) (http://\S+/metrics)", log.read_text()))
+        assert set(metrics) == {"customer", "admin"}
+        for pool, metrics_url in metrics.items():
+            wait_until(f"{pool} metrics", answers(metrics_url, f'fanout_pool_lag{{partition="0",pool="{pool}"}}'),
+                       run, log)
 
         # As the banner prints it: no secret given, so both sides use the development secret.
         monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)

@@ -63,7 +63,9 @@ class DeadEntry:
                              for f in self.failures]}
 
 
-def _dead_entry(dead_id: bytes | str, fields: Fields) -> DeadEntry:
+def dead_entry(dead_id: bytes | str, fields: Fields) -> DeadEntry:
+    """One dead-letter stream entry (as XRANGE returns it) read into a DeadEntry."""
+
     def get(name: str) -> str:
         return text(fields.get(name.encode()))
 
@@ -89,7 +91,7 @@ def _handler_failures(raw: Any) -> tuple[HandlerFailure, ...]:
 async def list_dead(redis: aioredis.Redis, keys: Keys, pool: str, count: int | None = None) -> list[DeadEntry]:
     """Dead-lettered entries of a pool, oldest first."""
     rows: Any = await redis.xrange(keys.dead(pool), count=count)
-    return [_dead_entry(dead_id, fields) for dead_id, fields in rows]
+    return [dead_entry(dead_id, fields) for dead_id, fields in rows]
 
 
 async def replay_dead(

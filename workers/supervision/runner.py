@@ -10,11 +10,15 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 
+from bus import defaults
 from bus.connection import async_redis
+from bus.errors import ConfigError
+from bus.keys import Keys
 from bus.reload import RoutingHolder
 from bus.routing import RoutingTable
 from bus.settings import Settings
 from workers.engine.consumer import Clock, Consumer
+from workers.metrics import WorkerMetrics
 
 log = structlog.get_logger("fanout.worker")
 
@@ -51,24 +55,42 @@ async def run_pool(
     return consumer
 
 
-async def _serve(settings: Settings, pool: str, *, burst: bool, concurrency: int | None) -> None:
+async def _serve(settings: Settings, pool: str, *, burst: bool, concurrency: int | None,
+                 metrics_host: str, metrics_port: int | None) -> None:
     holder = RoutingHolder.load(settings.routing_file, max_bytes=settings.max_routing_file_bytes)
     client = async_redis(settings.redis_url, max_connections=None)
+    server: asyncio.Server | None = None
     try:
-        consumer = Consumer(settings, pool, redis=client, holder=holder, burst=burst, concurrency=concurrency)
+        metrics = WorkerMetrics() if metrics_port is not None else None
+        consumer = Consumer(settings, pool, redis=client, holder=holder, burst=burst, concurrency=concurrency,
+                            observer=metrics)
+        if metrics is not None and metrics_port is not None:
+            metrics.watch_pools(client, Keys(settings.key_prefix, settings.partitions), [pool])
+            try:
+                server = await metrics.serve(metrics_host, metrics_port)
+            except OSError as err:
+                raise ConfigError(f"cannot serve metrics on {metrics_host}:{metrics_port}: "
+                                  f"{err.strerror or err}") from err
+            log.info("metrics.serving", pool=pool, address=f"http://{metrics_host}:{metrics_port}/metrics")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, consumer.request_stop)
         await consumer.run()
     finally:
+        if server is not None:
+            server.close()
         await client.aclose()
 
 
-def serve(settings: Settings, pool: str, *, burst: bool = False, concurrency: int | None = None) -> int:
+def serve(settings: Settings, pool: str, *, burst: bool = False, concurrency: int | None = None,
+          metrics_host: str = defaults.METRICS_HOST, metrics_port: int | None = None) -> int:
     """Run a pool consumer in this process until SIGTERM/SIGINT (or drained, with burst).
 
-    Raises ConfigError (before reading anything) when the pool or a handler cannot be resolved.
+    With `metrics_port` (else settings.metrics_port), Prometheus metrics are served on
+    metrics_host:port/metrics meanwhile. Raises ConfigError (before reading anything) when
+    the pool or a handler cannot be resolved, or the metrics port cannot be listened on.
     """
+    port = metrics_port if metrics_port is not None else settings.metrics_port
     try:
         import uvloop
 
@@ -76,5 +98,6 @@ def serve(settings: Settings, pool: str, *, burst: bool = False, concurrency: in
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        runner.run(_serve(settings, pool, burst=burst, concurrency=concurrency))
+        runner.run(_serve(settings, pool, burst=burst, concurrency=concurrency,
+                          metrics_host=metrics_host, metrics_port=port))
     return 0

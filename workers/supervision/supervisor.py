@@ -36,13 +36,18 @@ FORCE_GRACE_S = 5.0
 CONFIG_ERROR_EXIT = 2
 
 
-def worker_command(pool: str, *, burst: bool = False, concurrency: int | None = None) -> list[str]:
+def worker_command(pool: str, *, burst: bool = False, concurrency: int | None = None,
+                   metrics_host: str | None = None, metrics_port: int | None = None) -> list[str]:
     """The command line of one consumer process of `pool`."""
     command = [sys.executable, "-m", "fanout.cli", "worker", pool]
     if burst:
         command.append("--burst")
     if concurrency:
         command += ["--concurrency", str(concurrency)]
+    if metrics_port is not None:
+        command += ["--metrics-port", str(metrics_port)]
+        if metrics_host is not None:
+            command += ["--metrics-host", metrics_host]
     return command
 
 
@@ -176,10 +181,15 @@ def _leads_group(pid: int) -> bool:
 
 class Supervisor:
     def __init__(self, pool: str, processes: int, *, burst: bool = False,
-                 concurrency: int | None = None) -> None:
+                 concurrency: int | None = None, metrics_host: str | None = None,
+                 metrics_port: int | None = None) -> None:
         self.pool = pool
         self.burst = burst
-        self.children = Children([worker_command(pool, burst=burst, concurrency=concurrency)] * processes)
+        # With metrics, child i serves them on metrics_port + i.
+        self.children = Children([
+            worker_command(pool, burst=burst, concurrency=concurrency, metrics_host=metrics_host,
+                           metrics_port=None if metrics_port is None else metrics_port + i)
+            for i in range(processes)])
         self._stopping = False
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:

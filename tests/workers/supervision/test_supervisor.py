@@ -279,3 +279,15 @@ def test_a_sigterm_while_the_supervisor_starts_its_children_reaches_every_child(
     monkeypatch.setattr(sup.Children, "signal_all", lambda self, signum: [p.send_signal(signum) for p in self.procs])
     assert supervisor.run() == 0
     assert len(procs) == 3 and all(p.signals for p in procs), "every child was asked to stop"
+
+
+def test_with_a_metrics_port_each_child_serves_metrics_on_its_own_port() -> None:
+    from workers.supervision.supervisor import Supervisor, worker_command
+
+    supervisor = Supervisor("shared", 3, metrics_host="127.0.0.1", metrics_port=9100)
+    ports = [command[command.index("--metrics-port") + 1] for command in supervisor.children.commands]
+    assert ports == ["9100", "9101", "9102"]
+    assert all(command[command.index("--metrics-host") + 1] == "127.0.0.1"
+               for command in supervisor.children.commands)
+    assert "--metrics-port" not in worker_command("shared")
+    assert "--metrics-port" not in Supervisor("shared", 2).children.commands[1]

@@ -1,0 +1,1 @@
+"""`fanout console`: the operator's console (server-rendered pages on Starlette)."""
