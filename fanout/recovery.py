@@ -85,7 +85,7 @@ def dlq_replay(settings: Settings, pool: str, ids: list[str] | None, *, reroute:
     if reroute and table is None:
         return 1
     result = with_redis(settings, lambda r: replay_dead_entries(
-        r, Keys(settings.key_prefix), pool, ids, table=table))
+        r, Keys(settings.key_prefix, settings.partitions), pool, ids, table=table))
     print(f"{pool}: {len(result.added)} entries put back in the stream")
     _print_skipped(result, pool, str(settings.routing_file), "left in the dead-letter stream")
     for dead_id in result.missing:
@@ -101,7 +101,7 @@ def replay(settings: Settings, pool: str, *, since: datetime | None, event_id: s
     if reroute and table is None:
         return 1
     result = with_redis(settings, lambda r: replay_stream(
-        r, Keys(settings.key_prefix), pool, since=since, event_id=event_id, table=table))
+        r, Keys(settings.key_prefix, settings.partitions), pool, since=since, event_id=event_id, table=table))
     copies = f" ({result.skipped_copies} copies from earlier replays skipped)" if result.skipped_copies else ""
     print(f"{pool}: {len(result.added)} entries published again{copies}")
     _print_skipped(result, pool, str(settings.routing_file), "not published")
@@ -159,7 +159,7 @@ def reconcile(settings: Settings, *, since: datetime, until: datetime | None, ty
         async with httpx.AsyncClient(timeout=defaults.STRIPE_EVENTS_TIMEOUT_S) as client:
             pages = EventPages(client, api_key, base_url=base_url,
                                limiter=RateLimiter(defaults.STRIPE_API_RATE_PER_S))
-            summary = await run_reconcile(redis, Keys(settings.key_prefix), table, pages.pages(query),
+            summary = await run_reconcile(redis, Keys(settings.key_prefix, settings.partitions), table, pages.pages(query),
                                           seen_retention_s=settings.seen_retention_s, dry_run=dry_run)
             return summary, pages.requests
 
@@ -218,7 +218,7 @@ def routes_diff(settings: Settings, old_path: str | None, new_path: str, *, sinc
             return 1
     old, new = tables
     since_ms = int(since.timestamp() * 1000) if since else None
-    diff = with_redis(settings, lambda r: routing_diff(r, Keys(settings.key_prefix), old, new, since_ms))
+    diff = with_redis(settings, lambda r: routing_diff(r, Keys(settings.key_prefix, settings.partitions), old, new, since_ms))
     if as_json:
         print(orjson.dumps(diff.as_dict()).decode())
         return 0

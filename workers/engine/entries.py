@@ -25,7 +25,7 @@ async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:
                                          failures=[failure], attempts=entry.attempt)
         return
     if entry.attempt > owner.config.max_attempts:
-        ledger_key = owner.keys.ledger(owner.name, event.id)
+        ledger_key = owner.outcomes.part(entry.stream).ledger(owner.name, event.id)
         members: Any = await owner.redis.smembers(ledger_key)
         failures = lost_attempt_failures(event.handlers, {text(h) for h in members},
                                          executor.lost_attempt_error(entry.attempt - 1))

@@ -17,8 +17,6 @@ consumer process acks successes in batches, one pipeline per loop tick (AckBatch
 
 from __future__ import annotations
 
-import asyncio
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,18 +24,17 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from bus import defaults
 from bus.keys import Keys
+from bus.partitions import Partition, stream_partition
 from bus.routing import PoolConfig
+from workers.engine.ack_batch import AckBatch
 from workers.engine.failures import REASON_MAX_ATTEMPTS, REASON_TRIMMED, Failure, dead_fields
 from workers.engine.retry import pool_backoff_ms
 from workers.stream_ops import text
 
 log = structlog.get_logger("fanout.worker")
-
-FLUSH_RETRY_S = 0.2
 
 # XACK, and only when it acked something: count the entry once and forget its ledger and
 # retry time. Both the RQ job's success callback and a reclaim pass may ack the same entry.
@@ -57,7 +54,7 @@ return 0
 # ledger DEL and the retry-time HDEL; nothing when the entry is no longer pending (a repeat),
 # unless ARGV[4] is "0" (an entry trimmed while pending: XCLAIM already dropped it from the
 # pending list). KEYS: stream, stats, ledger (the stats key when there is none), retry times,
-# dead-letter stream (all under the {prefix} hash tag). ARGV: group, entry id, handler failures
+# dead-letter stream (all under the stream's partition hash tag: one slot). ARGV: group, entry id, handler failures
 # to count, the pending guard, then the dead-letter entry's fields and values. XADD comes
 # first: if it fails, nothing else happened.
 DEAD_SCRIPT = """
@@ -89,7 +86,7 @@ class ScriptCall:
         return await client.eval(self.script, len(self.keys), *self.keys, *self.args)
 
 
-def ack_call(keys: Keys, pool: str, stream: str, entry_id: str, event_id: str | None,
+def ack_call(keys: Partition, pool: str, stream: str, entry_id: str, event_id: str | None,
              counter: str = "processed") -> ScriptCall:
     """Ack one entry and count it; with no event id there is no ledger to delete."""
     stats = keys.pool_stats(pool)
@@ -98,7 +95,7 @@ def ack_call(keys: Keys, pool: str, stream: str, entry_id: str, event_id: str | 
                       [keys.group(pool), entry_id, counter])
 
 
-def dead_call(keys: Keys, pool: str, stream: str, entry_id: str, fields: Mapping[Any, Any], *, reason: str,
+def dead_call(keys: Partition, pool: str, stream: str, entry_id: str, fields: Mapping[Any, Any], *, reason: str,
               failures: list[Failure], attempts: int, ledger_key: str | None, failed: int, now_ms: int,
               only_if_pending: bool = True) -> ScriptCall:
     """Dead-letter, ack and count one entry (and `failed` handler failures) in one step."""
@@ -110,7 +107,7 @@ def dead_call(keys: Keys, pool: str, stream: str, entry_id: str, fields: Mapping
                       [keys.group(pool), entry_id, str(failed), "1" if only_if_pending else "0", *flat])
 
 
-def trimmed_call(keys: Keys, pool: str, stream: str, entry_id: str, delivered: int, now_ms: int) -> ScriptCall:
+def trimmed_call(keys: Partition, pool: str, stream: str, entry_id: str, delivered: int, now_ms: int) -> ScriptCall:
     """The dead letter of an entry that was pending but is no longer in the stream."""
     failure = Failure("", f"entry {entry_id} was pending but is no longer in {stream}", "")
     return dead_call(keys, pool, stream, entry_id, {b"dlq_missing_entry": entry_id.encode()},
@@ -141,7 +138,7 @@ def retry_at_ms(config: PoolConfig, attempt: int, entry_id: str, failures: list[
     return now_ms + max(pool_backoff_ms(config, attempt, entry_id), defer_ms)
 
 
-def record_failure(pipe: Any, keys: Keys, config: PoolConfig, entry_id: str, ledger_key: str,
+def record_failure(pipe: Any, keys: Partition, config: PoolConfig, entry_id: str, ledger_key: str,
                    succeeded: list[str], failures: list[Failure], attempt: int, now_ms: int,
                    ttl_s: int | None = None) -> None:
     """Queue on `pipe` (a sync or async pipeline) what a failed attempt that will be retried leaves."""
@@ -154,7 +151,11 @@ def record_failure(pipe: Any, keys: Keys, config: PoolConfig, entry_id: str, led
 
 
 class Outcomes:
-    """The consumer process's side: successes acked in batches; dead letters and failures at once."""
+    """The consumer process's side: successes acked in batches; dead letters and failures at once.
+
+    Every per-event key (ledger, retry time, dead letter, counters) is the one of the entry's
+    partition, found from its stream's name, so each script stays in the stream's slot.
+    """
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, pool: str, now_ms: Callable[[], int]) -> None:
         self.redis = redis
@@ -164,6 +165,9 @@ class Outcomes:
         self.batch = AckBatch(redis, keys, pool)
         self._log = log.bind(pool=pool)
 
+    def part(self, stream: str) -> Partition:
+        return stream_partition(self.keys.prefix, stream)
+
     def unacked(self, stream: str, entry_id: str) -> bool:
         """Finished, its ack on its way: never to be run again meanwhile."""
         return (stream, entry_id) in self.batch.unacked
@@ -172,21 +176,22 @@ class Outcomes:
         """Queue the ack; `ledger_key` when a previous attempt may have left a ledger or retry time."""
         self.batch.complete(stream, entry_id, "processed", ledger_key)
 
-    def count(self, counter: str, n: int = 1) -> None:
-        self.batch.count(counter, n)
+    def count(self, counter: str, n: int = 1, stream: str | None = None) -> None:
+        self.batch.count(counter, n, stream)
 
     async def failed(self, config: PoolConfig, entry_id: str, ledger_key: str, succeeded: list[str],
-                     failures: list[Failure], attempt: int) -> None:
+                     failures: list[Failure], attempt: int, stream: str | None = None) -> None:
         """A failed attempt that will be retried: counts, ledger, retry time (one transaction)."""
+        part = self.part(stream or self.keys.stream(self.pool))
         pipe = self.redis.pipeline(transaction=True)
-        record_failure(pipe, self.keys, config, entry_id, ledger_key, succeeded, failures, attempt, self.now_ms())
+        record_failure(pipe, part, config, entry_id, ledger_key, succeeded, failures, attempt, self.now_ms())
         await pipe.execute()
 
     async def dead_letter(self, stream: str, entry_id: str, fields: Mapping[Any, Any], *, reason: str,
                           failures: list[Failure], attempts: int, ledger_key: str | None = None,
                           failed: int = 0) -> bool:
         """Dead-letter and ack in one script; False when the entry was no longer pending (nothing written)."""
-        call = dead_call(self.keys, self.pool, stream, entry_id, fields, reason=reason, failures=failures,
+        call = dead_call(self.part(stream), self.pool, stream, entry_id, fields, reason=reason, failures=failures,
                          attempts=attempts, ledger_key=ledger_key, failed=failed, now_ms=self.now_ms())
         if not await call.run_async(self.redis):
             self._log.info("entry.already_done", entry_id=entry_id, attempt=attempts)
@@ -199,98 +204,10 @@ class Outcomes:
 
     async def trimmed(self, stream: str, entry_id: str, delivered: int) -> None:
         """Pending, yet gone from the stream: say so in the dead-letter stream rather than lose it."""
-        await trimmed_call(self.keys, self.pool, stream, entry_id, delivered, self.now_ms()).run_async(self.redis)
+        call = trimmed_call(self.part(stream), self.pool, stream, entry_id, delivered, self.now_ms())
+        await call.run_async(self.redis)
         self._log.error("entry.dead_lettered", entry_id=entry_id, reason=REASON_TRIMMED, attempt=delivered)
 
     async def ack(self, stream: str, entry_id: str) -> bool:
         """Ack (and count) an entry at once, outside the batch; False when it was acked already."""
-        return bool(await ack_call(self.keys, self.pool, stream, entry_id, None).run_async(self.redis))
-
-
-class AckBatch:
-    """The acks and counter increments of one loop tick, sent to Redis as one pipeline.
-
-    Entry tasks only append here; a single flusher task sends what has gathered since its last
-    pass. Under load that is one round trip for many entries, which is most of the difference
-    between a transaction per entry and this. An entry finished but not yet acked is listed in
-    `unacked`, so the reclaimer never runs it a second time while its ack is on its way.
-    """
-
-    def __init__(self, redis: aioredis.Redis, keys: Keys, pool: str) -> None:
-        self.redis = redis
-        self.group = keys.group(pool)
-        self.stats_key = keys.pool_stats(pool)
-        self.retry_at_key = keys.retry_at(pool)
-        self.unacked: set[tuple[str, str]] = set()
-        self._acks: dict[str, list[str]] = {}
-        self._counts: Counter[str] = Counter()
-        self._ledger_deletes: list[str] = []
-        self._retry_at_deletes: list[str] = []
-        self._dirty = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._closing = False
-
-    def complete(self, stream: str, entry_id: str, counter: str, ledger_key: str | None) -> None:
-        self._acks.setdefault(stream, []).append(entry_id)
-        self.unacked.add((stream, entry_id))
-        self._counts[counter] += 1
-        if ledger_key is not None:
-            self._ledger_deletes.append(ledger_key)
-            self._retry_at_deletes.append(entry_id)
-        self._dirty.set()
-
-    def count(self, counter: str, n: int = 1) -> None:
-        self._counts[counter] += n
-        self._dirty.set()
-
-    def _empty(self) -> bool:
-        return not (self._acks or self._counts or self._ledger_deletes)
-
-    async def run(self) -> None:
-        """The flusher task: returns once `close()` was called and everything is sent."""
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            try:
-                await self.flush()
-            except RedisError as err:
-                log.error("pool.flush_failed", group=self.group, error=f"{type(err).__name__}: {err}")
-                await asyncio.sleep(FLUSH_RETRY_S)
-                self._dirty.set()
-                continue
-            if self._closing and self._empty():
-                return
-
-    def close(self) -> None:
-        """Ask the flusher to send what is left and return."""
-        self._closing = True
-        self._dirty.set()
-
-    async def flush(self) -> None:
-        """Send what has gathered as one pipeline; on error it is kept for the next pass."""
-        async with self._lock:
-            if self._empty():
-                return
-            acks, self._acks = self._acks, {}
-            counts, self._counts = self._counts, Counter()
-            ledgers, self._ledger_deletes = self._ledger_deletes, []
-            retry_ats, self._retry_at_deletes = self._retry_at_deletes, []
-            pipe = self.redis.pipeline(transaction=False)
-            for stream, ids in acks.items():
-                pipe.xack(stream, self.group, *ids)
-            for counter, n in counts.items():
-                pipe.hincrby(self.stats_key, counter, n)
-            if ledgers:
-                pipe.delete(*ledgers)
-            if retry_ats:
-                pipe.hdel(self.retry_at_key, *retry_ats)
-            try:
-                await pipe.execute()
-            except RedisError:
-                for stream, ids in acks.items():
-                    self._acks[stream] = ids + self._acks.get(stream, [])
-                self._counts.update(counts)
-                self._ledger_deletes = ledgers + self._ledger_deletes
-                self._retry_at_deletes = retry_ats + self._retry_at_deletes
-                raise
-            self.unacked.difference_update((s, e) for s, ids in acks.items() for e in ids)
+        return bool(await ack_call(self.part(stream), self.pool, stream, entry_id, None).run_async(self.redis))

@@ -74,7 +74,7 @@ async def reclaim_pass(view: Claimer, executor: Executor, stream: str, stopping:
     finally:
         view.slots.release(taken)
     if started:
-        view.outcomes.count("retried", started)
+        view.outcomes.count("retried", started, stream)
     return started
 
 
@@ -107,9 +107,9 @@ async def due_entries(view: Claimer, stream: str, limit: int) -> list[Due]:
     return due
 
 
-async def not_deferred(view: Claimer, due: list[Due]) -> list[Due]:
+async def not_deferred(view: Claimer, stream: str, due: list[Due]) -> list[Due]:
     """Drop entries whose failed attempt recorded a retry time still in the future."""
-    key = view.keys.retry_at(view.name)
+    key = view.outcomes.part(stream).retry_at(view.name)
     if not due or not await view.redis.exists(key):
         return due
     retry_at: Any = await view.redis.hmget(key, [entry_id for entry_id, _, _ in due])

@@ -22,6 +22,7 @@ from workers.engine.failures import (
     F_REASON,
     F_TRACEBACK,
 )
+from workers.ops.pool_partitions import id_order, pool_partitions
 from workers.stream_ops import Fields, text
 
 
@@ -62,9 +63,13 @@ def _dead_entry(dead_id: bytes | str, fields: Fields) -> DeadEntry:
 
 
 async def list_dead(redis: aioredis.Redis, keys: Keys, pool: str, count: int | None = None) -> list[DeadEntry]:
-    """Dead-lettered entries of a pool, oldest first."""
-    rows: Any = await redis.xrange(keys.dead(pool), count=count)
-    return [_dead_entry(dead_id, fields) for dead_id, fields in rows]
+    """Dead-lettered entries of a pool, oldest first, of every partition (the first `count`)."""
+    rows: list[Any] = []
+    for part in await pool_partitions(redis, keys, pool):
+        found: Any = await redis.xrange(part.dead(pool), count=count)
+        rows.extend(found)
+    rows.sort(key=lambda row: id_order(text(row[0])))
+    return [_dead_entry(dead_id, fields) for dead_id, fields in rows[:count]]
 
 
 async def replay_dead(
