@@ -109,3 +109,23 @@ STRIPE_API_BACKOFF_MAX_S = 30.0
 STRIPE_API_RETRY_AFTER_MAX_S = 60.0
 # Redis gets this long to store one page of reconciled events.
 RECONCILE_PUBLISH_BUDGET_S = 10.0
+# forward: reads at most this much of a destination's answer (the rest is never read: the
+# connection is dropped), and quotes at most FORWARD_ERROR_QUOTE_CHARS of it in an error.
+FORWARD_BODY_READ_BYTES = 2048
+FORWARD_ERROR_QUOTE_CHARS = 300
+# A forward waits at most this long for one of its destination's concurrency slots; then the
+# entry is paused (runs again later, without spending an attempt) and frees its pool slot. Short:
+# while it waits it holds a pool slot, so under a backlog for a busy destination, a long wait
+# here would delay every other destination's entries behind it.
+FORWARD_SLOT_WAIT_S = 0.05
+# ... and at most this long for its rate token (while holding a destination slot, so at most the
+# destination's concurrency of pool slots wait so).
+FORWARD_RATE_WAIT_S = 1.0
+# How long such a paused entry waits before it runs again (at least: the reclaimer's pace).
+FORWARD_BUSY_DEFER_S = 1.0
+# A destination's circuit breaker opens after this many failed forwards (5xx, 408, 429, timeouts,
+# connection errors) within FORWARD_BREAKER_WINDOW_S, when they are at least half of its answers;
+# it stays open FORWARD_BREAKER_OPEN_S, then lets one probe through (half-open).
+FORWARD_BREAKER_FAILURES = 5
+FORWARD_BREAKER_WINDOW_S = 30.0
+FORWARD_BREAKER_OPEN_S = 30.0

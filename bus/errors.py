@@ -22,6 +22,20 @@ class RetryLater(FanoutError):
         super().__init__(reason)
         self.defer_s = defer_s
 
+    # A run that ended in RetryLater is one attempt of max_attempts; see Paused.
+    counts_as_attempt = True
+
 
 class PermanentFailure(FanoutError):
     """A handler says retrying cannot help: dead-letter the entry at once."""
+
+
+class Paused(RetryLater):
+    """Run again after `defer_s`, and do not count this run as an attempt.
+
+    For a handler that did not try at all: its destination's circuit breaker is
+    open, or its concurrency or rate limit is reached. The entry waits, as many
+    times as needed, without coming closer to max_attempts.
+    """
+
+    counts_as_attempt = False

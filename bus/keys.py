@@ -6,7 +6,8 @@ publish and dead-letter scripts bump) carries its partition's hash tag, so each
 script touches one Redis Cluster slot and a fan-out to several pools stays one
 atomic step. With one partition the tag is ``{prefix}`` (the names of every
 deployment before partitions existed); with N > 1, partition p is tagged
-``{prefix:p}``. Deployment-wide keys (the layout meta) use ``{prefix}``.
+``{prefix:p}``. Deployment-wide keys (the layout meta, forward destinations' breakers
+and rate limits) use ``{prefix}``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ class Keys:
     def retry_at(self, pool: str, p: int = 0) -> str:
         """Hash: stream entry id -> earliest retry time in ms, for handlers that asked RetryLater(defer_s)."""
         return f"{self.tag(p)}:retry_at:{pool}"
+
+    def uncounted(self, pool: str, p: int = 0) -> str:
+        """Hash: stream entry id -> runs that ended Paused, which the delivery count must not count."""
+        return f"{self.tag(p)}:uncounted:{pool}"
+
+    def breaker(self, destination: str) -> str:
+        """Hash: a forward destination's circuit breaker (failures in the window, open until, probe)."""
+        return f"{self._base}:breaker:{destination}"
+
+    def destination_rate(self, destination: str) -> str:
+        """A forward destination's rate limit: the time, in µs, its next request may be sent."""
+        return f"{self._base}:rate:{destination}"
 
     def pool_stats(self, pool: str, p: int = 0) -> str:
         """Counters of a pool (processed, failed, retried, dead) for partition p; readers sum them."""

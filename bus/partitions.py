@@ -94,6 +94,9 @@ class Partition:
     def pool_stats(self, pool: str) -> str:
         return self.keys.pool_stats(pool, self.p)
 
+    def uncounted(self, pool: str) -> str:
+        return self.keys.uncounted(pool, self.p)
+
 
 def partition_of_stream(prefix: str, stream: str) -> Partition:
     """The partition a pool stream's name belongs to, read from its hash tag.

@@ -291,6 +291,13 @@ def _options(
     return out
 
 
+# A destination's numeric options and their type (forward: limits, breaker; bus/routing_table.py).
+DESTINATION_NUMBERS: dict[str, type] = {
+    "timeout_s": float, "concurrency": int, "rate_per_s": float,
+    "breaker_failures": int, "breaker_window_s": float, "breaker_open_s": float,
+}
+
+
 def _load_destinations(
     entry: tuple[yaml.Node, yaml.Node] | None, problems: _Problems
 ) -> dict[str, Destination]:
@@ -314,12 +321,16 @@ def _load_destinations(
                 if not isinstance(value, str) or not re.match(r"^[A-Z_][A-Z0-9_]*$", value):
                     problems.error(opt_node, f"destination {name!r}: {option} must name an environment variable, got {value!r}")
                     continue
-            elif option == "timeout_s":
-                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                    problems.error(opt_node, f"destination {name!r}: timeout_s must be a positive number")
+            elif option in DESTINATION_NUMBERS:
+                whole = DESTINATION_NUMBERS[option] is int
+                if (isinstance(value, bool) or not isinstance(value, int if whole else int | float)
+                        or value <= 0):
+                    problems.error(opt_node, f"destination {name!r}: {option} must be a positive "
+                                             f"{'whole number' if whole else 'number'}")
                     continue
             else:
-                problems.error(opt_node, f"destination {name!r}: unknown option {option!r} (allowed: url_env, secret_env, timeout_s)")
+                allowed = ", ".join(("url_env", "secret_env", *DESTINATION_NUMBERS))
+                problems.error(opt_node, f"destination {name!r}: unknown option {option!r} (allowed: {allowed})")
                 continue
             values[option] = value
         missing = [o for o in ("url_env", "secret_env") if o not in options]

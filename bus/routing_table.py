@@ -34,6 +34,14 @@ class Destination:
     url_env: str
     secret_env: str
     timeout_s: float = defaults.FORWARD_TIMEOUT_S
+    # Forwards in flight at once per worker process; None: half the pool's concurrency (at least 1).
+    concurrency: int | None = None
+    # Forwards per second across the deployment; None: unlimited.
+    rate_per_s: float | None = None
+    # The circuit breaker (workers/forward/breaker.py); defaults in bus/defaults.py.
+    breaker_failures: int = defaults.FORWARD_BREAKER_FAILURES
+    breaker_window_s: float = defaults.FORWARD_BREAKER_WINDOW_S
+    breaker_open_s: float = defaults.FORWARD_BREAKER_OPEN_S
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,10 @@ class RoutingTable:
     _wildcards: tuple[tuple[str, Route], ...] = field(default=(), repr=False, compare=False)
     _catch_all: Route | None = field(default=None, repr=False, compare=False)
     _cache: dict[str, RouteMatch] = field(default_factory=dict, repr=False, compare=False)
+
+    def secret_env_names(self) -> tuple[str, ...]:
+        """The variables holding the destinations' signing secrets: bus/redaction.py strips their values."""
+        return tuple(d.secret_env for d in self.destinations.values())
 
     def match(self, event_type: str) -> RouteMatch:
         """The route that wins for `event_type` (route is None when nothing matches)."""

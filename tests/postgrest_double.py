@@ -289,6 +289,27 @@ class PostgrestDouble:
         return sql, args
 
 
+class EchoingPostgrest:
+    """A careless PostgREST-like upstream: every request fails with an error body that echoes its headers.
+
+    Real proxies and gateways in front of PostgREST have done this; with supabase-py that puts
+    the service-role key (`apikey`, `Authorization: Bearer`) into the error message and details.
+    Needs no database; served by `serve()` like the double.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/rest/v1/{table}", self.endpoint, methods=["GET", "POST", "PATCH"])])
+
+    async def endpoint(self, request: Request) -> Response:
+        self.requests.append((request.method, f"{request.url.path}?{request.url.query}"))
+        headers = "; ".join(f"{k}: {v}" for k, v in request.headers.items())
+        return ApiError(400, "PGRST100", f"bad request; headers were {headers}",
+                        details=dict(request.headers).get("apikey", ""), hint=headers).response()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -296,7 +317,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(double: PostgrestDouble) -> Iterator[str]:
+def serve(double: PostgrestDouble | EchoingPostgrest) -> Iterator[str]:
     """Run the double under uvicorn on 127.0.0.1 in a thread; yield its base URL."""
     port = free_port()
     config = uvicorn.Config(double.app(), host="127.0.0.1", port=port, log_level="warning",

@@ -42,7 +42,7 @@ async def test_status_dlq_and_replay_commands(
     await run_pool(settings, "alpha", redis=aredis, burst=True)
 
     status = orjson.loads(fanout(prefix, routing, "status", "--json").stdout)
-    assert set(status) == {"pools", "unrouted", "duplicates"}
+    assert set(status) == {"pools", "unrouted", "duplicates", "breakers"}
     assert set(status["pools"]["alpha"]) == {"stream_length", "pending", "lag", "consumers", "processed",
                                              "failed", "retried", "dead", "oldest_pending_s", "partitions"}
     assert (status["pools"]["alpha"]["processed"], status["pools"]["alpha"]["dead"]) == (1, 1)

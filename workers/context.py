@@ -31,6 +31,9 @@ class Context:
     redis: aioredis.Redis
     settings: Settings
     resources: Resources
+    # Entries this process runs at once for the pool (0: unknown, e.g. one RQ job per process);
+    # forward: sizes a destination's default concurrency limit from it.
+    slots: int = 0
 
     @property
     def stripe(self) -> StripeFetcher:

@@ -21,7 +21,15 @@ from bus.envelope import Event
 from bus.errors import ConfigError, PermanentFailure, RetryLater
 from bus.routing import Destination, RoutingTable
 from workers.context import Context, Handler
-from workers.engine.failures import REASON_PERMANENT, REASON_UNKNOWN_HANDLER, Failure
+from workers.engine.failures import (
+    REASON_ERROR,
+    REASON_PAUSED,
+    REASON_PERMANENT,
+    REASON_RETRY_REQUESTED,
+    REASON_TIMEOUT,
+    REASON_UNKNOWN_HANDLER,
+    Failure,
+)
 from workers.importer import resolve_handler
 
 log = structlog.get_logger("fanout.worker")
@@ -137,14 +145,18 @@ async def call_handler(
         ctx.log.warning("handler.permanent_failure", error=str(err))
         return Failure(name, _error_line(err), traceback.format_exc(), permanent=True, reason=REASON_PERMANENT)
     except RetryLater as err:
-        ctx.log.info("handler.retry_later", reason=str(err), defer_s=err.defer_s)
-        return Failure(name, _error_line(err), traceback.format_exc(), defer_s=err.defer_s, retry_later=True)
+        ctx.log.info("handler.retry_later" if err.counts_as_attempt else "handler.paused",
+                     reason=str(err), defer_s=err.defer_s)
+        return Failure(name, _error_line(err), traceback.format_exc(), defer_s=err.defer_s,
+                       retry_later=True, counts_as_attempt=err.counts_as_attempt,
+                       reason=REASON_RETRY_REQUESTED if err.counts_as_attempt else REASON_PAUSED)
     except TimeoutError:
         ctx.log.warning("handler.timeout", timeout_s=timeout_s)
-        return Failure(name, f"TimeoutError: no result within {timeout_s} s", traceback.format_exc())
+        return Failure(name, f"TimeoutError: no result within {timeout_s} s", traceback.format_exc(),
+                       reason=REASON_TIMEOUT)
     except Exception as err:  # any handler error is a failed attempt
         ctx.log.warning("handler.failed", error=_error_line(err))
-        return Failure(name, _error_line(err), traceback.format_exc())
+        return Failure(name, _error_line(err), traceback.format_exc(), reason=REASON_ERROR)
     return None
 
 

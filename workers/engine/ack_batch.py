@@ -1,4 +1,10 @@
-"""The acks and counts of one loop tick, sent as one pipeline (the consumer's side of outcomes.py)."""
+"""The acks and counts of the consumer's successes, sent in batches: one pipeline per loop tick.
+
+Written for workers/engine/outcomes.py (the ack of one entry there is ACK_SCRIPT;
+here many entries share one round trip). Clearing an entry's retry time also
+clears its paused-run count, as ACK_SCRIPT does. Each entry's counters, retry
+time and paused runs are those of its stream's partition.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ class AckBatch:
         self._acks: dict[str, list[str]] = {}
         self._counts: Counter[tuple[str, str]] = Counter()
         self._ledger_deletes: list[str] = []
-        self._retry_at_deletes: dict[str, list[str]] = {}
+        self._retry_at_deletes: dict[Partition, list[str]] = {}
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closing = False
@@ -62,7 +68,7 @@ class AckBatch:
         self._counts[(part.pool_stats(self.pool), counter)] += 1
         if ledger_key is not None:
             self._ledger_deletes.append(ledger_key)
-            self._retry_at_deletes.setdefault(part.retry_at(self.pool), []).append(entry_id)
+            self._retry_at_deletes.setdefault(part, []).append(entry_id)
         self._dirty.set()
 
     def count(self, counter: str, n: int = 1, stream: str | None = None) -> None:
@@ -108,8 +114,9 @@ class AckBatch:
                 pipe.hincrby(stats_key, counter, n)
             for same_slot in by_tag(ledgers):  # on a cluster, one DEL may not span two partitions
                 pipe.delete(*same_slot)
-            for retry_at_key, ids in retry_ats.items():
-                pipe.hdel(retry_at_key, *ids)
+            for part, ids in retry_ats.items():
+                pipe.hdel(part.retry_at(self.pool), *ids)
+                pipe.hdel(part.uncounted(self.pool), *ids)
             try:
                 await pipe.execute()
             except RedisError:
@@ -117,7 +124,7 @@ class AckBatch:
                     self._acks[stream] = ids + self._acks.get(stream, [])
                 self._counts.update(counts)
                 self._ledger_deletes = ledgers + self._ledger_deletes
-                for retry_at_key, ids in retry_ats.items():
-                    self._retry_at_deletes[retry_at_key] = ids + self._retry_at_deletes.get(retry_at_key, [])
+                for part, ids in retry_ats.items():
+                    self._retry_at_deletes[part] = ids + self._retry_at_deletes.get(part, [])
                 raise
             self.unacked.difference_update((s, e) for s, ids in acks.items() for e in ids)

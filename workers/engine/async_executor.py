@@ -38,10 +38,12 @@ class AsyncExecutor:
 
     async def run(self, entry: Entry, event: Event) -> None:
         owner = self.owner
-        config, table, attempt = owner.config, owner.holder.table, entry.attempt
+        # Paused runs are not attempts: handlers, max_attempts and the backoff count the others.
+        config, table, attempt = owner.config, owner.holder.table, entry.counted_attempt
+        redelivered = entry.attempt > 1
         ledger_key = owner.outcomes.part(entry.stream).ledger(owner.name, event.id)
         done: set[str] = set()
-        if attempt > 1:
+        if redelivered:
             members: Any = await owner.redis.smembers(ledger_key)
             done = {text(h) for h in members}
         todo = [h for h in event.handlers if h not in done]
@@ -53,7 +55,8 @@ class AsyncExecutor:
         def make_ctx(handler: str) -> Context:
             bound = log.bind(event_id=event.id, event_type=event.type, handler=handler, attempt=attempt)
             return Context(pool=owner.name, handler=handler, attempt=attempt, log=bound,
-                           redis=owner.redis, settings=owner.settings, resources=owner.resources)
+                           redis=owner.redis, settings=owner.settings, resources=owner.resources,
+                           slots=owner.slots.capacity)
 
         async def one(name: str) -> Result:
             started = time.perf_counter()
@@ -65,14 +68,14 @@ class AsyncExecutor:
         results = [await one(todo[0])] if len(todo) == 1 else list(await asyncio.gather(*map(one, todo)))
         failures = [f for _, f, _ in results if f is not None]
         if not failures:
-            owner.outcomes.succeeded(entry.stream, entry.entry_id, ledger_key if attempt > 1 else None)
+            owner.outcomes.succeeded(entry.stream, entry.entry_id, ledger_key if redelivered else None)
             self._report(results, outcome.OK)
             return
         reason = dead_reason(failures, attempt, config.max_attempts)
         if reason is not None:
             dead = await owner.outcomes.dead_letter(
                 entry.stream, entry.entry_id, entry.fields, reason=reason, failures=failures, attempts=attempt,
-                ledger_key=ledger_key if attempt > 1 else None, failed=len(failures))
+                ledger_key=ledger_key if redelivered else None, failed=len(failures))
             self._report(results, outcome.DEAD if dead else outcome.STALE)
             return
         failed = {f.handler for f in failures}
@@ -81,7 +84,10 @@ class AsyncExecutor:
         self._report(results, None)
 
     def _report(self, results: list[Result], failed_as: str | None) -> None:
-        """One observer call per handler call; `failed_as` None: each failure says retry or failed."""
+        """One observer call per handler call; `failed_as` None: each failure says retry or failed.
+
+        A Paused handler (a RetryLater) reports retry: the five outcomes stay the observer's names.
+        """
         observer, pool = self.owner.observer, self.owner.name
         for name, failure, duration_s in results:
             if failure is None:

@@ -35,6 +35,7 @@ from bus import defaults
 from bus.errors import ConfigError
 from bus.keys import Keys
 from bus.partitions import Layout, streams_to_read
+from bus.redaction import redact_secrets
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from bus.settings import Settings
@@ -123,7 +124,8 @@ class Consumer:
         self.reader = StreamReader(redis, self.group, self.consumer, self.streams, self._block_ms)
         self._stopping = False
         self.read_failures = 0
-        self.outcomes = Outcomes(redis, self.keys, name, self.now_ms)
+        self.outcomes = Outcomes(redis, self.keys, name, self.now_ms, redact=lambda value: redact_secrets(
+            value, settings, holder.table.secret_env_names()))
         # The executor is fixed for the life of the process: `rq` enqueues jobs, `async` runs here.
         self.executor_kind = self._config.executor
         self.executor: Executor = RqExecutor(self) if self.executor_kind == "rq" else AsyncExecutor(self)
@@ -167,7 +169,7 @@ class Consumer:
         self.reader.set_streams(streams)
 
     async def run(self) -> None:
-        await layout_watch.claim_streams(self)  # PartitionMismatch if the recorded count differs
+        await layout_watch.claim_streams(self, lambda: self._stopping)  # PartitionMismatch: another count
         self.log.info("pool.started", concurrency=self.concurrency, burst=self.burst)
         flusher = asyncio.create_task(self.outcomes.batch.run(), name="flusher")
 

@@ -3,10 +3,13 @@
 A malformed entry, and one past max_attempts (the consumer or RQ job running
 its last allowed attempt stopped before it finished), are dead-lettered here,
 the same way whatever the executor; every other entry goes to the executor.
+A redelivered entry's paused runs (workers/engine/outcomes.py) are read here:
+they are not attempts, so they do not bring it closer to max_attempts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from bus.envelope import Event
@@ -24,12 +27,17 @@ async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:
         await owner.outcomes.dead_letter(entry.stream, entry.entry_id, entry.fields, reason=REASON_MALFORMED,
                                          failures=[failure], attempts=entry.attempt)
         return
-    if entry.attempt > owner.config.max_attempts:
+    if entry.attempt > 1:
+        paused: Any = await owner.redis.hget(owner.outcomes.part(entry.stream).uncounted(owner.name), entry.entry_id)
+        if paused:
+            entry = dataclasses.replace(entry, paused_runs=int(paused))
+    last = entry.counted_attempt - 1
+    if last >= owner.config.max_attempts:
         ledger_key = owner.outcomes.part(entry.stream).ledger(owner.name, event.id)
         members: Any = await owner.redis.smembers(ledger_key)
         failures = lost_attempt_failures(event.handlers, {text(h) for h in members},
-                                         executor.lost_attempt_error(entry.attempt - 1))
+                                         executor.lost_attempt_error(last))
         await owner.outcomes.dead_letter(entry.stream, entry.entry_id, entry.fields, reason=REASON_MAX_ATTEMPTS,
-                                         failures=failures, attempts=entry.attempt - 1, ledger_key=ledger_key)
+                                         failures=failures, attempts=last, ledger_key=ledger_key)
         return
     await executor.run(entry, event)

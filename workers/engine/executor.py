@@ -30,12 +30,22 @@ from workers.stream_ops import Fields
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One stream entry this consumer owns, for one delivery attempt (1 for a first read)."""
+    """One stream entry this consumer owns, for one delivery (1 for a first read).
+
+    `attempt` is the delivery number (an RQ job's identity); `paused_runs` of those deliveries
+    ended Paused and were not attempts (workers/engine/entries.py reads them), so max_attempts
+    and the handlers' ctx.attempt count `counted_attempt`.
+    """
 
     stream: str
     entry_id: str
     fields: Fields
     attempt: int
+    paused_runs: int = 0
+
+    @property
+    def counted_attempt(self) -> int:
+        return self.attempt - self.paused_runs
 
 
 class Owner(Protocol):

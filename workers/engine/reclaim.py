@@ -8,7 +8,9 @@ timeout plus its backoff plus a margin: its owner is then presumed dead
 (SIGKILL, lost machine), and this is how its work is taken over.
 
 XCLAIM increments the delivery count, so the count is the number of runs
-started, the first included, which is exactly what max_attempts counts.
+started, the first included. Runs that ended Paused (workers/engine/outcomes.py
+keeps their number per entry) are not attempts: the backoff and max_attempts
+count the others.
 An entry that is pending but no longer in the stream (trimmed anyway) is
 dropped from the pending list by XCLAIM and dead-lettered here with a reason.
 
@@ -83,23 +85,38 @@ def min_idle_ms(config: PoolConfig) -> int:
     return max(1, int(config.backoff_base_s * 1000 / 2))
 
 
-def needed_idle_ms(view: Claimer, row: Any, *, peer_wait: bool) -> int:
-    """The idle time after which a pending row is due: its backoff, or a peer's takeover time."""
-    entry_id, delivered = text(row["message_id"]), int(row["times_delivered"])
+def needed_idle_ms(view: Claimer, row: Any, *, peer_wait: bool, paused_runs: int = 0) -> int:
+    """The idle time after which a pending row is due: its backoff, or a peer's takeover time.
+
+    The backoff leaves the entry's paused runs out. Never under min_idle_ms (a paused entry's
+    backoff is 0): XCLAIM's min idle must stay above that of an entry another consumer just claimed.
+    """
+    entry_id, attempts_done = text(row["message_id"]), int(row["times_delivered"]) - paused_runs
     if peer_wait and text(row["consumer"]) != view.consumer:
-        return peer_claim_idle_ms(view.config, delivered, entry_id, view.claim_margin_s)
-    return pool_backoff_ms(view.config, delivered, entry_id)
+        needed = peer_claim_idle_ms(view.config, attempts_done, entry_id, view.claim_margin_s)
+    else:
+        needed = pool_backoff_ms(view.config, attempts_done, entry_id)
+    return max(needed, min_idle_ms(view.config))
+
+
+async def paused_runs(view: Claimer, stream: str, rows: list[Any]) -> list[int]:
+    """Per XPENDING row, how many of its runs ended Paused (one round trip when there are any)."""
+    key = view.outcomes.part(stream).uncounted(view.name)
+    if not rows or not await view.redis.exists(key):
+        return [0] * len(rows)
+    found: Any = await view.redis.hmget(key, [text(r["message_id"]) for r in rows])
+    return [int(n or 0) for n in found]
 
 
 async def due_entries(view: Claimer, stream: str, limit: int) -> list[Due]:
     """Up to `limit` pending entries of `stream` past their backoff (a peer's: past its takeover time)."""
     due: list[Due] = []
     async for rows in pending_pages(view.redis, stream, view.group, idle_ms=min_idle_ms(view.config)):
-        for row in rows:
+        for row, paused in zip(rows, await paused_runs(view, stream, rows), strict=True):
             entry_id = text(row["message_id"])
             if view.busy(stream, entry_id):
                 continue
-            needed = needed_idle_ms(view, row, peer_wait=True)
+            needed = needed_idle_ms(view, row, peer_wait=True, paused_runs=paused)
             if int(row["time_since_delivered"]) >= needed:
                 due.append((entry_id, int(row["times_delivered"]), needed))
                 if len(due) >= limit:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from bus.envelope import F_ID, F_TYPE, F_VERSION, HANDLER_SEPARATOR
@@ -17,6 +18,7 @@ from workers.engine.failures import (
     F_ATTEMPTS,
     F_ENTRY_ID,
     F_ERROR,
+    F_ERRORS,
     F_FAILED_HANDLERS,
     F_FAILED_MS,
     F_REASON,
@@ -24,6 +26,15 @@ from workers.engine.failures import (
 )
 from workers.ops.pool_partitions import id_order, pool_partitions
 from workers.stream_ops import Fields, text
+
+
+@dataclass(frozen=True)
+class HandlerFailure:
+    """One handler's part of a dead letter: how it failed, and its error line."""
+
+    handler: str
+    reason: str
+    error: str
 
 
 @dataclass(frozen=True)
@@ -37,16 +48,20 @@ class DeadEntry:
     attempts: int
     entry_id: str
     failed_ms: int
-    # The first failed handler's traceback ("" when there was none, e.g. a malformed entry).
+    # The deciding handler's traceback ("" when there was none, e.g. a malformed entry).
     traceback: str = ""
     # The version of the routing table that chose the entry's handlers ("" when unknown).
     routing_version: str = ""
+    # Each failed handler: how it failed and its error (older dead letters: reason "").
+    failures: tuple[HandlerFailure, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {"id": self.id, "event_id": self.event_id, "event_type": self.event_type,
                 "reason": self.reason, "error": self.error, "handlers": list(self.handlers),
                 "attempts": self.attempts, "entry_id": self.entry_id, "failed_ms": self.failed_ms,
-                "traceback": self.traceback, "routing_version": self.routing_version}
+                "traceback": self.traceback, "routing_version": self.routing_version,
+                "failures": [{"handler": f.handler, "reason": f.reason, "error": f.error}
+                             for f in self.failures]}
 
 
 def _dead_entry(dead_id: bytes | str, fields: Fields) -> DeadEntry:
@@ -59,7 +74,17 @@ def _dead_entry(dead_id: bytes | str, fields: Fields) -> DeadEntry:
         handlers=tuple(h for h in get(F_FAILED_HANDLERS).split(HANDLER_SEPARATOR) if h),
         attempts=int(get(F_ATTEMPTS) or 0), entry_id=get(F_ENTRY_ID),
         failed_ms=int(get(F_FAILED_MS) or 0), traceback=get(F_TRACEBACK), routing_version=get(F_VERSION),
+        failures=_handler_failures(fields.get(F_ERRORS.encode())),
     )
+
+
+def _handler_failures(raw: Any) -> tuple[HandlerFailure, ...]:
+    try:
+        items = orjson.loads(raw) if raw else []
+    except orjson.JSONDecodeError:
+        return ()
+    return tuple(HandlerFailure(str(i.get("handler", "")), str(i.get("reason", "")), str(i.get("error", "")))
+                 for i in items if isinstance(i, dict))
 
 
 async def list_dead(redis: aioredis.Redis, keys: Keys, pool: str, count: int | None = None) -> list[DeadEntry]:

@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 
 from bus.keys import Keys
 from bus.stream_figures import partition_figures, summed_counters, totals
+from workers.forward.breaker import breaker_states
 from workers.rq.queue import queue_figures
 from workers.stream_ops import id_ms, text
 
@@ -42,13 +43,18 @@ async def pool_status(redis: aioredis.Redis, keys: Keys, pool: str, now_ms: int)
     out["lag"] = int(lag) if lag is not None else None
     if out["pending"]:
         summary: Any = await redis.xpending(stream, group)
-        out["oldest_pending_s"] = round(max(0, now_ms - id_ms(summary["min"])) / 1000, 3)
+        if summary["min"] is not None:  # acked between the two calls
+            out["oldest_pending_s"] = round(max(0, now_ms - id_ms(summary["min"])) / 1000, 3)
     return out
 
 
 async def collect_status(redis: aioredis.Redis, keys: Keys, pools: list[str], now_ms: int,
-                         rq_queues: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The `status --json` document: {"pools": {name: {...}}, "unrouted", "duplicates"}.
+                         rq_queues: Mapping[str, str] | None = None,
+                         destinations: list[str] | None = None) -> dict[str, Any]:
+    """The `status --json` document: {"pools": {name: {...}}, "unrouted", "duplicates", "breakers"}.
+
+    "breakers" has each of `destinations` (forward:): {"state": closed|open|half-open,
+    "failures" in the current window, "open_for_s", "trips"}.
 
     A pool in `rq_queues` (pool -> RQ queue name) also gets "executor": "rq", "rq_queue",
     "rq_queued" (jobs waiting in the queue) and "rq_workers" (RQ workers listening to it).
@@ -69,6 +75,7 @@ async def collect_status(redis: aioredis.Redis, keys: Keys, pools: list[str], no
         "pools": out,
         "unrouted": ingress.get("unrouted", 0),
         "duplicates": ingress.get("duplicates", 0),
+        "breakers": await breaker_states(redis, keys, destinations or []),
     }
 
 
@@ -89,5 +96,11 @@ def render_text(status: dict[str, Any]) -> str:
         if pool.get("executor") == "rq":
             lines.append(f"{name} runs on RQ queue {pool['rq_queue']!r}: {pool['rq_queued']} jobs queued, "
                          f"{pool['rq_workers']} RQ workers")
+    for name, breaker in status.get("breakers", {}).items():
+        if breaker["state"] == "open":
+            lines.append(f"forward:{name}: circuit breaker OPEN for {breaker['open_for_s']}s more "
+                         f"({breaker['failures']} failures); its entries wait without spending attempts")
+        elif breaker["state"] == "half-open":
+            lines.append(f"forward:{name}: circuit breaker half-open (a probe decides)")
     lines.append(f"unrouted events: {status['unrouted']}    duplicate deliveries: {status['duplicates']}")
     return "\n".join(lines)

@@ -174,7 +174,8 @@ class RqExecutor:
         abandoned = await abandoned_jobs(owner.redis, self.queue.name,
                                          [jid for jid, state in zip(ids, found, strict=True) if state == STARTED],
                                          time.time())
-        for row, jid, state in zip(rows, ids, found, strict=True):
+        paused = await reclaim.paused_runs(owner, stream, rows)
+        for row, jid, state, paused_runs in zip(rows, ids, found, paused, strict=True):
             entry_id, delivered = text(row["message_id"]), int(row["times_delivered"])
             if state == STARTED and jid in abandoned:
                 # Its worker died mid-job: a failed attempt, retried like one.
@@ -183,7 +184,7 @@ class RqExecutor:
                 state = ABANDONED
             if state in LIVE_STATES or len(due) >= limit:
                 continue
-            needed = reclaim.needed_idle_ms(owner, row, peer_wait=state is None)
+            needed = reclaim.needed_idle_ms(owner, row, peer_wait=state is None, paused_runs=paused_runs)
             if int(row["time_since_delivered"]) >= needed:
                 due.append((entry_id, delivered, needed))
                 states[entry_id] = state

@@ -73,12 +73,13 @@ from bus.envelope import Event
 from bus.keys import Keys
 from bus.logs import configure_logging
 from bus.partitions import stream_partition
+from bus.redaction import redact_secrets
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from bus.settings import Settings
 from workers.context import Context
 from workers.engine import outcomes
-from workers.engine.failures import REASON_MALFORMED, Failure
+from workers.engine.failures import REASON_MALFORMED, REASON_TIMEOUT, Failure
 from workers.handlers import HandlerSet, call_handler
 from workers.resources import Resources
 from workers.rq.deadline import INLINE, HandlerTimeout, handler_deadline
@@ -87,6 +88,7 @@ from workers.rq.record import (
     AttemptFailed,
     Where,
     ack_done,
+    counted_attempt,
     dead,
     record_failure,
     times_delivered,
@@ -122,7 +124,7 @@ def _runtime(settings: Settings) -> _Runtime:
     if found is None:
         # The first job (or warm_up) is the RQ worker process's entry into our code.
         if not structlog.is_configured():
-            configure_logging(settings.log_level)
+            configure_logging(settings.log_level, settings=settings)
         rq_log = logging.getLogger("rq.worker")
         if not any(isinstance(f, _HideJobArguments) for f in rq_log.filters):
             rq_log.addFilter(_HideJobArguments())
@@ -184,24 +186,29 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
         raise AttemptFailed(f"malformed entry {entry_id}: dead-lettered") from err
     ledger_key = keys.ledger(pool, event.id)
     done = {text(h) for h in client.smembers(ledger_key)} if attempt > 1 else set()
+    # `attempt` is the delivery (the job's identity); handlers see, and max_attempts counts, the
+    # attempt number, which leaves out the runs that ended Paused.
+    counted = counted_attempt(client, where, attempt)
     todo = [h for h in event.handlers if h not in done]
     succeeded: list[str] = []
     failures: list[Failure] = []
     try:
         with handler_deadline(timeout_s):
-            asyncio.run(_run_handlers(runtime, settings, event, pool, attempt, todo, timeout_s, succeeded,
+            asyncio.run(_run_handlers(runtime, settings, event, pool, counted, todo, timeout_s, succeeded,
                                       failures))
     except (HandlerTimeout, JobTimeoutException):
         ended = {*succeeded, *(f.handler for f in failures)}
         trace = traceback.format_exc()
         failures += [Failure(h, f"TimeoutError: the job ran past timeout_s ({timeout_s} s); it was stopped",
-                             trace) for h in todo if h not in ended]
+                             trace, reason=REASON_TIMEOUT) for h in todo if h not in ended]
     # From here on only recording, which RQ's alarm (already cancelled by _handler_deadline) must
     # never cut in half.
     if not failures:
         ack_done(client, where, event, attempt, ledger_key, ledger_ttl_s)
         return {"handlers": len(todo)}
-    record_failure(client, where, config, entry, event, attempt, succeeded, failures, ledger_ttl_s)
+    secret_names = runtime.holder.table.secret_env_names()
+    record_failure(client, where, config, entry, event, counted, succeeded, failures, ledger_ttl_s,
+                   redact=lambda value: redact_secrets(value, settings, secret_names))
     raise AttemptFailed(f"attempt {attempt} of entry {entry_id} ({event.type} {event.id}): "
                         + "; ".join(f"{f.handler}: {f.error}" for f in failures))
 

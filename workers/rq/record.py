@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from bus.errors import FanoutError
 from bus.partitions import Partition
 from bus.routing import PoolConfig
 from workers.engine import outcomes
-from workers.engine.failures import Failure
+from workers.engine.failures import Failure, credential_patterns_only
 
 log = structlog.get_logger("fanout.worker")
 
@@ -33,14 +34,25 @@ class Where:
     entry_id: str
 
 
+def counted_attempt(client: redis.Redis, where: Where, delivery: int) -> int:
+    """The attempt number of the entry's `delivery`-th run: the runs that ended Paused are not attempts."""
+    if delivery <= 1:
+        return delivery
+    paused: Any = client.hget(where.keys.uncounted(where.pool), where.entry_id)
+    return delivery - int(paused or 0)
+
+
 def record_failure(client: redis.Redis, where: Where, config: PoolConfig, entry: dict[str, str],
-                    event: Event, attempt: int, succeeded: list[str], failures: list[Failure],
-                    ledger_ttl_s: int) -> None:
-    """What a failed attempt leaves behind (workers/engine/outcomes.py): counts, ledger, retry time; or the dead letter."""
+                   event: Event, attempt: int, succeeded: list[str], failures: list[Failure],
+                   ledger_ttl_s: int, redact: Callable[[str], str] = credential_patterns_only) -> None:
+    """What a failed attempt leaves behind (workers/engine/outcomes.py): counts, ledger, retry time; or the dead letter.
+
+    `attempt` is the counted attempt (counted_attempt), not the delivery.
+    """
     ledger_key = where.keys.ledger(where.pool, event.id)
     reason = outcomes.dead_reason(failures, attempt, config.max_attempts)
     if reason is not None:
-        dead(client, where, entry, reason, failures, attempt, ledger_key, failed=len(failures))
+        dead(client, where, entry, reason, failures, attempt, ledger_key, failed=len(failures), redact=redact)
         return
     pipe = client.pipeline(transaction=True)
     # Backoff from the end of this attempt, not from when the entry was enqueued.
@@ -88,7 +100,8 @@ def ack_done(client: redis.Redis, where: Where, event: Event, attempt: int, ledg
 
 
 def dead(client: redis.Redis, where: Where, entry: dict[str, str], reason: str, failures: list[Failure],
-          attempts: int, ledger_key: str | None, *, failed: int = 0) -> None:
+         attempts: int, ledger_key: str | None, *, failed: int = 0,
+         redact: Callable[[str], str] = credential_patterns_only) -> None:
     """Dead-letter the entry, ack it, count it (and `failed` handler failures) in one script.
 
     One step, so a failure (or RQ's alarm) cannot leave a dead letter without the ack, which
@@ -97,10 +110,10 @@ def dead(client: redis.Redis, where: Where, entry: dict[str, str], reason: str, 
     """
     call = outcomes.dead_call(where.keys, where.pool, where.stream, where.entry_id, entry, reason=reason,
                               failures=failures, attempts=attempts, ledger_key=ledger_key, failed=failed,
-                              now_ms=int(time.time() * 1000))
+                              now_ms=int(time.time() * 1000), redact=redact)
     if not call.run(client):
         log.info("entry.already_done", pool=where.pool, executor="rq", entry_id=where.entry_id, attempt=attempts)
         return
-    log.error("entry.dead_lettered", pool=where.pool, executor="rq", entry_id=where.entry_id, reason=reason,
+    log.error("entry.dead_lettered", pool=where.pool, executor="rq", entry_id=where.entry_id,
               attempt=attempts, event_id=entry.get("id", ""), event_type=entry.get("type", ""),
-              handler=",".join(f.handler for f in failures), error=failures[0].error if failures else reason)
+              **outcomes.dead_log_fields(reason, failures, redact))

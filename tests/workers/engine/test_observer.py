@@ -67,3 +67,21 @@ async def test_the_observer_hears_each_handler_call_with_its_outcome(
     assert all(duration_s >= 0 for _, _, _, duration_s in recorder.finished)
     assert sum(recorder.batches) == 5, "every entry read once; retries are claimed, not read"
     assert max(recorder.in_flight) >= 1 and recorder.in_flight[-1] == 0
+
+
+async def test_a_paused_run_is_reported_as_a_retry(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    from tests.workers.engine.test_paused import HERE, PAUSES, POOL
+
+    routing = write_routing(tmp_path, f"""
+pools:
+  p: {{{POOL}}}
+routes:
+  charge.refunded: {{p: ["{HERE}paused_then_ok"]}}
+""")
+    await publish(aredis, keys, load(routing), "charge.refunded", "evt_paused")
+    recorder = Recorder()
+    await run_pool(make_settings(prefix, routing_file=routing), "p", redis=aredis, burst=True, observer=recorder)
+    outcomes = Counter(outcome for _, _, outcome, _ in recorder.finished)
+    assert outcomes == Counter({"retry": PAUSES, "ok": 1})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,11 +16,14 @@ from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from tests.conftest import make_settings
 from tests.support import H, load, publish, write_routing
+from workers.engine.ack_batch import AckBatch
 from workers.engine.consumer import Consumer
-from workers.engine.failures import Failure
-from workers.engine.outcomes import dead_call, retry_at_ms
-from workers.engine.retry import pool_backoff_ms
+from workers.engine.failures import REASON_MAX_ATTEMPTS, Failure
+from workers.engine.outcomes import ack_call, dead_call, dead_reason, record_failure, retry_at_ms
+from workers.engine.reclaim import min_idle_ms, needed_idle_ms
+from workers.engine.retry import peer_claim_idle_ms, pool_backoff_ms
 from workers.ops.deadletter import list_dead
+from workers.stream_ops import ensure_group
 from workers.supervision.runner import run_pool
 
 pytestmark = pytest.mark.anyio
@@ -81,3 +86,61 @@ routes:
     assert await call.run_async(aredis) == 0
     assert len(await list_dead(aredis, keys, "once")) == 1
     assert int(await aredis.hget(keys.pool_stats("once"), "dead")) == 1
+
+
+PAUSED = Failure("forward:a", "Paused: its breaker is open", "", defer_s=0.01, retry_later=True,
+                 counts_as_attempt=False, reason="paused")
+ERROR = Failure("h", "RuntimeError: x", "", reason="error")
+
+
+def test_a_paused_run_never_spends_the_last_attempt_but_a_real_failure_beside_it_does() -> None:
+    assert dead_reason([PAUSED], attempt=3, max_attempts=3) is None
+    assert dead_reason([PAUSED, ERROR], attempt=3, max_attempts=3) == REASON_MAX_ATTEMPTS
+    # ... and waits only its defer_s: a paused run has no backoff.
+    assert retry_at_ms(CONFIG, 3, "1-0", [PAUSED], now_ms=1000) == 1000 + 10
+    assert retry_at_ms(CONFIG, 3, "1-0", [PAUSED, ERROR], now_ms=1000) == 1000 + pool_backoff_ms(CONFIG, 3, "1-0")
+
+
+async def test_a_paused_run_is_counted_paused_and_one_more_uncounted_run_in_the_same_transaction(
+    aredis: aioredis.Redis, keys: Keys
+) -> None:
+    for _ in range(2):
+        pipe = aredis.pipeline(transaction=True)
+        record_failure(pipe, keys, CONFIG, "1-0", keys.ledger("p", "evt"), [], [PAUSED], attempt=1, now_ms=1000)
+        await pipe.execute()
+    assert await aredis.hgetall(keys.pool_stats("p")) == {b"paused": b"2"}
+    assert await aredis.hget(keys.uncounted("p"), "1-0") == b"2"
+    assert await aredis.hget(keys.retry_at("p"), "1-0") == b"1010"
+    pipe = aredis.pipeline(transaction=True)
+    record_failure(pipe, keys, CONFIG, "1-0", keys.ledger("p", "evt"), [], [PAUSED, ERROR], attempt=1, now_ms=1000)
+    await pipe.execute()
+    assert await aredis.hget(keys.pool_stats("p"), "failed") == b"2"
+    assert await aredis.hget(keys.uncounted("p"), "1-0") == b"2", "a run that tried is an attempt"
+
+
+async def test_the_ack_the_ack_batch_and_the_dead_letter_forget_an_entrys_paused_runs(
+    aredis: aioredis.Redis, keys: Keys
+) -> None:
+    stream = keys.stream("p")
+    await ensure_group(aredis, keys, "p")
+    ids = [(await aredis.xadd(stream, {"id": f"evt_{n}"})).decode() for n in range(3)]
+    await aredis.xreadgroup(keys.group("p"), "c", {stream: ">"}, count=3)
+    await aredis.hset(keys.uncounted("p"), mapping={i: 1 for i in ids})
+    assert await ack_call(keys, "p", stream, ids[0], "evt_0").run_async(aredis) == 1
+    assert await dead_call(keys, "p", stream, ids[1], {b"id": b"evt_1"}, reason=REASON_MAX_ATTEMPTS,
+                           failures=[ERROR], attempts=3, ledger_key=None, failed=1, now_ms=0).run_async(aredis) == 1
+    batch = AckBatch(aredis, keys, "p")
+    batch.complete(stream, ids[2], "processed", keys.ledger("p", "evt_2"))
+    await batch.flush()
+    assert await aredis.exists(keys.uncounted("p")) == 0
+    assert await aredis.xpending(stream, keys.group("p")) == {"pending": 0, "min": None, "max": None,
+                                                               "consumers": []}
+
+
+def test_the_backoff_leaves_paused_runs_out_and_never_drops_under_the_min_idle() -> None:
+    view: Any = SimpleNamespace(config=CONFIG, consumer="me", claim_margin_s=1.0)
+    row = {"message_id": b"1-0", "times_delivered": 5, "consumer": b"me"}
+    assert needed_idle_ms(view, row, peer_wait=True, paused_runs=3) == pool_backoff_ms(CONFIG, 2, "1-0")
+    assert needed_idle_ms(view, row, peer_wait=True, paused_runs=5) == min_idle_ms(CONFIG) > 0
+    peer = {**row, "consumer": b"peer"}
+    assert needed_idle_ms(view, peer, peer_wait=True, paused_runs=3) == peer_claim_idle_ms(CONFIG, 2, "1-0", 1.0)

@@ -14,7 +14,16 @@ from bus.reload import RoutingHolder
 from bus.resize import resize
 from ingress.parse import routing_fields
 from tests.conftest import make_settings
-from tests.support import FAST_POOL, H, event_body, load, publish_many, runs, wait_for, write_routing
+from tests.support import (
+    FAST_POOL,
+    H,
+    event_body,
+    load,
+    publish_many,
+    runs,
+    wait_for,
+    write_routing,
+)
 from workers.engine.consumer import Consumer
 from workers.ops.deadletter import list_dead
 from workers.ops.replay import replay_dead_entries, replay_stream

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from bus.keys import Keys
 from tests.conftest import make_settings
 from tests.support import FAST_POOL, H, load, publish, runs, write_routing
+from tests.workers.forward.test_forward import DEST_SECRET, Receiver
 from workers.ops.deadletter import list_dead, replay_dead
 from workers.supervision.runner import run_pool
 
@@ -66,3 +67,48 @@ async def test_replay_all_moves_every_dead_entry_back(
     assert len(added) == 3
     assert await list_dead(aredis, keys, "alpha") == []
     assert await aredis.xlen(keys.stream("alpha")) == 6
+
+
+async def test_a_dead_letter_says_how_each_handler_failed_and_its_reason_agrees_with_its_error(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path, receiver: Receiver
+) -> None:
+    import socket
+
+    from tests.test_cli_workers import fanout
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    routing = write_routing(tmp_path, f"""
+pools:
+  admin: {{{FAST_POOL}}}
+destinations:
+  a: {{url_env: A_URL, secret_env: SHARED_SECRET, timeout_s: 1}}
+  b: {{url_env: B_URL, secret_env: SHARED_SECRET, timeout_s: 1}}
+routes:
+  charge.refunded: {{admin: ["forward:a", "forward:b"]}}
+""")
+    env = {"A_URL": f"http://127.0.0.1:{closed_port}/", "B_URL": f"{receiver.base}/400",
+           "SHARED_SECRET": DEST_SECRET}
+    try:
+        await publish(aredis, keys, load(routing), "charge.refunded", "evt_mixed")
+        await run_pool(make_settings(prefix, routing_file=routing, **env), "admin", redis=aredis, burst=True)
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    [dead] = await list_dead(aredis, keys, "admin")
+    # Dead-lettered at once for b's 400; a's connection error is said as what it was.
+    assert (dead.attempts, dead.reason) == (1, "permanent failure (forward:b)")
+    assert dead.error == "PermanentFailure: destination 'b' answered 400"
+    assert [(f.handler, f.reason, f.error) for f in dead.failures] == [
+        ("forward:a", "retry requested (not retried: the entry was dead-lettered for another handler)",
+         "RetryLater: destination 'a': ConnectError"),
+        ("forward:b", "permanent failure", "PermanentFailure: destination 'b' answered 400"),
+    ]
+    listed = fanout(prefix, routing, "dlq", "list", "admin").stdout
+    first, *rest = listed.splitlines()
+    assert "permanent failure (forward:b): PermanentFailure: destination 'b' answered 400" in first
+    assert rest[:2] == [
+        "  - forward:a: retry requested (not retried: the entry was dead-lettered for another handler): "
+        "RetryLater: destination 'a': ConnectError",
+        "  - forward:b: permanent failure: PermanentFailure: destination 'b' answered 400",
+    ]

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from bus.keys import Keys
 from bus.routing import RoutingTable
 from tests.conftest import TEST_REDIS_URL, make_settings
 from tests.handlers_for_tests import runs_key, where_key
-from tests.rq_support import delete_rq_keys, drain_rq, pending, rq_queue_of, work_burst
+from tests.rq_support import drain_rq, pending, rq_queue_of, work_burst
 from tests.support import H, load, publish_many, start_worker, write_routing
 from workers.ops.deadletter import list_dead
 from workers.ops.status import collect_status
@@ -49,21 +48,6 @@ routes:
   test.defer: {{iso: ["{H}defer_once"]}}
   test.permanent: {{iso: ["{H}permanent", "{H}record"]}}
 """
-
-
-@pytest.fixture
-def sync_client(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
-    """A client on the test database; the RQ keys of this test are deleted afterwards.
-
-    The job function reads the RQ worker's environment, as `rq worker` would: point it at the test.
-    """
-    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
-    monkeypatch.setenv("FANOUT_PREFIX", prefix)
-    monkeypatch.setenv("LOG_LEVEL", "warning")
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    yield client
-    client.close()
-    delete_rq_keys(prefix)
 
 
 def routing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str = ROUTING) -> Path:

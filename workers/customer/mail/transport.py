@@ -184,18 +184,20 @@ class SmtpTransport:
         _quit_quietly(smtp)
 
     async def send(self, message: EmailMessage) -> None:
+        # Not chained (`from None`): smtplib's exception text is the server's reply, which may echo
+        # what it was sent (credentials included). Only codes and type names travel on.
         try:
             await asyncio.to_thread(self._send_blocking, message)
         except smtplib.SMTPRecipientsRefused as err:
             codes = sorted({code for code, _ in err.recipients.values()})
             # smtplib raises this for 4xx (greylisting, mailbox busy) as well as 5xx.
             if codes and all(500 <= code < 600 for code in codes):
-                raise PermanentFailure(f"SMTP server rejected the recipient (codes {codes})") from err
-            raise RetryLater(f"SMTP server deferred the recipient (codes {codes})") from err
+                raise PermanentFailure(f"SMTP server rejected the recipient (codes {codes})") from None
+            raise RetryLater(f"SMTP server deferred the recipient (codes {codes})") from None
         except smtplib.SMTPResponseException as err:
-            raise RetryLater(f"SMTP error {err.smtp_code}") from err
+            raise RetryLater(f"SMTP error {err.smtp_code}") from None
         except (smtplib.SMTPException, OSError) as err:
-            raise RetryLater(f"SMTP unavailable: {type(err).__name__}") from err
+            raise RetryLater(f"SMTP unavailable: {type(err).__name__}") from None
 
 
 class FileTransport:

@@ -45,7 +45,7 @@ async def open_store(settings: Settings) -> Store:
         key = _service_role_key(settings)
         from workers.customer.store.supabase_store import SupabaseStore
 
-        return await SupabaseStore.open(url, key)
+        return await SupabaseStore.open(url, key, settings)
     return await SqliteStore.open(settings.env.get("FANOUT_SQLITE_PATH") or DEFAULT_PATH)
 
 

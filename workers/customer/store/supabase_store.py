@@ -21,8 +21,9 @@ import httpx
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
-from bus.errors import PermanentFailure
-from bus.settings import Secret
+from bus.errors import PermanentFailure, RetryLater
+from bus.redaction import REDACTED, redact_secrets
+from bus.settings import Secret, Settings
 from workers.customer.store.rows import (
     Customer,
     CustomerEvent,
@@ -48,16 +49,19 @@ class SupabaseStore:
 
     name = "supabase"
 
-    def __init__(self, client: AsyncClient, url: str, http: httpx.AsyncClient) -> None:
+    def __init__(self, client: AsyncClient, url: str, http: httpx.AsyncClient, *,
+                 service_role_key: Secret | None = None, settings: Settings | None = None) -> None:
         self._client = client
         self._http = http
         self.url = url
+        self._key = service_role_key.reveal() if service_role_key else ""
+        self._settings = settings
 
     def __repr__(self) -> str:
         return f"SupabaseStore(url={self.url!r})"
 
     @classmethod
-    async def open(cls, url: str, service_role_key: Secret) -> SupabaseStore:
+    async def open(cls, url: str, service_role_key: Secret, settings: Settings | None = None) -> SupabaseStore:
         # Our own HTTP client carries the timeout (supabase-py deprecates its timeout option)
         # and is closed with the store.
         http = httpx.AsyncClient(timeout=POSTGREST_TIMEOUT_S)
@@ -67,20 +71,36 @@ class SupabaseStore:
             persist_session=False,
         )
         client = await acreate_client(url, service_role_key.reveal(), options=options)
-        return cls(client, url, http)
+        return cls(client, url, http, service_role_key=service_role_key, settings=settings)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    def _clean(self, text: str) -> str:
+        """Upstream text with every configured secret stripped (bus/redaction.py), the service key first."""
+        if self._key and self._key in text:
+            text = text.replace(self._key, REDACTED)
+        return redact_secrets(text, self._settings)
+
     async def _run(self, query: Any) -> list[dict[str, Any]]:
+        # PostgREST's error body (and supabase-py's exception text) may echo the request, headers
+        # included: only its redacted code and message travel on, never chained (`from None`),
+        # so the traceback a dead letter keeps cannot quote it either.
         try:
             response = await query.execute()
         except APIError as err:
+            said = self._clean(f"{err.code or 'no code'}: {err.message or 'no message'}"
+                               + (f" ({err.details})" if err.details else "")
+                               + (f" hint: {err.hint}" if err.hint else ""))
             if err.code == UNIQUE_VIOLATION:
                 # The conflict target is handled by the upsert; this is a second unique key
                 # (e.g. one payment intent on two sessions). Retrying cannot fix it.
-                raise PermanentFailure(f"constraint violated: {err.message}") from err
-            raise
+                raise PermanentFailure(f"constraint violated: {said}") from None
+            raise RetryLater(f"PostgREST error {said}") from None
+        except httpx.HTTPError as err:
+            raise RetryLater(f"PostgREST unreachable: {type(err).__name__}") from None
+        except Exception as err:  # e.g. an answer that is not JSON: its text may quote anything
+            raise RetryLater(f"PostgREST answer unusable: {type(err).__name__}: {self._clean(str(err))}") from None
         data: list[dict[str, Any]] = list(response.data)
         return data
 
