@@ -7,13 +7,14 @@ latency and no round trip.
 On a Redis Cluster a command may only name keys of one slot, and every partition
 is its own slot. A read is then one non-blocking XREADGROUP per stream, sent in
 one pipeline (redis-py's cluster pipeline sends each node its commands at once).
-When that finds nothing, the reader waits for a wake-up instead of blocking:
-one waiter task per stream keeps an `XREAD BLOCK ... STREAMS s <last id>`
-pending, which delivers nothing to the group (so cancelling or losing it loses
-nothing) and returns as soon as an entry newer than `<last id>` is added. The
-last id is read with XREVRANGE just *before* the XREADGROUP in the same
-pipeline: whatever arrives after it is either returned by that XREADGROUP or
-wakes a waiter, so no entry waits for the block timeout.
+A stream whose read comes back empty is *clean*: one waiter task keeps an
+`XREAD BLOCK ... STREAMS s <last id>` pending on it, which delivers nothing to
+the group (so cancelling or losing it loses nothing) and returns as soon as an
+entry newer than `<last id>` is added; the stream is then *dirty* again and the
+reader wakes. The last id is read with XREVRANGE just *before* the XREADGROUP in
+the same pipeline: whatever arrives after it is either returned by that
+XREADGROUP or wakes the waiter, so no entry waits for the block timeout. Each
+sweep reads only the dirty streams: under a trickle, one stream, not all.
 
 COUNT applies per stream, so each stream is asked for its share of the free
 slots (at least one): a read may return a few more entries than there are free
@@ -40,6 +41,7 @@ log = structlog.get_logger("fanout.worker")
 Batch = list[tuple[str, list[tuple[Any, Any]]]]
 
 WAITER_RETRY_S = 0.2
+WAITER_CLOSE_S = 1.0
 
 
 def is_cluster(redis: Any) -> bool:
@@ -75,6 +77,8 @@ class StreamReader:
         self._armed: dict[str, asyncio.Event] = {}
         self._waiters: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        # Streams that may hold undelivered entries (a cluster's sweep reads only these).
+        self._dirty: set[str] = set()
         self.set_streams(streams)
 
     def set_streams(self, streams: list[str]) -> None:
@@ -83,6 +87,7 @@ class StreamReader:
             self._waiters.pop(gone).cancel()
             self._armed.pop(gone, None)
         self.streams = list(streams)
+        self._dirty = set(streams)
 
     async def read(self, free: int) -> Batch:
         count = per_stream_count(free, len(self.streams))
@@ -91,33 +96,38 @@ class StreamReader:
                 self.group, self.consumer, dict.fromkeys(self.streams, ">"),
                 count=count, block=self.block_ms)
             return [(text(s), entries) for s, entries in reply or []]
-        self._wake.clear()
-        batch = await self._sweep(count)
-        if batch or not self.block_ms:
-            return batch
-        for stream in self.streams:
-            self._arm(stream)
-        try:
-            await asyncio.wait_for(self._wake.wait(), self.block_ms / 1000)
-        except TimeoutError:
-            return []
-        self._wake.clear()
-        return await self._sweep(count)
+        if not self._dirty:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.block_ms / 1000)
+            except TimeoutError:
+                self._dirty.update(self.streams)  # a safety net: sweep them all once per block_ms
+        return await self._sweep(per_stream_count(free, len(self._dirty) or 1))
 
     async def _sweep(self, count: int) -> Batch:
-        """One non-blocking XREADGROUP per stream, pipelined per node, each after its stream's last id."""
+        """One non-blocking XREADGROUP per stream that may have entries, pipelined per node.
+
+        A stream whose read came back empty is clean: its waiter watches it from the last id
+        read just before. One that returned entries stays dirty (it may hold more).
+        """
+        streams = [s for s in self.streams if s in self._dirty]
+        if not streams:
+            return []
         pipe: Any = self.redis.pipeline(transaction=False)
-        for stream in self.streams:
+        for stream in streams:
             pipe.xrevrange(stream, count=1)
             pipe.xreadgroup(self.group, self.consumer, {stream: ">"}, count=count)
         replies = await pipe.execute()
         batch: Batch = []
-        for i, stream in enumerate(self.streams):
+        for i, stream in enumerate(streams):
             newest, read = replies[2 * i], replies[2 * i + 1]
+            entries = [e for _, es in read or [] for e in es]
+            if entries:
+                batch.append((stream, entries))
+                continue
             self._last_ids[stream] = newest[0][0] if newest else "0-0"
-            for _, entries in read or []:
-                if entries:
-                    batch.append((stream, entries))
+            self._dirty.discard(stream)
+            self._arm(stream)
         return batch
 
     def _arm(self, stream: str) -> None:
@@ -127,24 +137,28 @@ class StreamReader:
         self._armed[stream].set()
 
     async def _waiter(self, stream: str) -> None:
-        """Wake the reader when `stream` gets an entry after the last id the reader saw."""
+        """Mark `stream` dirty and wake the reader when it gets an entry after the last id the reader saw."""
         armed = self._armed[stream]
         while True:
             await armed.wait()
             armed.clear()
-            try:
-                reply: Any = await self.redis.xread({stream: self._last_ids.get(stream, "$")}, count=1,
-                                                    block=self.block_ms)
-            except RedisError as err:
-                log.warning("pool.wake_failed", stream=stream, error=f"{type(err).__name__}: {err}")
-                await asyncio.sleep(WAITER_RETRY_S)
-                reply = True  # let the reader sweep: its own read reports the failure, or finds entries
-            if reply:
-                self._wake.set()
+            while True:  # one blocking XREAD outstanding while the stream is clean
+                try:
+                    reply: Any = await self.redis.xread({stream: self._last_ids.get(stream, "$")}, count=1,
+                                                        block=self.block_ms)
+                except RedisError as err:
+                    log.warning("pool.wake_failed", stream=stream, error=f"{type(err).__name__}: {err}")
+                    await asyncio.sleep(WAITER_RETRY_S)
+                    break  # let the reader sweep it: its own read reports the failure, or finds entries
+                if reply:
+                    break
+            self._dirty.add(stream)
+            self._wake.set()
 
     async def close(self) -> None:
         tasks = list(self._waiters.values())
         self._waiters.clear()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:  # a blocked XREAD holds nothing of ours: do not wait long for its connection to close
+            await asyncio.wait(tasks, timeout=WAITER_CLOSE_S)
