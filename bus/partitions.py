@@ -13,6 +13,7 @@ HSETNX the first time a process uses it, so processes never silently disagree.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,49 @@ class Partition:
 
     def stream(self, pool: str) -> str:
         return self.keys.stream(pool, self.p)
+
+    def group(self, pool: str) -> str:
+        return self.keys.group(pool)
+
+    def dead(self, pool: str) -> str:
+        return self.keys.dead(pool, self.p)
+
+    def ledger(self, pool: str, event_id: str) -> str:
+        return self.keys.ledger(pool, event_id, self.p)
+
+    def retry_at(self, pool: str) -> str:
+        return self.keys.retry_at(pool, self.p)
+
+    def pool_stats(self, pool: str) -> str:
+        return self.keys.pool_stats(pool, self.p)
+
+    def uncounted(self, pool: str) -> str:
+        return self.keys.uncounted(pool, self.p)
+
+
+def partition_of_stream(prefix: str, stream: str) -> Partition:
+    """The partition a pool stream's name belongs to, read from its hash tag.
+
+    `{prefix}:stream:pool` is the single partition; `{prefix:p}:stream:pool` is partition p
+    of any layout with more than one (their keys do not depend on the count). An RQ job and
+    the dead-letter tools, which know a stream but not the consumer's layout, use this.
+    """
+    if not stream.startswith("{") or "}" not in stream:
+        raise ValueError(f"{stream!r} is not a stream of prefix {prefix!r}")
+    tag = stream[1:stream.index("}")]
+    if tag == prefix:
+        return Partition(Keys(prefix, 1), 0)
+    head, _, number = tag.rpartition(":")
+    if head != prefix or not number.isdigit():
+        raise ValueError(f"{stream!r} is not a stream of prefix {prefix!r}")
+    p = int(number)
+    return Partition(Keys(prefix, max(2, p + 1)), p)
+
+
+@functools.lru_cache(maxsize=4096)
+def stream_partition(prefix: str, stream: str) -> Partition:
+    """partition_of_stream, cached: workers look it up for every outcome."""
+    return partition_of_stream(prefix, stream)
 
 
 def partitions_to_read(layout: Layout, prefix: str, pool: str) -> list[Partition]:

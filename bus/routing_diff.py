@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from bus.envelope import F_ID, F_REPLAY_OF, F_TYPE
 from bus.keys import Keys
+from bus.partitions import Layout, read_layout, streams_to_read
 from bus.routing import RoutingTable
 
 Change = Literal["added", "removed", "changed"]
@@ -104,8 +105,9 @@ async def routing_diff(
 ) -> RoutingDiff:
     """Compare two tables on the event types the streams hold (from `since_ms`, or all they hold)."""
     events_by_type: dict[str, set[str]] = defaultdict(set)
+    layout = await read_layout(redis, keys.prefix) or Layout(keys.partitions)
     for pool in sorted(old_table.pools.keys() | new_table.pools.keys()):
-        for stream in keys.streams(pool):
+        for stream in streams_to_read(layout, keys.prefix, pool):  # every partition's stream
             await _collect(redis, stream, since_ms, events_by_type)
     types = []
     for event_type in sorted(events_by_type):

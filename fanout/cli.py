@@ -63,11 +63,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_or_exit()
     from fanout.partitions_cmd import partitions_agree
 
-    if settings.partitions > 1:
-        # Until pools read every partition (streams_to_read), a worker would silently read nothing.
-        print(f"fanout worker: FANOUT_PARTITIONS={settings.partitions}: workers do not read partitioned "
-              "streams yet; run them with FANOUT_PARTITIONS=1", file=sys.stderr)
-        return 2
     preflight.require_redis(settings, "worker")
     if not partitions_agree(settings, "worker"):
         return 2
@@ -127,7 +122,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     from workers.ops.deadletter import list_dead
 
     settings = settings_or_exit()
-    dead = preflight.with_redis(settings, lambda r: list_dead(r, Keys(settings.key_prefix), args.pool),
+    dead = preflight.with_redis(settings, lambda r: list_dead(r, Keys(settings.key_prefix, settings.partitions), args.pool),
                                 "dlq list", pool=args.pool)
     if args.json:
         print(orjson.dumps([d.as_dict() for d in dead]).decode())

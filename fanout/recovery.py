@@ -68,7 +68,7 @@ def dlq_replay(settings: Settings, pool: str, ids: list[str] | None, *, reroute:
     if reroute and table is None:
         return 1
     result = with_redis(settings, lambda r: replay_dead_entries(
-        r, Keys(settings.key_prefix), pool, ids, table=table), "dlq replay", pool=pool)
+        r, Keys(settings.key_prefix, settings.partitions), pool, ids, table=table), "dlq replay", pool=pool)
     print(f"{pool}: {_plural(len(result.added), 'entry', 'entries')} put back in the stream")
     _print_skipped(result, pool, str(settings.routing_file), "left in the dead-letter stream")
     for dead_id in result.missing:
@@ -84,7 +84,7 @@ def replay(settings: Settings, pool: str, *, since: datetime | None, event_id: s
     if reroute and table is None:
         return 1
     result = with_redis(settings, lambda r: replay_stream(
-        r, Keys(settings.key_prefix), pool, since=since, event_id=event_id, table=table), "replay", pool=pool)
+        r, Keys(settings.key_prefix, settings.partitions), pool, since=since, event_id=event_id, table=table), "replay", pool=pool)
     copies = (f" ({_plural(result.skipped_copies, 'copy', 'copies')} from earlier replays skipped)"
               if result.skipped_copies else "")
     print(f"{pool}: {_plural(len(result.added), 'entry', 'entries')} published again{copies}")
@@ -205,7 +205,7 @@ def routes_diff(settings: Settings, old_path: str | None, new_path: str, *, sinc
             return 1
     old, new = tables
     since_ms = int(since.timestamp() * 1000) if since else None
-    diff = with_redis(settings, lambda r: routing_diff(r, Keys(settings.key_prefix), old, new, since_ms),
+    diff = with_redis(settings, lambda r: routing_diff(r, Keys(settings.key_prefix, settings.partitions), old, new, since_ms),
                       "routes diff")
     if as_json:
         print(orjson.dumps(diff.as_dict()).decode())

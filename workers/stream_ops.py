@@ -23,6 +23,16 @@ async def ensure_group(redis: aioredis.Redis, keys: Keys, pool: str) -> None:
             raise
 
 
+async def ensure_groups(redis: aioredis.Redis, streams: list[str], group: str) -> None:
+    """ensure_group for each of a pool's streams (one per partition)."""
+    for stream in streams:
+        try:
+            await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        except ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+
+
 def id_ms(entry_id: bytes | str) -> int:
     """The millisecond timestamp part of a stream entry id."""
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id

@@ -42,7 +42,7 @@ class AsyncExecutor:
         # Paused runs are not attempts: handlers, max_attempts and the backoff count the others.
         config, table, attempt = owner.config, owner.holder.table, entry.counted_attempt
         redelivered = entry.attempt > 1
-        ledger_key = owner.keys.ledger(owner.name, event.id)
+        ledger_key = owner.outcomes.part(entry.stream).ledger(owner.name, event.id)
         done: set[str] = set()
         if redelivered:
             members: Any = await owner.redis.smembers(ledger_key)
@@ -82,7 +82,7 @@ class AsyncExecutor:
             return
         failed = {f.handler for f in failures}
         await owner.outcomes.failed(config, entry.entry_id, ledger_key, [h for h in todo if h not in failed],
-                                    failures, attempt)
+                                    failures, attempt, entry.stream)
         self._report(results, None)
 
     def _report(self, results: list[Result], failed_as: str | None) -> None:
@@ -102,7 +102,7 @@ class AsyncExecutor:
 
     async def reclaim(self, stream: str, limit: int) -> int:
         due = await reclaim.due_entries(self.owner, stream, limit)
-        due = await self._not_running_in_rq(await reclaim.not_deferred(self.owner, due))
+        due = await self._not_running_in_rq(await reclaim.not_deferred(self.owner, stream, due))
         return await reclaim.claim(self.owner, stream, due)
 
     async def _not_running_in_rq(self, due: list[Due]) -> list[Due]:

@@ -12,8 +12,9 @@ An entry is acked only once every handler it names has succeeded, or once it
 is in the dead-letter stream (one script with the ack). Anything else leaves it
 pending, so a crash leaves duplicates, never losses.
 
-Every entry carries its stream (`Entry.stream`); reading, reclaiming and
-trimming are written per stream, for pools that will have several.
+A pool has one stream per partition (bus/partitions.py); the consumer reads those of
+the layout it claimed at start and of layouts still draining (reader.py, layout_watch.py).
+Every entry carries its stream (`Entry.stream`), and so its partition's keys.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -34,12 +35,13 @@ from redis.exceptions import RedisError
 from bus import defaults
 from bus.errors import ConfigError
 from bus.keys import Keys
+from bus.partitions import Layout, streams_to_read
 from bus.redaction import redact_secrets
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from bus.settings import Settings
 from workers import heartbeat
-from workers.engine import reclaim, retention
+from workers.engine import layout_watch, reclaim, retention
 from workers.engine.async_executor import AsyncExecutor
 from workers.engine.drain import drain
 from workers.engine.entries import run_entry
@@ -49,11 +51,12 @@ from workers.engine.observer import NoObserver, Observer
 from workers.engine.ordering import Ordering
 from workers.engine.outcomes import Outcomes
 from workers.engine.periodic import every
+from workers.engine.reader import StreamReader, new_entries
 from workers.engine.slots import Slots
 from workers.handlers import HandlerSet, pool_handler_names
 from workers.resources import Resources
 from workers.rq.bridge import RqExecutor
-from workers.stream_ops import ensure_group, text
+from workers.stream_ops import ensure_groups
 
 log = structlog.get_logger("fanout.worker")
 
@@ -97,11 +100,12 @@ class Consumer:
         self.redis = redis
         self.holder = holder
         self.clock = clock
-        self.keys = Keys(settings.key_prefix)
-        # The streams this consumer reads: one today (partitions will make it several).
-        self.streams = [self.keys.stream(name)]
+        self.keys = Keys(settings.key_prefix, settings.partitions)
+        # Every stream this consumer reads: one per partition, of the layout claimed in run().
+        self.streams = streams_to_read(Layout(settings.partitions), settings.key_prefix, name)
         self.group = self.keys.group(name)
         self.consumer = consumer or consumer_name()
+        self.backlog: deque[Entry] = deque()
         self.burst = burst
         self.claim_margin_s = claim_margin_s
         self.trim_interval_s = trim_interval_s
@@ -118,9 +122,10 @@ class Consumer:
             vet_reloads(holder, name)
         self._threads: ThreadPoolExecutor | None = None
         self.log = log.bind(pool=name, consumer=self.consumer)
-        # Entries being run by this process, by (stream, entry id).
+        # Entries being run by this process, by (stream, entry id); read beyond the free slots: backlog.
         self.inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.slots = Slots(lambda: self.concurrency)
+        self.reader = StreamReader(redis, self.group, self.consumer, self.streams, self._block_ms)
         self._stopping = False
         self.read_failures = 0
         self.outcomes = Outcomes(redis, self.keys, name, self.now_ms, redact=lambda value: redact_secrets(
@@ -130,8 +135,6 @@ class Consumer:
         self.executor: Executor = RqExecutor(self) if self.executor_kind == "rq" else AsyncExecutor(self)
         self.ordering = Ordering(self, self.streams) if self._config.ordering == "object" else None  # fixed too
         self.own_entries_only = self.ordering is not None
-
-    # --- configuration ---------------------------------------------------------------------------
 
     @property
     def config(self) -> PoolConfig:
@@ -151,7 +154,8 @@ class Consumer:
     def busy(self, stream: str, entry_id: str) -> bool:
         """Running here, or finished with its ack on its way: not to be run again meanwhile."""
         return ((stream, entry_id) in self.inflight or self.outcomes.unacked(stream, entry_id)
-                or (self.ordering is not None and self.ordering.holds(stream, entry_id)))
+                or (self.ordering is not None and self.ordering.holds(stream, entry_id))
+                or any(e.stream == stream and e.entry_id == entry_id for e in self.backlog))
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -164,8 +168,13 @@ class Consumer:
         self._stopping = True
         self.slots.wake()
 
+    def use_streams(self, streams: list[str]) -> None:
+        """Read these streams from now on (the layout changed, or a draining one was dropped)."""
+        self.streams = streams
+        self.reader.set_streams(streams)
+
     async def run(self) -> None:
-        await ensure_group(self.redis, self.keys, self.name)
+        await layout_watch.claim_streams(self, lambda: self._stopping)  # PartitionMismatch: another count
         self.log.info("pool.started", concurrency=self.concurrency, burst=self.burst)
         flusher = asyncio.create_task(self.outcomes.batch.run(), name="flusher")
 
@@ -195,6 +204,7 @@ class Consumer:
             await flusher
             if self.ordering is not None:
                 await self.ordering.close()
+            await self.reader.close()
             for stream in self.streams:
                 await retention.leave_group(self.redis, stream, self.group, self.consumer)
             await heartbeat.leave(self.redis, self.keys.heartbeats(self.name), self.consumer)
@@ -205,44 +215,38 @@ class Consumer:
             self.log.info("pool.stopped")
 
     async def _read_loop(self) -> None:
-        streams = {stream: ">" for stream in self.streams}
         while not self._stopping:
             await self.slots.reader_turn()
+            while self.backlog and self.slots.free() > 0:
+                self.start(self.backlog.popleft())
             free = self.slots.free() if self.ordering is None else self.ordering.reader_free()
-            if free <= 0:
+            if free <= 0 or self.backlog:
                 await self.slots.wait_freed()
                 continue
             taken = self.slots.reserve(free)
             try:
-                reply: Any = await (self.ordering.read(taken) if self.ordering is not None else self.redis.xreadgroup(
-                    self.group, self.consumer, streams, count=taken, block=self._block_ms  # type: ignore[arg-type]
-                ))
+                batch = await (self.ordering.read(taken) if self.ordering is not None else self.reader.read(taken))
             except RedisError as err:
                 self.slots.release(taken)
                 self.read_failures += 1
                 self.log.error("pool.read_failed", error=f"{type(err).__name__}: {err}")
                 await asyncio.sleep(self._block_ms / 1000)
                 if "NOGROUP" in str(err):  # the stream was deleted by hand: start it again
-                    await ensure_group(self.redis, self.keys, self.name)
+                    await ensure_groups(self.redis, self.streams, self.group)
                 continue
             except BaseException:
                 self.slots.release(taken)
                 raise
             self.slots.release(taken)
-            if reply:
-                for stream_key, entries in reply:
-                    self.observer.read_batch(self.name, len(entries))
-                    stream = text(stream_key)
-                    # More than the free slots only if concurrency was lowered meanwhile: the rest stays
-                    # pending and is reclaimed later, rather than running over the limit.
-                    for entry_id, fields in entries[:max(0, self.slots.free())]:
-                        self.start(Entry(stream, text(entry_id), fields, 1))
-            elif self.burst and await self._drained():
+            for entry in new_entries(batch, lambda n: self.observer.read_batch(self.name, n)):
+                # Beyond the free slots (COUNT is per stream; concurrency lowered): started as slots free.
+                self.start(entry) if self.slots.free() > 0 else self.backlog.append(entry)
+            if not batch and self.burst and await self._drained():
                 return
 
     async def _drained(self) -> bool:
         """Burst mode's exit test: nothing in flight or unflushed, nothing new, nothing pending."""
-        if self.inflight:
+        if self.inflight or self.backlog:
             return False
         await self.outcomes.batch.flush()
         for stream in self.streams:
@@ -265,8 +269,7 @@ class Consumer:
         for stream in self.streams:
             await retention.trim_once(self.redis, stream, self.group, retention_s=self.config.retention_s,
                                       now_ms=self.now_ms())
-
-    # --- one entry -------------------------------------------------------------------------------
+        await layout_watch.follow_layout(self)
 
     def start(self, entry: Entry) -> None:
         """Run an entry this consumer now owns (read new, or claimed for a retry)."""

@@ -34,19 +34,19 @@ async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:
     newest = newest_for(owner, entry, event)
     if newest is not None and await newest.stale(owner.redis):
         owner.outcomes.stale(entry.stream, entry.entry_id,
-                             owner.keys.ledger(owner.name, event.id) if entry.attempt > 1 else None)
+                             owner.outcomes.part(entry.stream).ledger(owner.name, event.id) if entry.attempt > 1 else None)
         for handler in event.handlers:
             owner.observer.handler_finished(owner.name, handler, STALE, 0.0)
         owner.log.info("entry.stale", entry_id=entry.entry_id, event_id=event.id, event_type=event.type,
                        created=event.created)
         return
     if entry.attempt > 1:
-        paused: Any = await owner.redis.hget(owner.keys.uncounted(owner.name), entry.entry_id)
+        paused: Any = await owner.redis.hget(owner.outcomes.part(entry.stream).uncounted(owner.name), entry.entry_id)
         if paused:
             entry = dataclasses.replace(entry, paused_runs=int(paused))
     last = entry.counted_attempt - 1
     if last >= owner.config.max_attempts:
-        ledger_key = owner.keys.ledger(owner.name, event.id)
+        ledger_key = owner.outcomes.part(entry.stream).ledger(owner.name, event.id)
         members: Any = await owner.redis.smembers(ledger_key)
         failures = lost_attempt_failures(event.handlers, {text(h) for h in members},
                                          executor.lost_attempt_error(last))

@@ -32,6 +32,7 @@ import structlog
 
 from bus import defaults
 from bus.keys import Keys
+from bus.partitions import Partition, stream_partition
 from bus.routing import PoolConfig
 from workers.engine.ack_batch import AckBatch
 from workers.engine.failures import (
@@ -68,7 +69,7 @@ return 0
 # ledger DEL and the retry-time and paused-runs HDELs; nothing when the entry is no longer pending
 # (a repeat), unless ARGV[4] is "0" (an entry trimmed while pending: XCLAIM already dropped it
 # from the pending list). KEYS: stream, stats, ledger (the stats key when there is none), retry
-# times, dead-letter stream, paused runs (all under the {prefix} hash tag). ARGV: group, entry id, handler failures
+# times, dead-letter stream, paused runs (all under the stream's partition tag: one slot). ARGV: group, entry id, handler failures
 # to count, the pending guard, then the dead-letter entry's fields and values. XADD comes
 # first: if it fails, nothing else happened.
 DEAD_SCRIPT = """
@@ -101,7 +102,7 @@ class ScriptCall:
         return await client.eval(self.script, len(self.keys), *self.keys, *self.args)
 
 
-def ack_call(keys: Keys, pool: str, stream: str, entry_id: str, event_id: str | None,
+def ack_call(keys: Partition, pool: str, stream: str, entry_id: str, event_id: str | None,
              counter: str = "processed") -> ScriptCall:
     """Ack one entry and count it; with no event id there is no ledger to delete."""
     stats = keys.pool_stats(pool)
@@ -110,7 +111,7 @@ def ack_call(keys: Keys, pool: str, stream: str, entry_id: str, event_id: str | 
                       [keys.group(pool), entry_id, counter])
 
 
-def dead_call(keys: Keys, pool: str, stream: str, entry_id: str, fields: Mapping[Any, Any], *, reason: str,
+def dead_call(keys: Partition, pool: str, stream: str, entry_id: str, fields: Mapping[Any, Any], *, reason: str,
               failures: list[Failure], attempts: int, ledger_key: str | None, failed: int, now_ms: int,
               only_if_pending: bool = True, redact: Callable[[str], str] = credential_patterns_only) -> ScriptCall:
     """Dead-letter, ack and count one entry (and `failed` handler failures) in one step."""
@@ -124,7 +125,7 @@ def dead_call(keys: Keys, pool: str, stream: str, entry_id: str, fields: Mapping
                       [keys.group(pool), entry_id, str(failed), "1" if only_if_pending else "0", *flat])
 
 
-def trimmed_call(keys: Keys, pool: str, stream: str, entry_id: str, delivered: int, now_ms: int) -> ScriptCall:
+def trimmed_call(keys: Partition, pool: str, stream: str, entry_id: str, delivered: int, now_ms: int) -> ScriptCall:
     """The dead letter of an entry that was pending but is no longer in the stream."""
     failure = Failure("", f"entry {entry_id} was pending but is no longer in {stream}", "")
     return dead_call(keys, pool, stream, entry_id, {b"dlq_missing_entry": entry_id.encode()},
@@ -169,7 +170,7 @@ def retry_at_ms(config: PoolConfig, attempt: int, entry_id: str, failures: list[
     return now_ms + max(backoff_ms, defer_ms)
 
 
-def record_failure(pipe: Any, keys: Keys, config: PoolConfig, entry_id: str, ledger_key: str,
+def record_failure(pipe: Any, keys: Partition, config: PoolConfig, entry_id: str, ledger_key: str,
                    succeeded: list[str], failures: list[Failure], attempt: int, now_ms: int,
                    ttl_s: int | None = None) -> None:
     """Queue on `pipe` (a sync or async pipeline) what a failed attempt that will be retried leaves.
@@ -202,6 +203,10 @@ class Outcomes:
         self.batch = AckBatch(redis, keys, pool)
         self._log = log.bind(pool=pool)
 
+    def part(self, stream: str) -> Partition:
+        """The partition of one of the pool's streams: its entries' ledger, retry time, dead letters."""
+        return stream_partition(self.keys.prefix, stream)
+
     def unacked(self, stream: str, entry_id: str) -> bool:
         """Finished, its ack on its way: never to be run again meanwhile."""
         return (stream, entry_id) in self.batch.unacked
@@ -215,21 +220,22 @@ class Outcomes:
         """Queue the ack of an entry the stale guard skipped, counted `stale`."""
         self.batch.complete(stream, entry_id, "stale", ledger_key)
 
-    def count(self, counter: str, n: int = 1) -> None:
-        self.batch.count(counter, n)
+    def count(self, counter: str, n: int = 1, stream: str | None = None) -> None:
+        self.batch.count(counter, n, stream)
 
     async def failed(self, config: PoolConfig, entry_id: str, ledger_key: str, succeeded: list[str],
-                     failures: list[Failure], attempt: int) -> None:
+                     failures: list[Failure], attempt: int, stream: str | None = None) -> None:
         """A failed attempt that will be retried: counts, ledger, retry time (one transaction)."""
         pipe = self.redis.pipeline(transaction=True)
-        record_failure(pipe, self.keys, config, entry_id, ledger_key, succeeded, failures, attempt, self.now_ms())
+        part = self.part(stream or self.keys.stream(self.pool))
+        record_failure(pipe, part, config, entry_id, ledger_key, succeeded, failures, attempt, self.now_ms())
         await pipe.execute()
 
     async def dead_letter(self, stream: str, entry_id: str, fields: Mapping[Any, Any], *, reason: str,
                           failures: list[Failure], attempts: int, ledger_key: str | None = None,
                           failed: int = 0) -> bool:
         """Dead-letter and ack in one script; False when the entry was no longer pending (nothing written)."""
-        call = dead_call(self.keys, self.pool, stream, entry_id, fields, reason=reason, failures=failures,
+        call = dead_call(self.part(stream), self.pool, stream, entry_id, fields, reason=reason, failures=failures,
                          attempts=attempts, ledger_key=ledger_key, failed=failed, now_ms=self.now_ms(),
                          redact=self.redact)
         if not await call.run_async(self.redis):
@@ -242,9 +248,10 @@ class Outcomes:
 
     async def trimmed(self, stream: str, entry_id: str, delivered: int) -> None:
         """Pending, yet gone from the stream: say so in the dead-letter stream rather than lose it."""
-        await trimmed_call(self.keys, self.pool, stream, entry_id, delivered, self.now_ms()).run_async(self.redis)
+        call = trimmed_call(self.part(stream), self.pool, stream, entry_id, delivered, self.now_ms())
+        await call.run_async(self.redis)
         self._log.error("entry.dead_lettered", entry_id=entry_id, reason=REASON_TRIMMED, attempt=delivered)
 
     async def ack(self, stream: str, entry_id: str) -> bool:
         """Ack (and count) an entry at once, outside the batch; False when it was acked already."""
-        return bool(await ack_call(self.keys, self.pool, stream, entry_id, None).run_async(self.redis))
+        return bool(await ack_call(self.part(stream), self.pool, stream, entry_id, None).run_async(self.redis))

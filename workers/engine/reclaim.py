@@ -78,7 +78,7 @@ async def reclaim_pass(view: Claimer, executor: Executor, stream: str, stopping:
     finally:
         view.slots.release(taken)
     if started:
-        view.outcomes.count("retried", started)
+        view.outcomes.count("retried", started, stream)
     return started
 
 
@@ -101,9 +101,9 @@ def needed_idle_ms(view: Claimer, row: Any, *, peer_wait: bool, paused_runs: int
     return max(needed, min_idle_ms(view.config))
 
 
-async def paused_runs(view: Claimer, rows: list[Any]) -> list[int]:
+async def paused_runs(view: Claimer, stream: str, rows: list[Any]) -> list[int]:
     """Per XPENDING row, how many of its runs ended Paused (one round trip when there are any)."""
-    key = view.keys.uncounted(view.name)
+    key = view.outcomes.part(stream).uncounted(view.name)
     if not rows or not await view.redis.exists(key):
         return [0] * len(rows)
     found: Any = await view.redis.hmget(key, [text(r["message_id"]) for r in rows])
@@ -114,7 +114,7 @@ async def due_entries(view: Claimer, stream: str, limit: int) -> list[Due]:
     """Up to `limit` pending entries of `stream` past their backoff (a peer's: past its takeover time)."""
     due: list[Due] = []
     async for rows in pending_pages(view.redis, stream, view.group, idle_ms=min_idle_ms(view.config)):
-        for row, paused in zip(rows, await paused_runs(view, rows), strict=True):
+        for row, paused in zip(rows, await paused_runs(view, stream, rows), strict=True):
             entry_id = text(row["message_id"])
             if view.busy(stream, entry_id) or (view.own_entries_only and text(row["consumer"]) != view.consumer):
                 continue  # an ordered pool takes peers' entries over by adopting them (ordering.py)
@@ -126,9 +126,9 @@ async def due_entries(view: Claimer, stream: str, limit: int) -> list[Due]:
     return due
 
 
-async def not_deferred(view: Claimer, due: list[Due]) -> list[Due]:
+async def not_deferred(view: Claimer, stream: str, due: list[Due]) -> list[Due]:
     """Drop entries whose failed attempt recorded a retry time still in the future."""
-    key = view.keys.retry_at(view.name)
+    key = view.outcomes.part(stream).retry_at(view.name)
     if not due or not await view.redis.exists(key):
         return due
     retry_at: Any = await view.redis.hmget(key, [entry_id for entry_id, _, _ in due])

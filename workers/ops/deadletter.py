@@ -24,6 +24,7 @@ from workers.engine.failures import (
     F_REASON,
     F_TRACEBACK,
 )
+from workers.ops.pool_partitions import id_order, pool_partitions
 from workers.stream_ops import Fields, text
 
 
@@ -89,9 +90,13 @@ def _handler_failures(raw: Any) -> tuple[HandlerFailure, ...]:
 
 
 async def list_dead(redis: aioredis.Redis, keys: Keys, pool: str, count: int | None = None) -> list[DeadEntry]:
-    """Dead-lettered entries of a pool, oldest first."""
-    rows: Any = await redis.xrange(keys.dead(pool), count=count)
-    return [dead_entry(dead_id, fields) for dead_id, fields in rows]
+    """Dead-lettered entries of a pool, oldest first, of every partition (the first `count`)."""
+    rows: list[Any] = []
+    for part in await pool_partitions(redis, keys, pool):
+        found: Any = await redis.xrange(part.dead(pool), count=count)
+        rows.extend(found)
+    rows.sort(key=lambda row: id_order(text(row[0])))
+    return [dead_entry(dead_id, fields) for dead_id, fields in rows[:count]]
 
 
 async def replay_dead(

@@ -28,9 +28,11 @@ from bus.envelope import (
     HANDLER_SEPARATOR,
 )
 from bus.keys import Keys
+from bus.partitions import Partition
 from bus.routing import RoutingTable
 from workers.engine.failures import DLQ_PREFIX, F_ENTRY_ID, F_FAILED_HANDLERS
-from workers.stream_ops import Fields, ensure_group, text
+from workers.ops.pool_partitions import pool_partitions
+from workers.stream_ops import Fields, ensure_groups, text
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def current_handlers(table: RoutingTable, pool: str, event_type: str) -> tuple[s
 
 
 async def _rerouted(
-    redis: aioredis.Redis, keys: Keys, pool: str, table: RoutingTable, fields: dict[Any, Any],
+    redis: aioredis.Redis, keys: Partition, pool: str, table: RoutingTable, fields: dict[Any, Any],
     done: set[str],
 ) -> tuple[str, ...] | None:
     """The handlers a rerouted copy runs (current ones not done); None when the pool is no longer routed."""
@@ -105,22 +107,31 @@ async def replay_dead_entries(
     Without `table`, only the handlers that had not succeeded run again. With it,
     the table's current handlers for the entry's type run, less those done. The
     copy is added before the dead entry is deleted, so a crash in between leaves
-    a duplicate, never a loss.
+    a duplicate, never a loss. Each partition's dead letters go back to its own stream.
     """
-    await ensure_group(redis, keys, pool)
-    dead_key = keys.dead(pool)
     result = ReplayResult()
+    found: set[str] = set()
+    for part in await pool_partitions(redis, keys, pool):
+        await _replay_dead_of(redis, part, pool, ids, table, result, found)
+    result.missing.extend(dead_id for dead_id in ids or [] if dead_id not in found)
+    return result
+
+
+async def _replay_dead_of(redis: aioredis.Redis, keys: Partition, pool: str, ids: list[str] | None,
+                          table: RoutingTable | None, result: ReplayResult, found: set[str]) -> None:
+    """replay_dead_entries for one partition; `found` collects the ids of `ids` it holds."""
+    dead_key = keys.dead(pool)
     rows: Any
     if ids is None:
         rows = await redis.xrange(dead_key)
     else:
         rows = []
         for dead_id in ids:
-            found = await redis.xrange(dead_key, min=dead_id, max=dead_id)
-            if found:
-                rows.extend(found)
-            else:
-                result.missing.append(dead_id)
+            if dead_id not in found and (hit := await redis.xrange(dead_key, min=dead_id, max=dead_id)):
+                rows.extend(hit)
+                found.add(dead_id)
+    if rows:
+        await ensure_groups(redis, [keys.stream(pool)], keys.group(pool))
     for dead_id, fields in rows:
         copy: dict[Any, Any] = {k: v for k, v in fields.items() if not text(k).startswith(DLQ_PREFIX)}
         if F_ID.encode() not in copy:
@@ -149,7 +160,6 @@ async def replay_dead_entries(
         _mark(copy, original, done)
         result.added.append(text(await redis.xadd(keys.stream(pool), copy)))
         await redis.xdel(dead_key, dead_id)
-    return result
 
 
 async def replay_stream(
@@ -165,14 +175,23 @@ async def replay_stream(
     """
     if (since is None) == (event_id is None):
         raise ValueError("give exactly one of since or event_id")
-    await ensure_group(redis, keys, pool)
-    stream = keys.stream(pool)
     result = ReplayResult()
+    for part in await pool_partitions(redis, keys, pool):  # an event's entries are all in one partition
+        await ensure_groups(redis, [part.stream(pool)], part.group(pool))
+        await _replay_stream_of(redis, part, pool, since, event_id, table, page_size, result)
+    return result
+
+
+async def _replay_stream_of(redis: aioredis.Redis, keys: Partition, pool: str, since: datetime | None,
+                            event_id: str | None, table: RoutingTable | None, page_size: int,
+                            result: ReplayResult) -> None:
+    """replay_stream for one partition's stream, adding to `result`."""
+    stream = keys.stream(pool)
     start = f"{int(since.timestamp() * 1000)}-0" if since is not None else "-"
     # Stop at the current end, so the copies we add are not read back and copied again.
     last: Any = await redis.xrevrange(stream, count=1)
     if not last:
-        return result
+        return
     end = text(last[0][0])
     chosen: list[tuple[str, Fields]] = []
     replayed: set[str] = set()
@@ -213,7 +232,6 @@ async def replay_stream(
             copy[F_VERSION.encode()] = table.version
         _mark(copy, text(copy.get(F_REPLAY_OF.encode())) or entry_id, done)
         result.added.append(text(await redis.xadd(stream, copy)))
-    return result
 
 
 async def replay_entries(

@@ -117,7 +117,7 @@ class RqExecutor:
             due, states = await self._due(stream, limit)
         else:
             due, states = await self._due_retries(stream, limit)
-        due = await reclaim.not_deferred(owner, due)
+        due = await reclaim.not_deferred(owner, stream, due)
         for entry_id, _, _ in (d for d in due if states[d[0]] == FINISHED):
             # Its job finished while the entry stayed pending (the job's ack was lost): ack it now.
             if await owner.outcomes.ack(stream, entry_id):
@@ -147,7 +147,8 @@ class RqExecutor:
     async def _due_retries(self, stream: str, limit: int) -> tuple[list[Due], dict[str, str | None]]:
         """As `_due`, among the entries whose retry time has passed only."""
         owner = self.owner
-        retry_at: Any = await owner.redis.hgetall(owner.keys.retry_at(owner.name))
+        retry_key = owner.outcomes.part(stream).retry_at(owner.name)
+        retry_at: Any = await owner.redis.hgetall(retry_key)
         now_ms = owner.now_ms()
         ready = [text(e) for e, at in retry_at.items() if int(at) <= now_ms]
         due: list[Due] = []
@@ -159,7 +160,7 @@ class RqExecutor:
             found: list[Any] = await pipe.execute()
             gone = [entry_id for entry_id, rows in zip(ready, found, strict=True) if not rows]
             if gone:  # acked or dead-lettered without its retry time being removed
-                await owner.redis.hdel(owner.keys.retry_at(owner.name), *gone)
+                await owner.redis.hdel(retry_key, *gone)
             await self._select(stream, [row for rows in found for row in rows], limit, due, states)
         return due, states
 
@@ -173,7 +174,7 @@ class RqExecutor:
         abandoned = await abandoned_jobs(owner.redis, self.queue.name,
                                          [jid for jid, state in zip(ids, found, strict=True) if state == STARTED],
                                          time.time())
-        paused = await reclaim.paused_runs(owner, rows)
+        paused = await reclaim.paused_runs(owner, stream, rows)
         for row, jid, state, paused_runs in zip(rows, ids, found, paused, strict=True):
             entry_id, delivered = text(row["message_id"]), int(row["times_delivered"])
             if state == STARTED and jid in abandoned:

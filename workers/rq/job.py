@@ -73,6 +73,7 @@ from bus.connection import async_redis, sync_redis
 from bus.envelope import Event
 from bus.keys import Keys
 from bus.logs import configure_logging
+from bus.partitions import stream_partition
 from bus.redaction import redact_secrets
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
@@ -167,10 +168,11 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
     settings = dataclasses.replace(Settings.from_env(), key_prefix=prefix)
     runtime = _runtime(settings)
     client = _connection(settings)
-    keys = Keys(prefix)
+    stream = stream or Keys(prefix).stream(pool)
+    keys = stream_partition(prefix, stream)  # the ledger, retry time and dead letter of its partition
     config = PoolConfig(name=pool, max_attempts=max_attempts, timeout_s=timeout_s,
                         backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s)
-    where = Where(keys, pool, stream or keys.stream(pool), entry_id)
+    where = Where(keys, pool, stream, entry_id)
     delivered = times_delivered(client, where)
     if delivered != attempt:
         # Done (acked, dead-lettered), or another attempt owns it now: a job requeued by hand
@@ -185,7 +187,7 @@ def run_entry(*, prefix: str, pool: str, entry_id: str, attempt: int, max_attemp
         dead(client, where, entry, REASON_MALFORMED, [failure], attempt, None)
         raise AttemptFailed(f"malformed entry {entry_id}: dead-lettered") from err
     ledger_key = keys.ledger(pool, event.id)
-    newest = Newest.of(keys, pool, where.stream, event, time.time()) if skip_stale else None
+    newest = Newest.of(Keys(prefix), pool, where.stream, event, time.time()) if skip_stale else None
     done = {text(h) for h in client.smembers(ledger_key)} if attempt > 1 else set()
     # `attempt` is the delivery (the job's identity); handlers see, and max_attempts counts, the
     # attempt number, which leaves out the runs that ended Paused.
@@ -253,7 +255,6 @@ def on_job_success(job: Job, connection: redis.Redis, result: Any) -> None:
     if isinstance(result, dict) and result.get(SKIPPED):
         return
     kwargs: dict[str, Any] = job.kwargs
-    keys = Keys(kwargs["prefix"])
     event_id = kwargs["entry"].get("id") if kwargs["attempt"] > 1 else None
-    stream = kwargs.get("stream") or keys.stream(kwargs["pool"])
-    outcomes.ack_call(keys, kwargs["pool"], stream, kwargs["entry_id"], event_id).run(connection)
+    stream = kwargs.get("stream") or Keys(kwargs["prefix"]).stream(kwargs["pool"])
+    outcomes.ack_call(stream_partition(kwargs["prefix"], stream), kwargs["pool"], stream, kwargs["entry_id"], event_id).run(connection)

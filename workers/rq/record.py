@@ -12,7 +12,7 @@ import structlog
 
 from bus.envelope import Event
 from bus.errors import FanoutError
-from bus.keys import Keys
+from bus.partitions import Partition
 from bus.routing import PoolConfig
 from workers.engine import outcomes
 from workers.engine.failures import Failure, credential_patterns_only
@@ -27,9 +27,9 @@ class AttemptFailed(FanoutError):
 
 @dataclass(frozen=True)
 class Where:
-    """The entry a job runs: its pool, stream and id."""
+    """The entry a job runs: its pool, stream and id, and the keys of the stream's partition."""
 
-    keys: Keys
+    keys: Partition
     pool: str
     stream: str
     entry_id: str
