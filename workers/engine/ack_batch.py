@@ -57,12 +57,20 @@ class AckBatch:
         self._retry_at_deletes: dict[Partition, list[str]] = {}
         # Stale-guard writes, {bucket: {object id: newest created}}: sent before the acks.
         self._newest: dict[str, dict[str, int]] = {}
+        self._stats_keys: dict[Partition, str] = {}
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closing = False
 
     def _part(self, stream: str) -> Partition:
         return stream_partition(self.prefix, stream)
+
+    def _stats(self, part: Partition) -> str:
+        """The partition's counters hash (built once per partition: this runs once per entry)."""
+        key = self._stats_keys.get(part)
+        if key is None:
+            key = self._stats_keys[part] = part.pool_stats(self.pool)
+        return key
 
     def complete(self, stream: str, entry_id: str, counter: str, ledger_key: str | None,
                  newest: Newest | None = None) -> None:
@@ -71,14 +79,14 @@ class AckBatch:
         self._acks.setdefault(stream, []).append(entry_id)
         self.unacked.add((stream, entry_id))
         part = self._part(stream)
-        self._counts[(part.pool_stats(self.pool), counter)] += 1
+        self._counts[(self._stats(part), counter)] += 1
         if ledger_key is not None:
             self._ledger_deletes.append(ledger_key)
             self._retry_at_deletes.setdefault(part, []).append(entry_id)
         self._dirty.set()
 
     def count(self, counter: str, n: int = 1, stream: str | None = None) -> None:
-        self._counts[(self._part(stream or self.default_stream).pool_stats(self.pool), counter)] += n
+        self._counts[(self._stats(self._part(stream or self.default_stream)), counter)] += n
         self._dirty.set()
 
     def _empty(self) -> bool:

@@ -42,9 +42,9 @@ class AsyncExecutor:
         # Paused runs are not attempts: handlers, max_attempts and the backoff count the others.
         config, table, attempt = owner.config, owner.holder.table, entry.counted_attempt
         redelivered = entry.attempt > 1
-        ledger_key = owner.outcomes.part(entry.stream).ledger(owner.name, event.id)
+        ledger_key = owner.outcomes.part(entry.stream).ledger(owner.name, event.id) if redelivered else None
         done: set[str] = set()
-        if redelivered:
+        if ledger_key is not None:
             members: Any = await owner.redis.smembers(ledger_key)
             done = {text(h) for h in members}
         todo = [h for h in event.handlers if h not in done]
@@ -70,17 +70,18 @@ class AsyncExecutor:
         results = [await one(todo[0])] if len(todo) == 1 else list(await asyncio.gather(*map(one, todo)))
         failures = [f for _, f, _ in results if f is not None]
         if not failures:
-            owner.outcomes.succeeded(entry.stream, entry.entry_id, ledger_key if redelivered else None, newest)
+            owner.outcomes.succeeded(entry.stream, entry.entry_id, ledger_key, newest)
             self._report(results, outcome.OK)
             return
         reason = dead_reason(failures, attempt, config.max_attempts)
         if reason is not None:
             dead = await owner.outcomes.dead_letter(
                 entry.stream, entry.entry_id, entry.fields, reason=reason, failures=failures, attempts=attempt,
-                ledger_key=ledger_key if redelivered else None, failed=len(failures))
+                ledger_key=ledger_key, failed=len(failures))
             self._report(results, outcome.DEAD if dead else outcome.TAKEN_OVER)
             return
         failed = {f.handler for f in failures}
+        ledger_key = ledger_key or owner.outcomes.part(entry.stream).ledger(owner.name, event.id)
         await owner.outcomes.failed(config, entry.entry_id, ledger_key, [h for h in todo if h not in failed],
                                     failures, attempt, entry.stream)
         self._report(results, None)

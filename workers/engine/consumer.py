@@ -115,7 +115,7 @@ class Consumer:
         self._block_ms = burst_block_ms if burst else block_ms
         self._shutdown_grace_s = shutdown_grace_s
         self._watch_routing = watch_routing
-        self._config = holder.table.pools[name]
+        self._config_table, self._config = holder.table, holder.table.pools[name]
         self.handlers = HandlerSet()
         self.handlers.load(pool_handler_names(holder.table, name), holder.table, strict=strict)
         if strict:
@@ -139,9 +139,9 @@ class Consumer:
     @property
     def config(self) -> PoolConfig:
         """The pool's options from the routing table in use (the last known, if the pool was removed)."""
-        current = self.holder.table.pools.get(self.name)
-        if current is not None:
-            self._config = current
+        table = self.holder.table  # read several times per entry: look the pool up once per table
+        if table is not self._config_table:
+            self._config_table, self._config = table, table.pools.get(self.name, self._config)
         return self._config
 
     @property
