@@ -11,9 +11,7 @@ import collections
 import difflib
 import hashlib
 import re
-import typing
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from bus.routing_table import (
     RouteMatch,
     RoutingTable,
 )
+from bus.stripe_types import known_event_types, thin_event_types
 
 __all__ = [
     "Destination",
@@ -61,27 +60,6 @@ EXECUTORS = ("async", "rq")
 # What _scalar returns for a value it reported as a problem.
 _INVALID = object()
 ORDERINGS = ("none", "object")
-
-@cache
-def known_event_types() -> frozenset[str]:
-    """Every event type the installed Stripe SDK knows: snapshot types and thin (v1.*, v2.*) ones."""
-    import stripe
-
-    return frozenset(typing.get_args(stripe.Event.__annotations__["type"])) | thin_event_types()
-
-
-@cache
-def thin_event_types() -> frozenset[str]:
-    """The thin event notification types of the installed SDK (v1.customer.created, v2.core.*...).
-
-    The SDK maps each type to its EventNotification class in one table, the one
-    `StripeClient.parse_event_notification` dispatches on; its keys are the types.
-    """
-    from stripe.events import _event_classes
-
-    lookup: dict[str, object] = getattr(_event_classes, "_V2_EVENT_NOTIFICATION_CLASS_LOOKUP", {})
-    return frozenset(lookup)
-
 
 # --- loading -------------------------------------------------------------------------------------
 
