@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.asyncio as aioredis
 import structlog
@@ -24,20 +23,39 @@ class Handler(Protocol):
     def __call__(self, event: Event, ctx: Context, /) -> Awaitable[None] | None: ...
 
 
-@dataclass
 class Context:
-    pool: str
-    handler: str
-    attempt: int
-    log: structlog.typing.FilteringBoundLogger
-    redis: aioredis.Redis
-    settings: Settings
-    resources: Resources
-    # Entries this process runs at once for the pool (0: unknown, e.g. one RQ job per process);
-    # forward: sizes a destination's default concurrency limit from it.
-    slots: int = 0
-    # Where the pool's stale guard keeps this event's object (None: the pool has no skip_stale).
-    newest: Newest | None = None
+    """Given to each handler call with the event: `pool`, `handler`, `attempt`, `log`, `redis`, ...
+
+    `log_fields`, when given, are bound to `log` on first use rather than for every call: a
+    structlog bind costs about as much as the rest of a no-op handler's run, and most runs never log.
+    """
+
+    def __init__(self, pool: str, handler: str, attempt: int, log: structlog.typing.FilteringBoundLogger,
+                 redis: aioredis.Redis, settings: Settings, resources: Resources, slots: int = 0,
+                 newest: Newest | None = None, *, log_fields: dict[str, Any] | None = None) -> None:
+        self.pool = pool
+        self.handler = handler
+        self.attempt = attempt
+        self.redis = redis
+        self.settings = settings
+        self.resources = resources
+        # Entries this process runs at once for the pool (0: unknown, e.g. one RQ job per process);
+        # forward: sizes a destination's default concurrency limit from it.
+        self.slots = slots
+        # Where the pool's stale guard keeps this event's object (None: the pool has no skip_stale).
+        self.newest = newest
+        self._log = log
+        self._log_fields = log_fields
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        """The handler's logger, bound to the pool, event, handler and attempt."""
+        if self._log_fields is not None:
+            self._log, self._log_fields = self._log.bind(**self._log_fields), None
+        return self._log
+
+    def __repr__(self) -> str:
+        return f"Context(pool={self.pool!r}, handler={self.handler!r}, attempt={self.attempt})"
 
     async def newer_completed(self) -> bool:
         """Whether an event of this object and family, created after this one, has completed here.

@@ -34,6 +34,7 @@ from workers.engine.failures import (
     Failure,
 )
 from workers.importer import resolve_handler
+from workers.timeouts import HandlerTimeouts
 
 log = structlog.get_logger("fanout.worker")
 
@@ -154,18 +155,21 @@ async def call_handler(
     executor: Callable[[], Executor],
     *,
     passthrough: tuple[type[BaseException], ...] = (),
+    timeouts: HandlerTimeouts | None = None,
 ) -> Failure | None:
     """Run one handler once; None on success, else the failure to record.
 
-    Exceptions of a `passthrough` type are not a handler's failure but the caller's
-    (the RQ executor's hard job timeout): they are raised, not recorded.
+    `timeouts` is the caller's shared timer (workers/timeouts.py: a consumer runs many calls at
+    once); without it the call has a timer of its own. Exceptions of a `passthrough` type are
+    not a handler's failure but the caller's (the RQ executor's hard job timeout): they are
+    raised, not recorded.
     """
     if isinstance(handler, ConfigError):
         # The reason already says "unknown handler": the error is the resolver's own line.
         return Failure(name, _error_line(handler), "", permanent=True, reason=REASON_UNKNOWN_HANDLER)
     ctx = make_ctx(name)
     try:
-        async with asyncio.timeout(timeout_s):
+        with (timeouts or HandlerTimeouts()).limit(timeout_s):
             if handler.is_async:
                 result = handler.func(event, ctx)
                 if result is not None:

@@ -15,14 +15,15 @@ from bus.envelope import Event
 from workers.context import Context
 from workers.engine import observer as outcome
 from workers.engine import reclaim
-from workers.engine.entries import newest_for
 from workers.engine.executor import Entry, Owner
 from workers.engine.failures import Failure
 from workers.engine.outcomes import dead_reason
 from workers.engine.reclaim import Due
 from workers.handlers import call_handler
+from workers.newest import Newest
 from workers.rq.queue import STARTED, abandoned_jobs, job_id, job_states, queue_name
 from workers.stream_ops import text
+from workers.timeouts import HandlerTimeouts
 
 Result = tuple[str, Failure | None, float]
 
@@ -30,6 +31,7 @@ Result = tuple[str, Failure | None, float]
 class AsyncExecutor:
     def __init__(self, owner: Owner) -> None:
         self.owner = owner
+        self.timeouts = HandlerTimeouts()  # one timer for all the handler calls in flight here
 
     def lost_attempt_error(self, attempt: int) -> str:
         return f"a consumer stopped during attempt {attempt}"
@@ -37,7 +39,7 @@ class AsyncExecutor:
     def close(self) -> None:
         pass
 
-    async def run(self, entry: Entry, event: Event) -> None:
+    async def run(self, entry: Entry, event: Event, newest: Newest | None) -> None:
         owner = self.owner
         # Paused runs are not attempts: handlers, max_attempts and the backoff count the others.
         config, table, attempt = owner.config, owner.holder.table, entry.counted_attempt
@@ -51,19 +53,17 @@ class AsyncExecutor:
         if not all(owner.handlers.known(h) for h in todo):
             # Named by a newer routing table than this worker's: import off the event loop.
             await owner.handlers.load_async(todo, table)
-        log = owner.log
-        newest = newest_for(owner, entry, event)
+        log, slots = owner.log, owner.slots.capacity
 
         def make_ctx(handler: str) -> Context:
-            bound = log.bind(event_id=event.id, event_type=event.type, handler=handler, attempt=attempt)
-            return Context(pool=owner.name, handler=handler, attempt=attempt, log=bound,
-                           redis=owner.redis, settings=owner.settings, resources=owner.resources,
-                           slots=owner.slots.capacity, newest=newest)
+            return Context(owner.name, handler, attempt, log, owner.redis, owner.settings, owner.resources,
+                           slots, newest, log_fields={"event_id": event.id, "event_type": event.type,
+                                                      "handler": handler, "attempt": attempt})
 
         async def one(name: str) -> Result:
             started = time.perf_counter()
             failure = await call_handler(owner.handlers.get(name, table), name, event, make_ctx,
-                                         config.timeout_s, owner.thread_pool)
+                                         config.timeout_s, owner.thread_pool, timeouts=self.timeouts)
             return name, failure, time.perf_counter() - started
 
         # One handler (the common case) is awaited directly: gather would wrap it in another task.

@@ -31,7 +31,8 @@ async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:
         await owner.outcomes.dead_letter(entry.stream, entry.entry_id, entry.fields, reason=REASON_MALFORMED,
                                          failures=[failure], attempts=entry.attempt)
         return
-    newest = newest_for(owner, entry, event)
+    config = owner.config
+    newest = Newest.of(owner.keys, owner.name, entry.stream, event, owner.now_ms() / 1000) if config.skip_stale else None
     if newest is not None and await newest.stale(owner.redis):
         owner.outcomes.stale(entry.stream, entry.entry_id,
                              owner.outcomes.part(entry.stream).ledger(owner.name, event.id) if entry.attempt > 1 else None)
@@ -45,7 +46,7 @@ async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:
         if paused:
             entry = dataclasses.replace(entry, paused_runs=int(paused))
     last = entry.counted_attempt - 1
-    if last >= owner.config.max_attempts:
+    if last >= config.max_attempts:
         ledger_key = owner.outcomes.part(entry.stream).ledger(owner.name, event.id)
         members: Any = await owner.redis.smembers(ledger_key)
         failures = lost_attempt_failures(event.handlers, {text(h) for h in members},
@@ -53,11 +54,5 @@ async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:
         await owner.outcomes.dead_letter(entry.stream, entry.entry_id, entry.fields, reason=REASON_MAX_ATTEMPTS,
                                          failures=failures, attempts=last, ledger_key=ledger_key)
         return
-    await executor.run(entry, event)
+    await executor.run(entry, event, newest)
 
-
-def newest_for(owner: Owner, entry: Entry, event: Event) -> Newest | None:
-    """The entry's place in the stale guard, when its pool has `skip_stale: true`."""
-    if not owner.config.skip_stale:
-        return None
-    return Newest.of(owner.keys, owner.name, entry.stream, event, owner.now_ms() / 1000)

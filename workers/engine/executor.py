@@ -24,6 +24,7 @@ from workers.engine.observer import Observer
 from workers.engine.outcomes import Outcomes
 from workers.engine.slots import Slots
 from workers.handlers import HandlerSet
+from workers.newest import Newest
 from workers.resources import Resources
 from workers.stream_ops import Fields
 
@@ -89,8 +90,10 @@ class Executor(Protocol):
     # Said in the dead letter of an entry whose last allowed attempt never finished.
     def lost_attempt_error(self, attempt: int) -> str: ...
 
-    async def run(self, entry: Entry, event: Event) -> None:
-        """Run (or hand over) one owned entry; the engine parsed it and checked its attempt count."""
+    async def run(self, entry: Entry, event: Event, newest: Newest | None) -> None:
+        """Run (or hand over) one owned entry; the engine parsed it and checked its attempt count.
+
+        `newest`: the entry's place in its pool's stale guard (None without skip_stale)."""
 
     async def reclaim(self, stream: str, limit: int) -> int:
         """Claim and start up to `limit` due pending entries of `stream` (slots are reserved); how many."""

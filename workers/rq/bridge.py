@@ -42,6 +42,7 @@ from workers.engine.executor import Entry, Owner
 from workers.engine.failures import REASON_MALFORMED, Failure
 from workers.engine.pending import pending_pages
 from workers.engine.reclaim import Due
+from workers.newest import Newest
 from workers.rq.queue import (
     FINISHED,
     LIVE_STATES,
@@ -84,8 +85,8 @@ class RqExecutor:
 
     # --- one entry -------------------------------------------------------------------------------
 
-    async def run(self, entry: Entry, event: Event) -> None:
-        """Enqueue the job of this attempt (once)."""
+    async def run(self, entry: Entry, event: Event, newest: Newest | None) -> None:
+        """Enqueue the job of this attempt (once); the job finds its own `newest` where it runs."""
         owner, config = self.owner, self.owner.config
         try:
             payload = entry_payload(entry.fields)

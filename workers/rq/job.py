@@ -225,8 +225,8 @@ async def _run_handlers(runtime: _Runtime, settings: Settings, event: Event, poo
     bound = log.bind(pool=pool, executor="rq", event_id=event.id, event_type=event.type, attempt=attempt)
 
     def make_ctx(handler: str) -> Context:
-        return Context(pool=pool, handler=handler, attempt=attempt, log=bound.bind(handler=handler),
-                       redis=client, settings=settings, resources=resources, newest=newest)
+        return Context(pool=pool, handler=handler, attempt=attempt, log=bound, redis=client, settings=settings,
+                       resources=resources, newest=newest, log_fields={"handler": handler})
 
     async def one(name: str) -> None:
         failure = await call_handler(runtime.handlers.get(name, table), name, event, make_ctx, timeout_s,
