@@ -8,6 +8,9 @@ One process runs one consumer of the pool's group. Its tasks:
 * the reclaimer (reclaim.py), the trimmer (retention.py), the routing watcher;
 * the heartbeat, from which `fanout status` counts live processes (workers/heartbeat.py).
 
+lifecycle.py starts them and stops them in order; this module is the reader and the
+entry tasks.
+
 An entry is acked only once every handler it names has succeeded, or once it
 is in the dead-letter stream (one script with the ack). Anything else leaves it
 pending, so a crash leaves duplicates, never losses.
@@ -40,17 +43,14 @@ from bus.redaction import redact_secrets
 from bus.reload import RoutingHolder
 from bus.routing import PoolConfig
 from bus.settings import Settings
-from workers import heartbeat
-from workers.engine import layout_watch, reclaim, retention
+from workers.engine import layout_watch, lifecycle, reclaim, retention
 from workers.engine.async_executor import AsyncExecutor
-from workers.engine.drain import drain
 from workers.engine.entries import run_entry
 from workers.engine.executor import Entry, Executor
-from workers.engine.follow import follow_routing, vet_reloads
+from workers.engine.follow import vet_reloads
 from workers.engine.observer import NoObserver, Observer
 from workers.engine.ordering import Ordering
 from workers.engine.outcomes import Outcomes
-from workers.engine.periodic import every
 from workers.engine.reader import StreamReader, new_entries
 from workers.engine.slots import Slots
 from workers.handlers import HandlerSet, pool_handler_names
@@ -113,14 +113,14 @@ class Consumer:
         self.observer: Observer = observer or NoObserver()
         self._concurrency = concurrency
         self._block_ms = burst_block_ms if burst else block_ms
-        self._shutdown_grace_s = shutdown_grace_s
-        self._watch_routing = watch_routing
+        self.shutdown_grace_s = shutdown_grace_s
+        self.watch_routing = watch_routing
         self._config_table, self._config = holder.table, holder.table.pools[name]
         self.handlers = HandlerSet()
         self.handlers.load(pool_handler_names(holder.table, name), holder.table, strict=strict)
         if strict:
             vet_reloads(holder, name)
-        self._threads: ThreadPoolExecutor | None = None
+        self.threads: ThreadPoolExecutor | None = None
         self.log = log.bind(pool=name, consumer=self.consumer)
         # Entries being run by this process, by (stream, entry id); read beyond the free slots: backlog.
         self.inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -174,47 +174,13 @@ class Consumer:
         self.reader.set_streams(streams)
 
     async def run(self) -> None:
-        await layout_watch.claim_streams(self, lambda: self._stopping)  # PartitionMismatch: another count
-        self.log.info("pool.started", concurrency=self.concurrency, burst=self.burst)
-        flusher = asyncio.create_task(self.outcomes.batch.run(), name="flusher")
+        """Until stopped, or drained in burst mode (workers/engine/lifecycle.py: start and stop order)."""
+        await lifecycle.run(self)
 
-        def stopping() -> bool:
-            return self._stopping
+    def mark_stopping(self) -> None:
+        self._stopping = True
 
-        background = [
-            asyncio.create_task(every(self._reclaim_interval_s, self._reclaim, stopping, self.log), name="reclaim"),
-            asyncio.create_task(every(lambda: self.trim_interval_s, self._trim, stopping, self.log), name="trim"),
-            asyncio.create_task(heartbeat.keep_beating(self.redis, self.keys.heartbeats(self.name), self.consumer,
-                                                       self.clock), name="heartbeat"),
-        ]
-        if self._watch_routing:
-            background.append(asyncio.create_task(
-                follow_routing(self.holder, self.name, self.executor_kind, self.handlers, self.log),
-                name="routing-watch"))
-        background += [asyncio.create_task(self.ordering.run(stopping), name="leases")] if self.ordering else []
-        try:
-            await self._read_loop()
-        finally:
-            self._stopping = True
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            await drain(list(self.inflight.values()), self._shutdown_grace_s, self.log)
-            self.outcomes.batch.close()
-            await flusher
-            if self.ordering is not None:
-                await self.ordering.close()
-            await self.reader.close()
-            for stream in self.streams:
-                await retention.leave_group(self.redis, stream, self.group, self.consumer)
-            await heartbeat.leave(self.redis, self.keys.heartbeats(self.name), self.consumer)
-            if self._threads is not None:
-                self._threads.shutdown(wait=False)
-            self.executor.close()
-            await self.resources.aclose()
-            self.log.info("pool.stopped")
-
-    async def _read_loop(self) -> None:
+    async def read_loop(self) -> None:
         while not self._stopping:
             await self.slots.reader_turn()
             while self.backlog and self.slots.free() > 0:
@@ -254,10 +220,10 @@ class Consumer:
                 return False
         return True
 
-    def _reclaim_interval_s(self) -> float:
+    def reclaim_interval_s(self) -> float:
         return max(0.01, min(defaults.RECLAIM_INTERVAL_S, self.config.backoff_base_s / 2))
 
-    async def _reclaim(self) -> None:
+    async def reclaim(self) -> None:
         for stream in self.streams if self.ordering is None else self.ordering.owned():
             await self.reclaim_once(stream)
 
@@ -265,7 +231,7 @@ class Consumer:
         """One reclaim pass over `stream` (workers/engine/reclaim.py); how many entries started."""
         return await reclaim.reclaim_pass(self, self.executor, stream, lambda: self._stopping)
 
-    async def _trim(self) -> None:
+    async def trim(self) -> None:
         for stream in self.streams:
             await retention.trim_once(self.redis, stream, self.group, retention_s=self.config.retention_s,
                                       now_ms=self.now_ms())
@@ -293,6 +259,6 @@ class Consumer:
 
     def thread_pool(self) -> ThreadPoolExecutor:
         """Threads for sync handlers (async executor) and for RQ's blocking enqueue (rq executor)."""
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"pool-{self.name}")
-        return self._threads
+        if self.threads is None:
+            self.threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"pool-{self.name}")
+        return self.threads

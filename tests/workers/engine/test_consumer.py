@@ -125,7 +125,7 @@ async def test_an_unexpected_error_in_the_reclaimer_is_logged_and_retries_go_on(
         await asyncio.wait_for(run_pool(settings, "alpha", redis=aredis, burst=True), timeout=15)
     assert await runs(aredis, prefix, "fail_twice") == {"evt_bg": 3}
     [failed] = [e for e in logs if e["event"] == "pool.background_failed"]
-    assert failed["action"] == "_reclaim"
+    assert failed["action"] == "reclaim"
     assert failed["log_level"] == "error"
     assert failed["exc_info"]
 
