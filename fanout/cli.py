@@ -161,7 +161,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         since = parse_time("replay", "--since", args.since)
         if since is None:
             return 2
-    return replay(settings, args.pool, since=since, event_id=args.event, reroute=args.reroute)
+    return replay(settings, args.pool, since=since, event_id=args.event, reroute=args.reroute,
+                  all_handlers=args.all_handlers)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--since", help="ISO 8601 time with zone, e.g. 2026-01-31T12:00:00Z")
     which.add_argument("--event", help="one Stripe event id (evt_...)")
     p.add_argument("--reroute", action="store_true", help=REROUTE_HELP)
+    p.add_argument("--all-handlers", action="store_true",
+                   help="run every handler again, also those that already succeeded for the event "
+                        "(default: only those that failed or never ran)")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("reconcile", help="publish events Stripe's Events API lists that were never received")
