@@ -92,7 +92,7 @@ def replay(settings: Settings, pool: str, *, since: datetime | None, event_id: s
     if result.dead_letters_replaced:
         print(f"{pool}: {_plural(len(result.dead_letters_replaced), 'dead letter', 'dead letters')} "
               "of these events removed from the dead-letter stream (the copies run what they held)")
-    _print_skipped(result, pool, str(settings.routing_file), "not published")
+    _print_skipped(result, pool, str(settings.routing_file) if reroute else "the stored list", "not published")
     if result.unrouted:
         return 1
     return 0 if result.added or result.nothing_to_run or since is not None else 1

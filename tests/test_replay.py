@@ -320,3 +320,19 @@ async def test_replay_since_skips_unmarked_copies_of_an_event_already_replayed(
     assert (len(result.added), result.skipped_copies) == (1, 1)
     [*_, (_, copy)] = await aredis.xrange(keys.stream("alpha"))
     assert orjson.loads(entry_body(copy))["id"] == "evt_a" and copy[b"replay_of"]
+
+
+async def test_all_handlers_on_a_copy_whose_original_was_trimmed_runs_what_the_copy_left_out_too(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    await dead_lettered_with_record_done(aredis, prefix, keys, tmp_path)
+    [copy_id] = (await replay_dead_entries(aredis, keys, "alpha")).added  # runs fail_if_poison only
+    [(original_id, _), _] = await aredis.xrange(keys.stream("alpha"))
+    await aredis.xdel(keys.stream("alpha"), original_id)  # trimmed: the copy is the oldest entry left
+
+    only_failed = await replay_stream(aredis, keys, "alpha", event_id="evt_p")
+    every = await replay_stream(aredis, keys, "alpha", event_id="evt_p", all_handlers=True)
+    lists = {i.decode(): f[b"handlers"].decode() for i, f in await aredis.xrange(keys.stream("alpha"))}
+    assert lists[only_failed.added[0]] == H + "fail_if_poison"
+    assert set(lists[every.added[0]].split(",")) == {H + "record", H + "fail_if_poison"}
+    assert copy_id in lists

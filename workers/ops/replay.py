@@ -241,7 +241,10 @@ async def _replay_chosen(redis: aioredis.Redis, keys: Partition, pool: str, chos
             for _, dead_fields in dead:
                 done.update(dead_letter_done(dead_fields))
             done.update(await ledger_done(redis, keys, pool, text(fields.get(F_ID.encode()))))
-        routed: tuple[str, ...] | None = tuple(handler_names(fields.get(F_HANDLERS.encode())))
+        stored = handler_names(fields.get(F_HANDLERS.encode()))
+        if all_handlers:  # a copy's list leaves out what was done before it: its `done` names those
+            stored += [h for h in sorted(handler_names(fields.get(F_DONE.encode()))) if h not in stored]
+        routed: tuple[str, ...] | None = tuple(stored)
         if table is not None:
             routed = current_handlers(table, pool, text(fields.get(F_TYPE.encode())))
             if routed is None:
