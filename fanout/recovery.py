@@ -77,18 +77,22 @@ def dlq_replay(settings: Settings, pool: str, ids: list[str] | None, *, reroute:
 
 
 def replay(settings: Settings, pool: str, *, since: datetime | None, event_id: str | None,
-           reroute: bool) -> int:
+           reroute: bool, all_handlers: bool = False) -> int:
     from workers.ops.replay import replay_stream
 
     table = current_table("replay", settings) if reroute else None
     if reroute and table is None:
         return 1
     result = with_redis(settings, lambda r: replay_stream(
-        r, Keys(settings.key_prefix, settings.partitions), pool, since=since, event_id=event_id, table=table), "replay", pool=pool)
+        r, Keys(settings.key_prefix, settings.partitions), pool, since=since, event_id=event_id, table=table,
+        all_handlers=all_handlers), "replay", pool=pool)
     copies = (f" ({_plural(result.skipped_copies, 'copy', 'copies')} from earlier replays skipped)"
               if result.skipped_copies else "")
     print(f"{pool}: {_plural(len(result.added), 'entry', 'entries')} published again{copies}")
-    _print_skipped(result, pool, str(settings.routing_file), "not published")
+    if result.dead_letters_replaced:
+        print(f"{pool}: {_plural(len(result.dead_letters_replaced), 'dead letter', 'dead letters')} "
+              "of these events removed from the dead-letter stream (the copies run what they held)")
+    _print_skipped(result, pool, str(settings.routing_file) if reroute else "the stored list", "not published")
     if result.unrouted:
         return 1
     return 0 if result.added or result.nothing_to_run or since is not None else 1

@@ -33,7 +33,7 @@ from bus.keys import Keys
 from bus.reload import RoutingHolder
 from bus.routing import RoutingTable
 from bus.settings import Settings
-from ingress.metrics import CONTENT_TYPE, IngressMetrics
+from ingress.metrics import CONTENT_TYPE, EDGE_CLOSED_STATE, IngressMetrics
 from ingress.parse import routing_fields
 from ingress.publish import Publisher
 from ingress.rejections import Rejected
@@ -118,10 +118,11 @@ class Ingress:
             await self.redis.aclose()
 
     @contextlib.asynccontextmanager
-    async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
+    async def _lifespan(self, _: Starlette) -> AsyncIterator[dict[str, Any]]:
         await self.start()
         try:
-            yield
+            # uvicorn shares this state with each connection's protocol: the edge guard counts its closes here.
+            yield {EDGE_CLOSED_STATE: self.metrics.edge_closed}
         finally:
             await self.stop()
 

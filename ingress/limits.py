@@ -16,6 +16,9 @@ starts only after a first response, and httptools buffers a header of any size),
 
 The cap is also kept below the process's file-descriptor limit (see `connection_cap`),
 so idle sockets can never take the descriptors that Redis and real requests need.
+
+Each close is counted in fanout_ingress_edge_closed_total{reason} (ingress/metrics.py),
+through the function the app puts in its lifespan state.
 """
 
 from __future__ import annotations
@@ -34,9 +37,16 @@ from uvicorn.server import ServerState
 
 from bus import defaults
 from bus.settings import Settings
+from ingress.metrics import (
+    CLOSE_AT_CAPACITY,
+    CLOSE_HEADERS_TOO_LARGE,
+    CLOSE_IDLE_AT_CAP,
+    CLOSE_REQUEST_TIMEOUT,
+    CLOSE_TIMEOUT_NO_ANSWER,
+    EDGE_CLOSED_STATE,
+)
 
 log = structlog.get_logger("fanout.ingress")
-
 
 
 def _closing_answer(status: bytes, code: str, detail: str, *extra: bytes) -> bytes:
@@ -111,6 +121,7 @@ class ConnectionGuard:
         if oldest is None:
             return False
         del self.idle[oldest]
+        oldest.count_close(CLOSE_IDLE_AT_CAP)
         oldest.transport.close()
         self.evicted += 1
         if self.evicted in (1, 10) or self.evicted % 1000 == 0:
@@ -142,6 +153,7 @@ class EdgeProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.guard.limits.max_connections and not self.guard.make_room():
             self.guard.refused += 1
+            self.count_close(CLOSE_AT_CAPACITY)
             transport.write(AT_CAPACITY)
             transport.close()
             return
@@ -208,6 +220,12 @@ class EdgeProtocol(HttpToolsProtocol):
         if self.timeout_keep_alive_task is not None:  # uvicorn armed its idle timer: nothing in progress
             self.guard.idle[self] = None
 
+    def count_close(self, reason: str) -> None:
+        """Count a close in the app's metrics (absent before its lifespan started, or without one)."""
+        count = self.app_state.get(EDGE_CLOSED_STATE)
+        if count is not None:
+            count(reason)
+
     def _cancel_read_deadline(self) -> None:
         if self._read_deadline is not None:
             self._read_deadline.cancel()
@@ -215,6 +233,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _refuse_headers(self) -> None:
         log.warning("edge.headers_too_large", limit_bytes=self.guard.limits.max_header_bytes)
+        self.count_close(CLOSE_HEADERS_TOO_LARGE)
         self.transport.write(HEADERS_TOO_LARGE)
         self.transport.close()
 
@@ -223,6 +242,8 @@ class EdgeProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._awaiting_headers and self._request_begun:  # part of a request, unseen by the app
+            self.count_close(CLOSE_REQUEST_TIMEOUT)
             self.transport.write(REQUEST_TIMEOUT)
-        # Mid-body, the app is told the client disconnected (its receive() returns that).
+        else:  # no byte yet; or mid-body, where the app is told the client disconnected (receive() says so)
+            self.count_close(CLOSE_TIMEOUT_NO_ANSWER)
         self.transport.close()

@@ -44,7 +44,7 @@ async def test_status_dlq_and_replay_commands(
     status = orjson.loads(fanout(prefix, routing, "status", "--json").stdout)
     assert set(status) == {"pools", "unrouted", "duplicates", "breakers"}
     assert set(status["pools"]["alpha"]) == {"stream_length", "pending", "lag", "consumers", "group_consumers",
-                                             "processed", "failed", "retried", "dead", "stale", "oldest_pending_s",
+                                             "processed", "failed", "retried", "paused", "dead", "stale", "oldest_pending_s",
                                              "partitions"}
     assert (status["pools"]["alpha"]["processed"], status["pools"]["alpha"]["dead"]) == (1, 1)
     assert "alpha" in fanout(prefix, routing, "status").stdout

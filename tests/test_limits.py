@@ -208,3 +208,73 @@ def _closed(socks: list[socket.socket]) -> int:
         except OSError:  # reset
             closed += 1
     return closed
+
+
+# --- the guard's closes in /metrics (fanout_ingress_edge_closed_total{reason}) ------------------
+
+
+def _edge_closed(port: int) -> dict[str, float]:
+    """fanout_ingress_edge_closed_total by reason, as the ingress's /metrics shows it now."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    prefix = 'fanout_ingress_edge_closed_total{reason="'
+    return {line[len(prefix):].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(prefix)}
+
+
+def _moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {reason: after[reason] - before.get(reason, 0.0) for reason in after if after[reason] != before.get(reason)}
+
+
+def test_each_close_reason_is_exported_at_zero_from_the_start(serve_ingress: ServeIngress) -> None:
+    port = serve_ingress()
+    assert _edge_closed(port) == {"headers_too_large": 0.0, "request_timeout": 0.0, "timeout_no_answer": 0.0,
+                                  "at_capacity": 0.0, "idle_closed_at_cap": 0.0}
+
+
+def test_a_431_is_counted_as_headers_too_large(serve_ingress: ServeIngress) -> None:
+    port = serve_ingress(MAX_HEADER_BYTES="4096")
+    before = _edge_closed(port)
+    with _connect(port) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-padding: " + b"a" * 8192)
+        assert _status(_read_until_closed(sock)) == 431
+    assert _moved(before, _edge_closed(port)) == {"headers_too_large": 1.0}
+
+
+def test_read_timeouts_are_counted_408_apart_from_closes_with_nothing_to_answer(
+    serve_ingress: ServeIngress,
+) -> None:
+    port = serve_ingress(REQUEST_READ_TIMEOUT_S="0.5", KEEP_ALIVE_TIMEOUT_S="30")
+    before = _edge_closed(port)
+    with _connect(port) as sock:
+        sock.sendall(b"POST /webhooks/str")
+        assert _status(_read_until_closed(sock)) == 408
+    assert _moved(before, _edge_closed(port)) == {"request_timeout": 1.0}
+    before = _edge_closed(port)
+    with _connect(port) as silent, _connect(port) as stalled:
+        stalled.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+        assert _read_until_closed(silent) == b""
+        _read_until_closed(stalled)
+    assert _moved(before, _edge_closed(port)) == {"timeout_no_answer": 2.0}
+
+
+def test_the_connection_cap_counts_idle_connections_closed_and_new_ones_refused(
+    serve_ingress: ServeIngress,
+) -> None:
+    port = serve_ingress(MAX_CONNECTIONS="2", KEEP_ALIVE_TIMEOUT_S="60", REQUEST_READ_TIMEOUT_S="60")
+    before = _edge_closed(port)
+    # Two idle connections, then the scrape's own: the one idle the longest is closed for it.
+    with _connect(port) as first, _connect(port):
+        time.sleep(0.3)  # let the server accept them both
+        after = _edge_closed(port)
+        assert _read_until_closed(first) == b""
+    assert _moved(before, after) == {"idle_closed_at_cap": 1.0}
+    # Two connections each with a request in progress (a body still to come): a third is refused.
+    busy = b"POST /webhooks/stripe HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"
+    with _connect(port) as one, _connect(port) as two:
+        one.sendall(busy)
+        two.sendall(busy)
+        time.sleep(0.3)
+        with _connect(port) as third:
+            assert _status(_read_until_closed(third)) == 503
+    time.sleep(0.3)  # the two busy connections are gone before the scrape
+    assert _moved(after, _edge_closed(port)) == {"at_capacity": 1.0}

@@ -93,12 +93,86 @@ async def test_after_a_handler_typo_is_fixed_reroute_recovers_every_dead_lettere
     await run_pool(settings, "alpha", redis=aredis, burst=True)
 
     assert await runs(aredis, prefix, "record_other") == {"evt_1": 1, "evt_2": 1, "evt_3": 1, "evt_4": 1}
-    # From the dead-letter stream, `record` (done before the typo failed) stays done. A stream
-    # entry keeps no record of what succeeded once it was dead-lettered, so `replay` runs it
-    # again, as a replay of a stream entry always does: once more per replay of evt_4.
-    assert await runs(aredis, prefix, "record") == {"evt_1": 1, "evt_2": 1, "evt_3": 1, "evt_4": 3}
-    # evt_4's dead letters (from the first run and the plain replays) stay until replayed.
-    assert set(await dead_handlers(aredis, keys, "alpha")) == {"evt_4"}
+    # `record` (done before the typo failed) stays done whichever stream the event comes back
+    # from: for evt_4's stream entry, its dead letter says what succeeded.
+    assert await runs(aredis, prefix, "record") == {"evt_1": 1, "evt_2": 1, "evt_3": 1, "evt_4": 1}
+    # Each replay of evt_4 removed the dead letter its copy took over: none is left to replay twice.
+    assert await list_dead(aredis, keys, "alpha") == []
+
+
+POISON_THEN_OK = f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+routes:
+  test.poison: {{alpha: ["{H}record", "{H}fail_if_poison"]}}
+"""
+
+POISON_FIXED = f"""
+pools:
+  alpha: {{{FAST_POOL}}}
+routes:
+  test.poison: {{alpha: ["{H}record", "{H}record_other"]}}
+"""
+
+
+async def dead_lettered_with_record_done(aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path) -> Path:
+    """evt_p dead-lettered by fail_if_poison after `record` succeeded for it; the routing file's path."""
+    routing = write_routing(tmp_path, POISON_THEN_OK)
+    await publish(aredis, keys, load(routing), "test.poison", "evt_p", poison=True)
+    await run_pool(make_settings(prefix, routing_file=routing), "alpha", redis=aredis, burst=True)
+    assert await dead_handlers(aredis, keys, "alpha") == {"evt_p": (H + "fail_if_poison",)}
+    assert await runs(aredis, prefix, "record") == {"evt_p": 1}
+    return routing
+
+
+async def test_replay_event_reroute_of_a_dead_lettered_event_runs_only_the_handlers_that_did_not_succeed(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = await dead_lettered_with_record_done(aredis, prefix, keys, tmp_path)
+    routing.write_text(POISON_FIXED)
+    result = fanout(prefix, routing, "replay", "alpha", "--event", "evt_p", "--reroute")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "alpha: 1 entry published again",
+        "alpha: 1 dead letter of these events removed from the dead-letter stream (the copies run what they held)"]
+    [*_, (_, copy)] = await aredis.xrange(keys.stream("alpha"))
+    assert (copy[b"handlers"].decode(), copy[b"done"].decode()) == (H + "record_other", H + "record")
+    await run_pool(make_settings(prefix, routing_file=routing), "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "record") == {"evt_p": 1}
+    assert await runs(aredis, prefix, "record_other") == {"evt_p": 1}
+    assert await list_dead(aredis, keys, "alpha") == []
+
+
+async def test_plain_replay_event_of_a_dead_lettered_event_runs_only_its_stored_handlers_not_done(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = await dead_lettered_with_record_done(aredis, prefix, keys, tmp_path)
+    [old_dead] = await list_dead(aredis, keys, "alpha")
+    result = await replay_stream(aredis, keys, "alpha", event_id="evt_p")
+    assert (len(result.added), result.dead_letters_replaced) == (1, [old_dead.id])
+    [*_, (_, copy)] = await aredis.xrange(keys.stream("alpha"))
+    assert copy[b"handlers"].decode() == H + "fail_if_poison"
+    await run_pool(make_settings(prefix, routing_file=routing), "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "record") == {"evt_p": 1}
+    # Still poisoned: the copy is dead-lettered in its turn, in place of the one it replaced.
+    [new_dead] = await list_dead(aredis, keys, "alpha")
+    assert new_dead.id != old_dead.id and new_dead.handlers == (H + "fail_if_poison",)
+
+
+async def test_replay_all_handlers_runs_those_that_succeeded_too(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = await dead_lettered_with_record_done(aredis, prefix, keys, tmp_path)
+    routing.write_text(POISON_FIXED)
+    result = fanout(prefix, routing, "replay", "alpha", "--event", "evt_p", "--reroute", "--all-handlers")
+    assert result.returncode == 0, result.stderr
+    [*_, (_, copy)] = await aredis.xrange(keys.stream("alpha"))
+    assert copy[b"handlers"].decode() == f"{H}record,{H}record_other" and b"done" not in copy
+    await run_pool(make_settings(prefix, routing_file=routing), "alpha", redis=aredis, burst=True)
+    assert await runs(aredis, prefix, "record") == {"evt_p": 2}
+    assert await runs(aredis, prefix, "record_other") == {"evt_p": 1}
+    assert await list_dead(aredis, keys, "alpha") == []
+    assert "--all-handlers" in fanout(prefix, routing, "replay", "--help").stdout
 
 
 async def test_reroute_reports_a_dead_letter_its_pool_no_longer_gets_and_keeps_it(
@@ -223,7 +297,10 @@ routes:
 
     result = fanout(prefix, routing, "replay", "alpha", "--since", "2000-01-01T00:00:00Z")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "alpha: 4 entries published again (2 copies from earlier replays skipped)"
+    assert result.stdout.splitlines() == [
+        "alpha: 4 entries published again (2 copies from earlier replays skipped)",
+        # evt_bad's copy from `dlq replay` was dead-lettered again; its copy now takes that over.
+        "alpha: 1 dead letter of these events removed from the dead-letter stream (the copies run what they held)"]
     await run_pool(settings, "alpha", redis=aredis, burst=True)
     assert await runs(aredis, prefix, "record") == {"evt_a": 3, "evt_b": 2, "evt_c": 2}
     # The copies just made are marked too: a second run replays the same 4 events again, once each.
@@ -243,3 +320,19 @@ async def test_replay_since_skips_unmarked_copies_of_an_event_already_replayed(
     assert (len(result.added), result.skipped_copies) == (1, 1)
     [*_, (_, copy)] = await aredis.xrange(keys.stream("alpha"))
     assert orjson.loads(entry_body(copy))["id"] == "evt_a" and copy[b"replay_of"]
+
+
+async def test_all_handlers_on_a_copy_whose_original_was_trimmed_runs_what_the_copy_left_out_too(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    await dead_lettered_with_record_done(aredis, prefix, keys, tmp_path)
+    [copy_id] = (await replay_dead_entries(aredis, keys, "alpha")).added  # runs fail_if_poison only
+    [(original_id, _), _] = await aredis.xrange(keys.stream("alpha"))
+    await aredis.xdel(keys.stream("alpha"), original_id)  # trimmed: the copy is the oldest entry left
+
+    only_failed = await replay_stream(aredis, keys, "alpha", event_id="evt_p")
+    every = await replay_stream(aredis, keys, "alpha", event_id="evt_p", all_handlers=True)
+    lists = {i.decode(): f[b"handlers"].decode() for i, f in await aredis.xrange(keys.stream("alpha"))}
+    assert lists[only_failed.added[0]] == H + "fail_if_poison"
+    assert set(lists[every.added[0]].split(",")) == {H + "record", H + "fail_if_poison"}
+    assert copy_id in lists

@@ -6,8 +6,9 @@ later `replay --since` replays originals only: each event in a window runs once.
 With a routing table (`--reroute`), a copy runs the handlers the table names *now*
 for the event's type and the pool, instead of the list stored in the entry (a typo
 fixed in routing.yaml then applies to what it dead-lettered). Handlers already done
-for the event stay done. An entry whose type the table no longer routes to the pool
-is reported and left where it is, never dropped.
+for the event stay done (workers/ops/replay_done.py says how that is known), unless
+`all_handlers` asks for every one. An entry whose type the table no longer routes to
+the pool is reported and left where it is, never dropped.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from bus.partitions import Partition
 from bus.routing import RoutingTable
 from workers.engine.failures import DLQ_PREFIX, F_ENTRY_ID, F_FAILED_HANDLERS
 from workers.ops.pool_partitions import pool_partitions
+from workers.ops.replay_done import (
+    dead_letter_done,
+    dead_letters_by_event,
+    handler_names,
+    ledger_done,
+)
 from workers.stream_ops import Fields, ensure_groups, text
 
 
@@ -58,10 +65,10 @@ class ReplayResult:
     # replay only: entries in the range that were themselves copies, or a second entry
     # of an event already replayed in this run.
     skipped_copies: int = 0
+    # replay only: dead letters of the replayed events, removed once their copy was added
+    # (the copy runs what they hold; left, a `dlq replay` would run it a second time).
+    dead_letters_replaced: list[str] = field(default_factory=list)
 
-
-def _names(value: Any) -> list[str]:
-    return [h for h in text(value).split(HANDLER_SEPARATOR) if h]
 
 
 def current_handlers(table: RoutingTable, pool: str, event_type: str) -> tuple[str, ...] | None:
@@ -80,9 +87,7 @@ async def _rerouted(
     current = current_handlers(table, pool, text(fields.get(F_TYPE.encode())))
     if current is None:
         return None
-    # The completion ledger holds what succeeded for an entry still being retried.
-    ledger: Any = await redis.smembers(keys.ledger(pool, text(fields.get(F_ID.encode()))))
-    done.update(text(h) for h in ledger)
+    done.update(await ledger_done(redis, keys, pool, text(fields.get(F_ID.encode()))))
     return tuple(h for h in current if h not in done)
 
 
@@ -137,13 +142,10 @@ async def _replay_dead_of(redis: aioredis.Redis, keys: Partition, pool: str, ids
         if F_ID.encode() not in copy:
             result.missing.append(text(dead_id))  # nothing left to replay (the entry was trimmed)
             continue
-        stored = _names(copy.get(F_HANDLERS.encode()))
-        failed = _names(fields.get(F_FAILED_HANDLERS.encode()))
-        done = set(_names(copy.get(F_DONE.encode())))
-        if failed:
-            done.update(h for h in stored if h not in failed)
+        stored = handler_names(copy.get(F_HANDLERS.encode()))
+        done = dead_letter_done(fields)
         if table is None:
-            handlers = tuple(failed or stored)
+            handlers = tuple(handler_names(fields.get(F_FAILED_HANDLERS.encode())) or stored)
         else:
             rerouted = await _rerouted(redis, keys, pool, table, copy, done)
             if rerouted is None:
@@ -165,6 +167,7 @@ async def _replay_dead_of(redis: aioredis.Redis, keys: Partition, pool: str, ids
 async def replay_stream(
     redis: aioredis.Redis, keys: Keys, pool: str, *, since: datetime | None = None,
     event_id: str | None = None, table: RoutingTable | None = None, page_size: int = 1000,
+    all_handlers: bool = False,
 ) -> ReplayResult:
     """Publish again, with a fresh attempt count, events still in the pool's stream; each once.
 
@@ -172,26 +175,31 @@ async def replay_stream(
     by earlier replays are skipped); `event_id` selects one Stripe event, its original
     entry or, when that was trimmed, its oldest copy (the stream is scanned, so this
     is linear in its length).
+
+    A copy runs the entry's handlers (with `table`: the table's current ones) less those
+    known done: marked on the entry, in the completion ledger, or succeeded according to
+    a dead letter of the event. With `all_handlers`, every one runs. The event's dead
+    letters are removed once its copy is added (a crash in between leaves both, never neither).
     """
     if (since is None) == (event_id is None):
         raise ValueError("give exactly one of since or event_id")
     result = ReplayResult()
     for part in await pool_partitions(redis, keys, pool):  # an event's entries are all in one partition
         await ensure_groups(redis, [part.stream(pool)], part.group(pool))
-        await _replay_stream_of(redis, part, pool, since, event_id, table, page_size, result)
+        chosen = await _chosen_entries(redis, part, pool, since, event_id, page_size, result)
+        await _replay_chosen(redis, part, pool, chosen, table, all_handlers, result)
     return result
 
 
-async def _replay_stream_of(redis: aioredis.Redis, keys: Partition, pool: str, since: datetime | None,
-                            event_id: str | None, table: RoutingTable | None, page_size: int,
-                            result: ReplayResult) -> None:
-    """replay_stream for one partition's stream, adding to `result`."""
+async def _chosen_entries(redis: aioredis.Redis, keys: Partition, pool: str, since: datetime | None,
+                          event_id: str | None, page_size: int, result: ReplayResult) -> list[tuple[str, Fields]]:
+    """The entries of one partition's stream that replay_stream copies (counting copies it skips)."""
     stream = keys.stream(pool)
     start = f"{int(since.timestamp() * 1000)}-0" if since is not None else "-"
     # Stop at the current end, so the copies we add are not read back and copied again.
     last: Any = await redis.xrevrange(stream, count=1)
     if not last:
-        return
+        return []
     end = text(last[0][0])
     chosen: list[tuple[str, Fields]] = []
     replayed: set[str] = set()
@@ -217,21 +225,43 @@ async def _replay_stream_of(redis: aioredis.Redis, keys: Partition, pool: str, s
     if event_id is not None and not chosen and first_copy is not None:
         chosen.append(first_copy)
         result.skipped_copies -= 1
+    return chosen
+
+
+async def _replay_chosen(redis: aioredis.Redis, keys: Partition, pool: str, chosen: list[tuple[str, Fields]],
+                         table: RoutingTable | None, all_handlers: bool, result: ReplayResult) -> None:
+    """Copy each chosen entry of one partition to its stream, for the handlers not done."""
+    letters = await dead_letters_by_event(redis, keys, pool, {text(f.get(F_ID.encode())) for _, f in chosen})
     for entry_id, fields in chosen:
         copy = dict(fields)
-        done = set(_names(copy.get(F_DONE.encode())))
+        dead = letters.get(text(fields.get(F_ID.encode())), [])
+        done: set[str] = set()
+        if not all_handlers:
+            done.update(handler_names(copy.get(F_DONE.encode())))
+            for _, dead_fields in dead:
+                done.update(dead_letter_done(dead_fields))
+            done.update(await ledger_done(redis, keys, pool, text(fields.get(F_ID.encode()))))
+        stored = handler_names(fields.get(F_HANDLERS.encode()))
+        if all_handlers:  # a copy's list leaves out what was done before it: its `done` names those
+            stored += [h for h in sorted(handler_names(fields.get(F_DONE.encode()))) if h not in stored]
+        routed: tuple[str, ...] | None = tuple(stored)
         if table is not None:
-            handlers = await _rerouted(redis, keys, pool, table, copy, done)
-            if handlers is None:
+            routed = current_handlers(table, pool, text(fields.get(F_TYPE.encode())))
+            if routed is None:
                 result.unrouted.append(_skipped(entry_id, fields))
                 continue
-            if not handlers:
-                result.nothing_to_run.append(_skipped(entry_id, fields))
-                continue
-            copy[F_HANDLERS.encode()] = HANDLER_SEPARATOR.join(handlers)
             copy[F_VERSION.encode()] = table.version
-        _mark(copy, text(copy.get(F_REPLAY_OF.encode())) or entry_id, done)
-        result.added.append(text(await redis.xadd(stream, copy)))
+        handlers = tuple(h for h in routed or () if h not in done)
+        dead_ids = [dead_id for dead_id, _ in dead]
+        if not handlers:
+            result.nothing_to_run.append(_skipped(entry_id, fields))
+        else:
+            copy[F_HANDLERS.encode()] = HANDLER_SEPARATOR.join(handlers)
+            _mark(copy, text(copy.get(F_REPLAY_OF.encode())) or entry_id, done)
+            result.added.append(text(await redis.xadd(keys.stream(pool), copy)))
+        if dead_ids:  # after the copy: a crash in between leaves a duplicate, never a loss
+            await redis.xdel(keys.dead(pool), *dead_ids)
+            result.dead_letters_replaced.extend(dead_ids)
 
 
 async def replay_entries(

@@ -21,7 +21,10 @@ from workers.forward.breaker import breaker_states
 from workers.rq.queue import queue_figures
 from workers.stream_ops import id_ms, text
 
-COUNTERS = ("processed", "failed", "retried", "dead", "stale")
+# The pool's counters, as the engine writes them (workers/engine/outcomes.py, reclaim.py):
+# `failed` handler runs that raised or timed out (an attempt), `retried` entries run again by
+# a reclaim pass, `paused` handler runs that ended Paused (no attempt spent); README "Operating".
+COUNTERS = ("processed", "failed", "retried", "paused", "dead", "stale")
 
 
 async def pool_status(redis: aioredis.Redis, keys: Keys, pool: str, now_ms: int) -> dict[str, Any]:
