@@ -92,4 +92,4 @@ class Barrier:
                         self.redis, stream, self.group, boundary):
                     return False
             self.passed, self.open = dict(found), True
-        return not was
+        return not was and bool(found)

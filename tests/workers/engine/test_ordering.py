@@ -40,10 +40,10 @@ routes:
 
 
 async def publish_interleaved(redis: aioredis.Redis, keys: Keys, table: RoutingTable, objects: list[str],
-                              per_object: int, seed: int = 7) -> None:
-    """per_object events for each object, interleaved at random, each object's seqs in order."""
+                              per_object: int, seed: int = 7, first: int = 0) -> None:
+    """per_object events for each object (seqs from `first`), interleaved at random, each object's in order."""
     rng = random.Random(seed)
-    left = {obj: list(range(per_object)) for obj in objects}
+    left = {obj: list(range(first, first + per_object)) for obj in objects}
     publisher = Publisher(redis, keys, retention_s=3600, budget_s=2.0)
     while left:
         obj = rng.choice(sorted(left))
