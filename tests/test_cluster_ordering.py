@@ -25,6 +25,7 @@ from tests.workers.engine.test_ordering import (
     times,
     wait_exit,
 )
+from tests.workers.engine.test_ordering_resize import resize_mid_way
 from workers.engine.lease import LEASE_RENEW_S, LEASE_SLACK_S, lease_key
 
 from .redis_cluster import LocalCluster
@@ -123,5 +124,15 @@ async def test_sigkill_of_a_lease_holder_on_the_cluster_hands_its_partitions_ove
             assert seqs == sorted(seqs) and set(seqs) == set(range(40)), (obj, seqs)
         assert_no_overlap(rows)
         assert await _pending(client, keys) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_an_ordered_pool_follows_a_resize_from_8_to_12_partitions_on_the_cluster_in_order(
+    redis_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    client = async_redis(redis_cluster.url)
+    try:
+        await resize_mid_way(client, f"t{uuid.uuid4().hex[:8]}", tmp_path, 8, 12, REDIS_URL=redis_cluster.url)
     finally:
         await client.aclose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -30,45 +31,52 @@ from workers.engine.lease import StreamLease
 pytestmark = pytest.mark.anyio
 
 
-@pytest.mark.parametrize("after", [6, 2])
-async def test_an_ordered_pool_follows_a_resize_and_starts_nothing_newer_before_everything_older_ended(
-    aredis: aioredis.Redis, prefix: str, tmp_path: Path, after: int
-) -> None:
-    """4 -> 6 moves objects between shared streams and into new ones; 4 -> 2 drains partitions 2 and 3."""
+async def resize_mid_way(client: Any, prefix: str, tmp_path: Path, before: int, after: int, **env: str) -> None:
+    """30 objects x 15 events under `before` partitions, a resize to `after` while an ordered consumer
+    started with the old count runs them, 15 more each under `after`: every object in order, and
+    nothing newer started before everything older ended."""
     routing = write_routing(tmp_path, ROUTING.replace("ordered_run", "ordered_slow"))
     table = load(routing)
     objects = [f"obj_{i:02d}" for i in range(30)]
-    assert any(partition_of(o, 4) != partition_of(o, after) for o in objects)
-    await claim_layout(aredis, prefix, 4)
-    await publish_interleaved(aredis, Keys(prefix, 4), table, objects, 15)
-    settings = make_settings(prefix, routing_file=routing, FANOUT_PARTITIONS="4")
+    assert any(partition_of(o, before) != partition_of(o, after) for o in objects)
+    await claim_layout(client, prefix, before)
+    await publish_interleaved(client, Keys(prefix, before), table, objects, 15)
+    settings = make_settings(prefix, routing_file=routing, FANOUT_PARTITIONS=str(before), **env)
     # Started with the old count: it notices the new layout at its trim pass.
-    pool = Consumer(settings, "ordered", redis=aredis, holder=RoutingHolder.load(routing), trim_interval_s=0.1)
+    pool = Consumer(settings, "ordered", redis=client, holder=RoutingHolder.load(routing), trim_interval_s=0.1)
     task = asyncio.create_task(pool.run())
     try:
-        await asyncio.wait_for(wait_for(lambda: aredis.llen(ordered_key(prefix, "times"))), 10)
-        await resize(aredis, prefix, after)
-        resized_at = len(await times(aredis, prefix))
-        await publish_interleaved(aredis, Keys(prefix, after), table, objects, 15, first=15)
+        await asyncio.wait_for(wait_for(lambda: client.llen(ordered_key(prefix, "times"))), 10)
+        await resize(client, prefix, after)
+        resized_at = len(await times(client, prefix))
+        await publish_interleaved(client, Keys(prefix, after), table, objects, 15, first=15)
 
         async def all_done() -> bool:
-            return all([len(await done_order(aredis, prefix, o)) >= 30 for o in objects])
+            return all([len(await done_order(client, prefix, o)) >= 30 for o in objects])
 
         await asyncio.wait_for(wait_for(all_done), 40)
         assert pool.streams[:after] == list(Keys(prefix, after).streams("ordered"))  # followed, no restart
     finally:
         pool.request_stop()
         await asyncio.wait_for(task, 10)
-    rows = await times(aredis, prefix)
+    rows = await times(client, prefix)
     assert resized_at < len([r for r in rows if r[1] < 15]), "the resize came mid-way"
     for obj in objects:
-        assert await done_order(aredis, prefix, obj) == list(range(30)), obj
+        assert await done_order(client, prefix, obj) == list(range(30)), obj
     assert_no_overlap(rows)
     older_end = max(end for _, seq, _, end in rows if seq < 15)
     newer_start = min(start for _, seq, start, _ in rows if seq >= 15)
     assert newer_start >= older_end
-    for stream in {*Keys(prefix, 4).streams("ordered"), *Keys(prefix, after).streams("ordered")}:
-        assert int((await aredis.xpending(stream, "ordered"))["pending"]) == 0, stream
+    for stream in {*Keys(prefix, before).streams("ordered"), *Keys(prefix, after).streams("ordered")}:
+        assert int((await client.xpending(stream, "ordered"))["pending"]) == 0, stream
+
+
+@pytest.mark.parametrize("after", [6, 2])
+async def test_an_ordered_pool_follows_a_resize_and_starts_nothing_newer_before_everything_older_ended(
+    aredis: aioredis.Redis, prefix: str, tmp_path: Path, after: int
+) -> None:
+    """4 -> 6 moves objects between shared streams and into new ones; 4 -> 2 drains partitions 2 and 3."""
+    await resize_mid_way(aredis, prefix, tmp_path, 4, after)
 
 
 async def test_a_read_stops_at_the_streams_resize_boundary_until_it_is_passed(
