@@ -22,13 +22,11 @@ thread: an ordered pool should use async handlers (or sync ones that honour time
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from bus.resize import boundary_key
 
@@ -69,14 +67,6 @@ return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', count, 'STRE
 """
 
 
-READ_SHA = hashlib.sha1(READ_SCRIPT.encode()).hexdigest()
-
-
-def _pairs(flat: list[Any]) -> dict[Any, Any]:
-    items = iter(flat)
-    return dict(zip(items, items, strict=False))
-
-
 def lease_key(stream: str, pool: str) -> str:
     """The lease of `stream`, in its slot."""
     return f"{stream[:stream.index('}') + 1]}:lease:{pool}"
@@ -113,15 +103,13 @@ class StreamLease:
     async def read(self, group: str, consumer: str, count: int, passed: str = "") -> Any:
         """XREADGROUP of new entries, only while Redis says we hold the lease; [] otherwise. Not beyond
         the stream's resize boundary unless it is `passed` (workers/engine/barrier.py)."""
-        args = (3, self.key, self.stream, self.boundary, self.token, group, consumer, count, passed)
-        try:  # by its SHA: a read is a few entries at a time, so the script's text would dominate
-            reply: Any = await self.redis.evalsha(READ_SHA, *args)
-        except NoScriptError:
-            reply = await self.redis.eval(READ_SCRIPT, *args)  # loads it, on this node
+        reply: Any = await self.redis.eval(READ_SCRIPT, 3, self.key, self.stream, self.boundary, self.token, group,
+                                           consumer, count, passed)
         if not reply:
             return []
         # The script returns the stream key with its entries: [[stream, [[id, [k, v, ...]], ...]]]
-        return [(stream, [(entry_id, _pairs(flat)) for entry_id, flat in rows]) for stream, rows in reply]
+        return [(stream, [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in rows])
+                for stream, rows in reply]
 
     async def release(self) -> None:
         """Give the lease up (stopping), so a peer takes it at once."""
