@@ -30,17 +30,19 @@ from workers.engine.lease import StreamLease
 
 pytestmark = pytest.mark.anyio
 
+PHASE = 8  # events per object before the resize, and after it
+
 
 async def resize_mid_way(client: Any, prefix: str, tmp_path: Path, before: int, after: int, **env: str) -> None:
-    """30 objects x 15 events under `before` partitions, a resize to `after` while an ordered consumer
-    started with the old count runs them, 15 more each under `after`: every object in order, and
+    """30 objects x 8 events under `before` partitions, a resize to `after` while an ordered consumer
+    started with the old count runs them, 8 more each under `after`: every object in order, and
     nothing newer started before everything older ended."""
     routing = write_routing(tmp_path, ROUTING.replace("ordered_run", "ordered_slow"))
     table = load(routing)
     objects = [f"obj_{i:02d}" for i in range(30)]
     assert any(partition_of(o, before) != partition_of(o, after) for o in objects)
     await claim_layout(client, prefix, before)
-    await publish_interleaved(client, Keys(prefix, before), table, objects, 15)
+    await publish_interleaved(client, Keys(prefix, before), table, objects, PHASE)
     settings = make_settings(prefix, routing_file=routing, FANOUT_PARTITIONS=str(before), **env)
     # Started with the old count: it notices the new layout at its trim pass.
     pool = Consumer(settings, "ordered", redis=client, holder=RoutingHolder.load(routing), trim_interval_s=0.1)
@@ -49,10 +51,10 @@ async def resize_mid_way(client: Any, prefix: str, tmp_path: Path, before: int, 
         await asyncio.wait_for(wait_for(lambda: client.llen(ordered_key(prefix, "times"))), 10)
         await resize(client, prefix, after)
         resized_at = len(await times(client, prefix))
-        await publish_interleaved(client, Keys(prefix, after), table, objects, 15, first=15)
+        await publish_interleaved(client, Keys(prefix, after), table, objects, PHASE, first=PHASE)
 
         async def all_done() -> bool:
-            return all([len(await done_order(client, prefix, o)) >= 30 for o in objects])
+            return all([len(await done_order(client, prefix, o)) == 2 * PHASE for o in objects])
 
         await asyncio.wait_for(wait_for(all_done), 40)
         assert pool.streams[:after] == list(Keys(prefix, after).streams("ordered"))  # followed, no restart
@@ -60,12 +62,12 @@ async def resize_mid_way(client: Any, prefix: str, tmp_path: Path, before: int, 
         pool.request_stop()
         await asyncio.wait_for(task, 10)
     rows = await times(client, prefix)
-    assert resized_at < len([r for r in rows if r[1] < 15]), "the resize came mid-way"
+    assert resized_at < len([r for r in rows if r[1] < PHASE]), "the resize came mid-way"
     for obj in objects:
-        assert await done_order(client, prefix, obj) == list(range(30)), obj
+        assert await done_order(client, prefix, obj) == list(range(2 * PHASE)), obj
     assert_no_overlap(rows)
-    older_end = max(end for _, seq, _, end in rows if seq < 15)
-    newer_start = min(start for _, seq, start, _ in rows if seq >= 15)
+    older_end = max(end for _, seq, _, end in rows if seq < PHASE)
+    newer_start = min(start for _, seq, start, _ in rows if seq >= PHASE)
     assert newer_start >= older_end
     for stream in {*Keys(prefix, before).streams("ordered"), *Keys(prefix, after).streams("ordered")}:
         assert int((await client.xpending(stream, "ordered"))["pending"]) == 0, stream
