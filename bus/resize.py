@@ -9,7 +9,11 @@
 2. The meta records the new count, and lists the old one as draining: a consumer
    reads the streams of every draining layout too (bus.partitions.streams_to_read)
    until they are empty and fully acknowledged.
-3. A draining layout is dropped from the meta (by the next resize, or by
+3. Before the meta changes, the last entry id of every stream of the old layouts is
+   recorded beside it, in its slot (`boundary_key`): an ordered pool finishes every
+   entry up to these boundaries before it starts any later one (workers/engine/barrier.py).
+   The ingresses are stopped meanwhile, so nothing lands between the two.
+4. A draining layout is dropped from the meta (by the next resize, or by
    `drop_drained`) once none of its streams that the current layout lacks has an
    entry left to read, pending, or dead-lettered.
 
@@ -98,6 +102,24 @@ async def copy_seen_records(redis: Any, prefix: str, partitions: int, batch: int
     return copied
 
 
+def boundary_key(stream: str) -> str:
+    """Where a resize records `stream`'s last entry id then (in the stream's slot)."""
+    return stream.replace(":stream:", ":boundary:", 1)
+
+
+async def record_boundaries(redis: Any, prefix: str, layout: Layout) -> int:
+    """Record the last entry id ("0-0": none) of every stream of `layout`'s counts; how many."""
+    tags = {Keys(prefix, n).tag(p) for n in layout.counts() for p in range(n)}
+    streams: set[str] = set()
+    for tag in sorted(tags):
+        async for name in redis.scan_iter(match=tag + ":stream:*", count=1000, _type="stream"):
+            streams.add(_text(name))
+    for stream in sorted(streams):
+        last: Any = await redis.xrevrange(stream, count=1)
+        await redis.set(boundary_key(stream), _text(last[0][0]) if last else "0-0")
+    return len(streams)
+
+
 async def _stream_done(redis: Any, stream: str) -> bool:
     """Nothing in `stream` is left for any of its groups: no lag, nothing pending."""
     if not await redis.exists(stream):
@@ -152,6 +174,7 @@ async def resize(redis: Any, prefix: str, partitions: int, *, assume_current: in
     if partitions == before.partitions:
         return ResizeReport(before, before, 0)
     copied = await copy_seen_records(redis, prefix, partitions)
+    await record_boundaries(redis, prefix, before)
     draining = tuple(n for n in (*before.draining, before.partitions) if n != partitions)
     draining = tuple(dict.fromkeys(draining))
     await redis.hset(Keys(prefix).meta, mapping={META_PARTITIONS: str(partitions),

@@ -4,7 +4,8 @@ After `fanout partitions resize`, the old layout's streams are read until they a
 drained, then the layout is forgotten (bus/resize.py drop_drained) and its streams
 are no longer read. A consumer started before the resize also starts reading the
 new layout's streams here, so no partition is left without a reader until it is
-restarted with the new FANOUT_PARTITIONS.
+restarted with the new FANOUT_PARTITIONS. An ordered pool follows too, behind the resize
+barrier (workers/engine/barrier.py).
 """
 
 from __future__ import annotations

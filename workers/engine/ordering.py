@@ -17,6 +17,9 @@ any: the first per object becomes its head, due again after its backoff like any
 attempt (one attempt may be counted that never ran); the rest are held back. A consumer that
 could not renew in time stops starting the stream's entries, forgets its state there, and
 adopts again once it holds the lease.
+
+After `fanout partitions resize` the pool takes leases on the new layout's streams too (when
+the consumer's streams change, layout_watch.py), behind the resize barrier (workers/engine/barrier.py has the rule).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from workers.engine.barrier import Barrier
 from workers.engine.executor import Entry
 from workers.engine.lease import LEASE_RENEW_S, LEASE_SLACK_S, StreamLease
 from workers.stream_ops import text
@@ -65,9 +69,10 @@ class Ordering:
 
     def __init__(self, owner: Any, streams: list[str]) -> None:
         self.owner = owner
-        self.streams = streams
-        ttl_s = owner.config.timeout_s + LEASE_SLACK_S
-        self.leases = {s: StreamLease(owner.redis, s, owner.name, owner.consumer, ttl_s) for s in streams}
+        self.streams: list[str] = []
+        self.leases: dict[str, StreamLease] = {}
+        self.barrier = Barrier(owner.redis, owner.group)
+        self.use_streams(streams)
         self.orders: dict[str, StreamOrder] = {}  # streams adopted, ready to read and start
         self.ready: deque[Entry] = deque()
         self.releasing: set[str] = set()
@@ -83,6 +88,15 @@ class Ordering:
         """Start what is ready, then the slots the reader may fill: none while MAX_HELD are held back."""
         self.start_ready()
         return 0 if self.held_count >= MAX_HELD else self.owner.slots.free()
+
+    def use_streams(self, streams: list[str]) -> None:
+        """The pool's streams now (a resize): leases for new ones; the lease pass lets dropped ones go."""
+        ttl_s = self.owner.config.timeout_s + LEASE_SLACK_S
+        for stream in streams:
+            if stream not in self.leases:
+                self.leases[stream] = StreamLease(self.owner.redis, stream, self.owner.name, self.owner.consumer,
+                                                  ttl_s)
+        self.streams = list(streams)
 
     def owns(self, stream: str) -> bool:
         return stream in self.orders and stream not in self.releasing
@@ -155,7 +169,8 @@ class Ordering:
         reply: list[Any] = []
         for stream in self.streams:
             if self.owns(stream) and count > 0:
-                got = await self.leases[stream].read(self.owner.group, self.owner.consumer, count)
+                got = await self.leases[stream].read(self.owner.group, self.owner.consumer, count,
+                                                     self.barrier.passed_boundary(stream))
                 for _, entries in got:
                     count -= len(entries)
                 reply += got
@@ -177,6 +192,11 @@ class Ordering:
     async def tick(self) -> None:
         """One lease pass: heartbeat, renew or take leases up to the fair share, adopt, let extras go."""
         redis, now_ms = self.owner.redis, self.owner.now_ms()
+        if self.owner.streams != self.streams:  # the layout changed (layout_watch.py), or the claim at start
+            self.use_streams(self.owner.streams)
+        if await self.barrier.refresh(self.streams):
+            self.owner.log.info("ordering.barrier_passed", boundaries=len(self.barrier.boundaries))
+        await self._let_dropped_go()
         live = await self._beat(redis, now_ms)
         target = math.ceil(len(self.streams) / max(1, live))
         held = [s for s in self.streams if self.leases[s].held and s not in self.releasing]
@@ -200,11 +220,20 @@ class Ordering:
                     self.fence(stream)
             if lease.held and stream in self.orders and await self._foreign_pending(stream):
                 self.fence(stream)  # a stale holder claimed one back: take everything over again
-            if lease.held and stream not in self.orders and self.running_in(stream) == 0:
+            if (lease.held and stream not in self.orders and self.running_in(stream) == 0
+                    and self.barrier.allows(stream)):
                 await self.adopt(stream)
         for stream in held[target:]:
             self.releasing.add(stream)
             self.fence(stream)
+
+    async def _let_dropped_go(self) -> None:
+        """Release the leases of streams no longer read (a drained layout), once nothing runs there."""
+        for stream in [s for s in self.leases if s not in self.streams]:
+            self.fence(stream)
+            self.releasing.discard(stream)
+            if self.running_in(stream) == 0:
+                await self.leases.pop(stream).release()
 
     async def _foreign_pending(self, stream: str) -> bool:
         summary: Any = await self.owner.redis.xpending(stream, self.owner.group)
@@ -256,9 +285,9 @@ class Ordering:
 
     async def close(self) -> None:
         """Let every lease go (after the drain) and drop the heartbeat, so peers take over at once."""
-        for stream in self.streams:
+        for stream, lease in self.leases.items():
             if self.running_in(stream) == 0:
-                await self.leases[stream].release()
+                await lease.release()
         await self.owner.redis.hdel(self.heartbeat, self.owner.consumer)
 
     async def run(self, stopping: Callable[[], bool]) -> None:

@@ -25,7 +25,6 @@ from tests.handlers_for_tests import ordered_key
 from tests.support import H, load, start_worker, wait_for, write_routing
 from workers.engine.consumer import Consumer
 from workers.engine.lease import LEASE_RENEW_S, LEASE_SLACK_S, lease_key
-from workers.engine.ordering import Ordering
 from workers.ops.status import collect_status, ordering_status, render_text
 from workers.supervision.runner import run_pool
 
@@ -41,10 +40,10 @@ routes:
 
 
 async def publish_interleaved(redis: aioredis.Redis, keys: Keys, table: RoutingTable, objects: list[str],
-                              per_object: int, seed: int = 7) -> None:
-    """per_object events for each object, interleaved at random, each object's seqs in order."""
+                              per_object: int, seed: int = 7, first: int = 0) -> None:
+    """per_object events for each object (seqs from `first`), interleaved at random, each object's in order."""
     rng = random.Random(seed)
-    left = {obj: list(range(per_object)) for obj in objects}
+    left = {obj: list(range(first, first + per_object)) for obj in objects}
     publisher = Publisher(redis, keys, retention_s=3600, budget_s=2.0)
     while left:
         obj = rng.choice(sorted(left))
@@ -214,16 +213,12 @@ async def test_consumers_share_the_partitions_leases_and_a_joiner_gets_its_fair_
 ) -> None:
     routing = write_routing(tmp_path, ROUTING.replace("ordered_run", "ordered_slow"))
     keys4 = Keys(prefix, 4)
-    streams = list(keys4.streams("ordered"))
     objects = [f"obj_{i:02d}" for i in range(40)]
     await publish_interleaved(aredis, keys4, load(routing), objects, 8)
-    settings = make_settings(prefix, routing_file=routing)
+    settings = make_settings(prefix, routing_file=routing, FANOUT_PARTITIONS="4")
 
     def consumer() -> Consumer:
-        c = Consumer(settings, "ordered", redis=aredis, holder=RoutingHolder.load(routing))
-        c.streams = streams  # four partitions (until the engine reads them itself)
-        c.ordering = Ordering(c, streams)
-        return c
+        return Consumer(settings, "ordered", redis=aredis, holder=RoutingHolder.load(routing))
 
     async def owners() -> dict[str, str | None]:
         return (await ordering_status(aredis, keys4, "ordered"))["owners"]
