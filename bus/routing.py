@@ -427,20 +427,44 @@ def _handler_names(
 
 
 class _Hints:
-    """"Did you mean" hints, with a bounded cost: difflib costs about 1-5 ms per unknown type,
-    so only the first MAX_EVENT_TYPE_HINTS get one, and only names of plausible length."""
+    """"Did you mean" hints, with a bounded cost.
+
+    difflib over all ~600 known types costs 1-5 ms per unknown name, which every worker
+    start and reload paid for names that are not typos at all (a pool's own event types).
+    So a name is compared only with the types of its own first segment (`customer.` for
+    `customer.subscripton.updated`; `v1.billing.` for a thin type), or, when that segment is itself unknown, with those of
+    the closest known segment (`custmer.created`); a name whose segment is close to none
+    gets no hint. Only the first MAX_EVENT_TYPE_HINTS names get one.
+    """
 
     def __init__(self, known: frozenset[str]) -> None:
         self.known = known
         self.prefixes = frozenset(t.split(".")[0] + ".*" for t in known)
         self.left = defaults.MAX_EVENT_TYPE_HINTS
+        self._by_segment: dict[str, list[str]] = {}
+        for name in sorted(known):
+            self._by_segment.setdefault(_segment(name), []).append(name)
 
     def closest(self, pattern: str, candidates: frozenset[str]) -> str:
         if self.left <= 0 or len(pattern) > MAX_HINTED_NAME_CHARS:
             return ""
         self.left -= 1
-        close = difflib.get_close_matches(pattern, candidates, n=1, cutoff=0.6)
+        pool = self._same_segment(pattern) if candidates is self.known else sorted(candidates)
+        close = difflib.get_close_matches(pattern, pool, n=1, cutoff=0.6)
         return f"; did you mean {close[0]!r}?" if close else ""
+
+    def _same_segment(self, pattern: str) -> list[str]:
+        segment = _segment(pattern)
+        if segment not in self._by_segment:
+            near = difflib.get_close_matches(segment, list(self._by_segment), n=1, cutoff=0.6)
+            segment = near[0] if near else ""
+        return self._by_segment.get(segment, [])
+
+
+def _segment(name: str) -> str:
+    """The part of an event type its hint is looked up under: `customer`, or `v1.billing` for thin types."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] in ("v1", "v2") else parts[0]
 
 
 # Stripe's longest event type is about 60 characters.
