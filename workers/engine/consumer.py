@@ -27,7 +27,6 @@ import os
 import socket
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,6 +44,7 @@ from bus.routing import PoolConfig
 from bus.settings import Settings
 from workers.engine import layout_watch, lifecycle, reclaim, retention
 from workers.engine.async_executor import AsyncExecutor
+from workers.engine.backlog import Backlog, read_ahead
 from workers.engine.entries import run_entry
 from workers.engine.executor import Entry, Executor
 from workers.engine.follow import vet_reloads
@@ -105,7 +105,7 @@ class Consumer:
         self.streams = streams_to_read(Layout(settings.partitions), settings.key_prefix, name)
         self.group = self.keys.group(name)
         self.consumer = consumer or consumer_name()
-        self.backlog: deque[Entry] = deque()
+        self.backlog = Backlog()
         self.burst = burst
         self.claim_margin_s = claim_margin_s
         self.trim_interval_s = trim_interval_s
@@ -127,6 +127,7 @@ class Consumer:
         self.slots = Slots(lambda: self.concurrency)
         self.reader = StreamReader(redis, self.group, self.consumer, self.streams, self._block_ms)
         self._stopping = False
+        self._had_work = False  # the last read filled what it asked for: read ahead on the next
         self.read_failures = 0
         self.outcomes = Outcomes(redis, self.keys, name, self.now_ms, redact=lambda value: redact_secrets(
             value, settings, holder.table.secret_env_names()))
@@ -155,7 +156,7 @@ class Consumer:
         """Running here, or finished with its ack on its way: not to be run again meanwhile."""
         return ((stream, entry_id) in self.inflight or self.outcomes.unacked(stream, entry_id)
                 or (self.ordering is not None and self.ordering.holds(stream, entry_id))
-                or any(e.stream == stream and e.entry_id == entry_id for e in self.backlog))
+                or self.backlog.holds(stream, entry_id))
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -183,15 +184,19 @@ class Consumer:
     async def read_loop(self) -> None:
         while not self._stopping:
             await self.slots.reader_turn()
-            while self.backlog and self.slots.free() > 0:
-                self.start(self.backlog.popleft())
-            free = self.slots.free() if self.ordering is None else self.ordering.reader_free()
-            if free <= 0 or self.backlog:
+            self._start_held()
+            if self.ordering is None:
+                free = self.slots.free()
+                ahead = read_ahead(self.concurrency, len(self.backlog)) if self._had_work else 0
+            else:
+                free, ahead = self.ordering.reader_free(), 0
+            if free + ahead <= 0 or (self.backlog and not ahead):
                 await self.slots.wait_freed()
                 continue
             taken = self.slots.reserve(free)
             try:
-                batch = await (self.ordering.read(taken) if self.ordering is not None else self.reader.read(taken))
+                batch = await (self.ordering.read(taken) if self.ordering is not None
+                               else self.reader.read(taken + ahead))
             except RedisError as err:
                 self.slots.release(taken)
                 self.read_failures += 1
@@ -204,8 +209,11 @@ class Consumer:
                 self.slots.release(taken)
                 raise
             self.slots.release(taken)
-            for entry in new_entries(batch, lambda n: self.observer.read_batch(self.name, n)):
-                # Beyond the free slots (COUNT is per stream; concurrency lowered): started as slots free.
+            entries = new_entries(batch, lambda n: self.observer.read_batch(self.name, n))
+            # Read ahead only while the streams have work: an idle pool's read is one blocking wait.
+            self._had_work = len(entries) >= taken + ahead > 0
+            for entry in entries:
+                # Beyond the free slots (read-ahead; COUNT is per stream): started as slots free (backlog.py).
                 self.start(entry) if self.slots.free() > 0 else self.backlog.append(entry)
             if not batch and self.burst and await self._drained():
                 return
@@ -256,6 +264,15 @@ class Consumer:
             del self.inflight[(entry.stream, entry.entry_id)]
             self.slots.vacate()
             self.observer.entries_in_flight(self.name, len(self.inflight))
+            if self.backlog and not self._stopping:
+                self._start_held()  # the freed slot takes a held entry now, not after the next read
+
+    def _start_held(self) -> None:
+        while self.backlog and self.slots.free() > 0:
+            entry = self.backlog.take(self.config.timeout_s)
+            if entry is None:
+                return
+            self.start(entry)
 
     def thread_pool(self) -> ThreadPoolExecutor:
         """Threads for sync handlers (async executor) and for RQ's blocking enqueue (rq executor)."""
