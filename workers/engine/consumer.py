@@ -197,10 +197,14 @@ class Consumer:
             try:
                 batch = await (self.ordering.read(taken) if self.ordering is not None
                                else self.reader.read(taken + ahead))
-            except RedisError as err:
+            except Exception as err:  # a client's own bug must not end the reader either
+                # Seen once during a cluster failover: redis-py's cluster client raised RuntimeError
+                # while dropping a stale connection (it resets the connection first, so the next
+                # read works). Any error here is a failed read, never the end of the consumer.
                 self.slots.release(taken)
                 self.read_failures += 1
-                self.log.error("pool.read_failed", error=f"{type(err).__name__}: {err}")
+                self.log.error("pool.read_failed", error=f"{type(err).__name__}: {err}",
+                               exc_info=not isinstance(err, RedisError))
                 await asyncio.sleep(self._block_ms / 1000)
                 if "NOGROUP" in str(err):  # the stream was deleted by hand: start it again
                     await ensure_groups(self.redis, self.streams, self.group)
@@ -257,9 +261,11 @@ class Consumer:
     async def _process(self, entry: Entry) -> None:
         try:
             await run_entry(self, self.executor, entry)
-        except RedisError as err:
-            # The entry stays pending; a reclaim pass runs it again.
-            self.log.error("entry.redis_failed", entry_id=entry.entry_id, error=f"{type(err).__name__}: {err}")
+        except Exception as err:  # handler errors never get here: call_handler records them
+            # Redis, or the client, failed while recording the outcome: the entry stays pending and
+            # a reclaim pass runs it again.
+            self.log.error("entry.redis_failed", entry_id=entry.entry_id, error=f"{type(err).__name__}: {err}",
+                           exc_info=not isinstance(err, RedisError))
         finally:
             del self.inflight[(entry.stream, entry.entry_id)]
             self.slots.vacate()

@@ -353,3 +353,42 @@ async def test_a_stream_deleted_under_a_running_worker_is_recreated_and_read_aga
     finally:
         pool.request_stop()
         await task
+
+
+async def test_an_unexpected_error_from_the_client_fails_one_read_and_one_outcome_not_the_consumer(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, routing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As redis-py's cluster client once did during a failover: RuntimeError('Event loop is closed')
+    # while it dropped a stale connection. The read and the outcome fail; the consumer goes on.
+    from structlog.testing import capture_logs
+
+    from workers.engine.ack_batch import AckBatch
+    from workers.engine.reader import StreamReader
+
+    real_read, real_succeeded = StreamReader.read, AckBatch.complete
+    broken = {"read": 1, "complete": 1}
+
+    async def read_once_broken(self: StreamReader, free: int) -> object:
+        if broken["read"]:
+            broken["read"] -= 1
+            raise RuntimeError("Event loop is closed")
+        return await real_read(self, free)
+
+    def complete_once_broken(self: AckBatch, *args: object, **kwargs: object) -> None:
+        if broken["complete"]:
+            broken["complete"] -= 1
+            raise RuntimeError("Event loop is closed")
+        real_succeeded(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StreamReader, "read", read_once_broken)
+    monkeypatch.setattr(AckBatch, "complete", complete_once_broken)
+    settings = make_settings(prefix, routing_file=routing)
+    await publish_many(aredis, keys, load(routing), "test.many", ["evt_x1", "evt_x2"])
+    with capture_logs() as logs:
+        pool = await run_pool(settings, "alpha", redis=aredis, burst=True, block_ms=50)
+    assert pool.read_failures == 1
+    # The entry whose outcome failed stayed pending, and a reclaim pass ran it again.
+    assert set(await runs(aredis, prefix, "record")) == {"evt_x1", "evt_x2"}
+    assert await pending(aredis, keys, "alpha") == 0
+    events = [e["event"] for e in logs]
+    assert "pool.read_failed" in events and "entry.redis_failed" in events
