@@ -6,12 +6,13 @@ entries beyond its free slots while its stream has work, so that a slot that fre
 starts its next entry at once, in the same loop pass, instead of after an XREADGROUP
 round trip (measured: the 20 ms I/O-bound bench spent about a tenth of its time in that gap).
 
-Such an entry is already delivered to this consumer, so it sits in this consumer's
-pending list; another consumer may claim it once it has been idle timeout_s plus the
-claim margin (workers/engine/reclaim.py). An entry held here for `max_hold_s` (the pool's
-timeout_s) is therefore never started from here: it is dropped, and this consumer's own
-reclaimer, which no longer sees it as busy, claims it like any other due entry. If a peer
-claimed it first, XCLAIM's idle check keeps it from running twice.
+Such an entry is already delivered, so it sits in this consumer's pending list and its
+idle time runs; a peer claims it once idle for timeout_s, the backoff and the claim margin
+(workers/engine/reclaim.py). Started within half the claim margin of its read, it ends
+(its handler calls are bounded by timeout_s) before any peer may claim it. One held longer
+is therefore never started from here: it is dropped, and this consumer's own reclaimer,
+which no longer sees it as busy, claims it like any other due entry; if a peer claimed it
+first, XCLAIM's idle check keeps it from running twice.
 """
 
 from __future__ import annotations

@@ -275,7 +275,7 @@ class Consumer:
 
     def _start_held(self) -> None:
         while self.backlog and self.slots.free() > 0:
-            entry = self.backlog.take(self.config.timeout_s)
+            entry = self.backlog.take(self.claim_margin_s / 2)
             if entry is None:
                 return
             self.start(entry)
