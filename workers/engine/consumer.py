@@ -270,7 +270,7 @@ class Consumer:
             del self.inflight[(entry.stream, entry.entry_id)]
             self.slots.vacate()
             self.observer.entries_in_flight(self.name, len(self.inflight))
-            if self.backlog and not self._stopping:
+            if self.backlog:  # also while stopping: the drain runs what this consumer holds (drain.py)
                 self._start_held()  # the freed slot takes a held entry now, not after the next read
 
     def _start_held(self) -> None:

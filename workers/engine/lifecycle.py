@@ -84,7 +84,7 @@ async def run(c: Lifecycle) -> None:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await drain(list(c.inflight.values()), c.shutdown_grace_s, c.log)
+        await drain(lambda: list(c.inflight.values()), c.shutdown_grace_s, c.log)
         c.outcomes.batch.close()
         await flusher
         await _leave(c)
