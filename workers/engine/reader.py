@@ -33,6 +33,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from workers.engine.executor import Entry
+from workers.engine.resp import command, exchange, stream_entries
 from workers.stream_ops import text
 
 log = structlog.get_logger("fanout.worker")
@@ -73,6 +74,7 @@ class StreamReader:
         self.block_ms = block_ms
         self.cluster = is_cluster(redis)
         self.streams: list[str] = []
+        self._packed: dict[int, bytes] = {}
         self._last_ids: dict[str, Any] = {}
         self._armed: dict[str, asyncio.Event] = {}
         self._waiters: dict[str, asyncio.Task[None]] = {}
@@ -88,14 +90,24 @@ class StreamReader:
             self._armed.pop(gone, None)
         self.streams = list(streams)
         self._dirty = set(streams)
+        self._packed.clear()
+
+    def _xreadgroup(self, count: int) -> bytes:
+        """The single Redis's read of every stream, packed once per COUNT (workers/engine/resp.py)."""
+        packed = self._packed.get(count)
+        if packed is None:
+            packed = self._packed[count] = command(
+                "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count, "BLOCK", self.block_ms,
+                "STREAMS", *self.streams, *[">"] * len(self.streams))
+        return packed
 
     async def read(self, free: int) -> Batch:
         count = per_stream_count(free, len(self.streams))
         if not self.cluster:
-            reply: Any = await self.redis.xreadgroup(
-                self.group, self.consumer, dict.fromkeys(self.streams, ">"),
-                count=count, block=self.block_ms)
-            return [(text(s), entries) for s, entries in reply or []]
+            reply = (await exchange(self.redis, [self._xreadgroup(count)]))[0]
+            if isinstance(reply, Exception):
+                raise reply
+            return [(text(s), entries) for s, entries in stream_entries(reply)]
         if not self._dirty:
             self._wake.clear()
             try:
