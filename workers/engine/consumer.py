@@ -205,8 +205,7 @@ class Consumer:
             if self.ordering is not None:
                 await self.ordering.close()
             await self.reader.close()
-            for stream in self.streams:
-                await retention.leave_group(self.redis, stream, self.group, self.consumer)
+            await retention.leave_groups(self.redis, self.streams, self.group, self.consumer)
             await heartbeat.leave(self.redis, self.keys.heartbeats(self.name), self.consumer)
             if self._threads is not None:
                 self._threads.shutdown(wait=False)
@@ -258,7 +257,8 @@ class Consumer:
         return max(0.01, min(defaults.RECLAIM_INTERVAL_S, self.config.backoff_base_s / 2))
 
     async def _reclaim(self) -> None:
-        for stream in self.streams if self.ordering is None else self.ordering.owned():
+        streams = self.streams if self.ordering is None else self.ordering.owned()
+        for stream in await reclaim.streams_to_sweep(self, streams, self.executor_kind):
             await self.reclaim_once(stream)
 
     async def reclaim_once(self, stream: str) -> int:
