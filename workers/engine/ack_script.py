@@ -12,9 +12,10 @@ stream is one *block* of one script call:
 * on a Redis Cluster, one call per block, since a block's keys share its partition's
   hash tag (one slot); the cluster pipeline sends each node its calls at once.
 
-The script checks every key's type before it writes anything, as the publish script
-does: Redis does not undo a script that fails halfway, and a failed call is sent
-again whole (ack_batch.py), which would count twice what the first half wrote.
+Redis does not undo a script that fails halfway, and a failed call is sent again
+whole (ack_batch.py): the script checks the type of every hash it writes before it
+writes anything, and acks (which a second call does not repeat) before it counts.
+So a failed call has counted nothing, and the one that succeeds counts once.
 """
 
 from __future__ import annotations
@@ -26,44 +27,49 @@ from typing import Any
 from bus.partitions import Partition
 from workers.engine.resp import bulk
 
-# KEYS, per block: stream, counters hash, retry times, paused runs, then the ledger of each
-# redelivered entry. ARGV: group, then per block: how many ids, counters and redelivered
-# entries; the ids; counter/increment pairs; the redelivered entries' ids. Returns how many
-# entries XACK acknowledged.
+# KEYS, per block: stream, counters hash, and only when it has redelivered entries: retry times,
+# paused runs, the ledger of each. ARGV: group, then per block: how many ids, counters and
+# redelivered entries; the ids; counter/increment pairs; the redelivered entries' ids.
+# Returns how many entries XACK acknowledged.
 ACKS_SCRIPT = """
 local group = ARGV[1]
-local function walk(visit)
-  local k, a = 1, 2
-  while a <= #ARGV do
-    local n_ids, n_counts, n_re = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    visit(k, a + 3, n_ids, n_counts, n_re)
-    k = k + 4 + n_re
-    a = a + 3 + n_ids + 2 * n_counts + n_re
-  end
+local blocks = {}
+local k, a = 1, 2
+while a <= #ARGV do
+  local b = {k = k, ids = a + 3, n_ids = tonumber(ARGV[a]), n_counts = tonumber(ARGV[a + 1]),
+             n_re = tonumber(ARGV[a + 2])}
+  b.counts = b.ids + b.n_ids
+  b.re = b.counts + 2 * b.n_counts
+  blocks[#blocks + 1] = b
+  k = k + 2 + (b.n_re > 0 and 2 + b.n_re or 0)
+  a = b.re + b.n_re
 end
-local function check(key, want)
+local function check(key)
   local kind = redis.call('TYPE', key)['ok']
-  if kind ~= 'none' and kind ~= want then
-    error(redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. kind .. ', not a ' .. want))
+  if kind ~= 'none' and kind ~= 'hash' then
+    error(redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. kind .. ', not a hash'))
   end
 end
-walk(function(k, i, n_ids, n_counts, n_re)
-  if n_ids > 0 then check(KEYS[k], 'stream') end
-  if n_counts > 0 then check(KEYS[k + 1], 'hash') end
-  if n_re > 0 then check(KEYS[k + 2], 'hash'); check(KEYS[k + 3], 'hash') end
-end)
+-- 1. Every hash written below is one (or missing): a wrong type fails here, before any write.
+for _, b in ipairs(blocks) do
+  if b.n_counts > 0 then check(KEYS[b.k + 1]) end
+  if b.n_re > 0 then check(KEYS[b.k + 2]); check(KEYS[b.k + 3]) end
+end
+-- 2. The acks. Should one fail (a stream replaced by another type), nothing is counted yet,
+-- and the call sent again acks nothing twice: XACK of an acked entry does nothing.
 local acked = 0
-walk(function(k, i, n_ids, n_counts, n_re)
-  if n_ids > 0 then acked = acked + redis.call('XACK', KEYS[k], group, unpack(ARGV, i, i + n_ids - 1)) end
-  i = i + n_ids
-  for c = i, i + 2 * n_counts - 1, 2 do redis.call('HINCRBY', KEYS[k + 1], ARGV[c], ARGV[c + 1]) end
-  i = i + 2 * n_counts
-  if n_re > 0 then
-    redis.call('DEL', unpack(KEYS, k + 4, k + 3 + n_re))
-    redis.call('HDEL', KEYS[k + 2], unpack(ARGV, i, i + n_re - 1))
-    redis.call('HDEL', KEYS[k + 3], unpack(ARGV, i, i + n_re - 1))
+for _, b in ipairs(blocks) do
+  if b.n_ids > 0 then acked = acked + redis.call('XACK', KEYS[b.k], group, unpack(ARGV, b.ids, b.counts - 1)) end
+end
+-- 3. The counts, then what redelivered entries' earlier attempts left.
+for _, b in ipairs(blocks) do
+  for c = b.counts, b.re - 1, 2 do redis.call('HINCRBY', KEYS[b.k + 1], ARGV[c], ARGV[c + 1]) end
+  if b.n_re > 0 then
+    redis.call('DEL', unpack(KEYS, b.k + 4, b.k + 3 + b.n_re))
+    redis.call('HDEL', KEYS[b.k + 2], unpack(ARGV, b.re, b.re + b.n_re - 1))
+    redis.call('HDEL', KEYS[b.k + 3], unpack(ARGV, b.re, b.re + b.n_re - 1))
   end
-end)
+end
 return acked
 """
 
@@ -109,6 +115,8 @@ def acks_call(pool: str, group: str, blocks: list[Block]) -> list[Any]:
 
 def block_keys(pool: str, block: Block) -> list[str]:
     part = block.part
+    if not block.redelivered:
+        return [block.stream, part.pool_stats(pool)]
     return [block.stream, part.pool_stats(pool), part.retry_at(pool), part.uncounted(pool),
             *(ledger for _, ledger in block.redelivered)]
 
@@ -119,11 +127,11 @@ def block_args(block: Block) -> list[Any]:
 
 
 # The counts in a block's header and its increments are small numbers: packed once.
-_SMALL = [bulk(n) for n in range(BLOCK_IDS + 1)]
+_SMALL = [bulk(n) for n in range(1001)]
 
 
 def _number(n: int) -> bytes:
-    return _SMALL[n] if 0 <= n <= BLOCK_IDS else bulk(n)
+    return _SMALL[n] if 0 <= n <= 1000 else bulk(n)
 
 
 def _ids(ids: list[str]) -> bytes:
@@ -135,23 +143,25 @@ class Packer:
     """The EVALSHA of a flush in RESP, written here rather than by redis-py.
 
     redis-py encodes each argument on its own (~2 us each); a flush over 64 partitions has
-    ~10 per partition. Each stream's four keys are packed once and kept; ids and counts are
-    packed per flush.
+    ~6 per partition. Each stream's keys are packed once and kept; ids and counts per flush.
     """
 
     def __init__(self, pool: str, group: str, sha: str) -> None:
         self.pool = pool
         self._head = bulk("EVALSHA") + bulk(sha)
         self._group = bulk(group)
-        self._keys: dict[str, bytes] = {}
+        # stream -> (stream and counters keys, retry times and paused runs keys), packed.
+        self._keys: dict[str, tuple[bytes, bytes]] = {}
         self._counters: dict[str, bytes] = {}
 
-    def _packed_keys(self, block: Block) -> bytes:
+    def _packed_keys(self, block: Block) -> tuple[bytes, bytes]:
         packed = self._keys.get(block.stream)
         if packed is None:
             if len(self._keys) >= 4096:  # streams change only with the layout: a guard, not a cache policy
                 self._keys.clear()
-            packed = self._keys[block.stream] = b"".join(bulk(k) for k in block_keys(self.pool, block)[:4])
+            part, pool = block.part, self.pool
+            packed = self._keys[block.stream] = (bulk(block.stream) + bulk(part.pool_stats(pool)),
+                                                 bulk(part.retry_at(pool)) + bulk(part.uncounted(pool)))
         return packed
 
     def _counter(self, name: str) -> bytes:
@@ -165,17 +175,18 @@ class Packer:
         keys: list[bytes] = []
         args: list[bytes] = [self._group]
         for block in blocks:
-            keys.append(self._packed_keys(block))
-            n_keys += 4
-            args += (_number(len(block.ids)), _number(len(block.counts)), _number(len(block.redelivered)),
-                     _ids(block.ids))
-            for counter, n in block.counts.items():
+            ids, counts, redelivered = block.ids, block.counts, block.redelivered
+            always, on_redelivery = self._packed_keys(block)
+            keys.append(always)
+            args += (_number(len(ids)), _number(len(counts)), _number(len(redelivered)), _ids(ids))
+            for counter, n in counts.items():
                 args += (self._counter(counter), _number(n))
-            n_args += 3 + len(block.ids) + 2 * len(block.counts)
-            if block.redelivered:
-                keys.extend(bulk(ledger) for _, ledger in block.redelivered)
-                args.append(_ids([entry_id for entry_id, _ in block.redelivered]))
-                n_keys += len(block.redelivered)
-                n_args += len(block.redelivered)
+            n_keys += 2
+            n_args += 3 + len(ids) + 2 * len(counts)
+            if redelivered:
+                keys.append(on_redelivery)
+                keys.extend(bulk(ledger) for _, ledger in redelivered)
+                args.append(_ids([entry_id for entry_id, _ in redelivered]))
+                n_keys += 2 + len(redelivered)
+                n_args += len(redelivered)
         return b"".join((b"*%d\r\n" % (3 + n_keys + n_args), self._head, bulk(n_keys), *keys, *args))
-

@@ -175,11 +175,17 @@ async def test_on_the_cluster_each_partition_is_its_own_script_and_only_a_failed
         await client.aclose()
 
 
-async def test_the_script_refuses_a_stream_of_another_type_before_writing(aredis: aioredis.Redis, prefix: str) -> None:
+async def test_a_stream_of_another_type_fails_the_call_before_anything_is_counted(
+    aredis: aioredis.Redis, prefix: str
+) -> None:
     keys = Keys(prefix, 2)
+    ids = await delivered(aredis, keys, range(1), 1)
     await aredis.set(keys.stream(POOL, 1), "x")
-    blocks = [Block(keys.stream(POOL, 0), _part(keys, 0), counts={"processed": 1}),
-              Block(keys.stream(POOL, 1), _part(keys, 1), ids=["1-0"])]
+    blocks = [Block(keys.stream(POOL, 0), _part(keys, 0), ids=ids[keys.stream(POOL, 0)], counts={"processed": 1}),
+              Block(keys.stream(POOL, 1), _part(keys, 1), ids=["1-0"], counts={"processed": 1})]
     with pytest.raises(ResponseError, match="WRONGTYPE"):
-        await aredis.eval(ACKS_SCRIPT, *acks_call(POOL, "g", blocks))
-    assert await aredis.exists(keys.pool_stats(POOL, 0)) == 0
+        await aredis.eval(ACKS_SCRIPT, *acks_call(POOL, keys.group(POOL), blocks))
+    assert await aredis.exists(keys.pool_stats(POOL, 0)) == 0, "acked (which a repeat does not redo), not counted"
+    await aredis.delete(keys.stream(POOL, 1))
+    assert await aredis.eval(ACKS_SCRIPT, *acks_call(POOL, keys.group(POOL), blocks)) == 0
+    assert await aredis.hget(keys.pool_stats(POOL, 0), "processed") == b"1"
