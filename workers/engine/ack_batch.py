@@ -28,6 +28,10 @@ from workers.newest import Newest, merge_writes, queue_writes
 log = structlog.get_logger("fanout.worker")
 
 FLUSH_RETRY_S = 0.2
+# Over many streams, a flush waits for about two entries per stream it would touch (the cost of
+# a flush is mostly per stream: ack_script.py), but never longer than this after it was woken.
+GATHER_PER_STREAM = 2
+GATHER_MAX_S = 0.01
 
 
 class AckBatch:
@@ -83,6 +87,7 @@ class AckBatch:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            await self._gather()
             try:
                 await self.flush()
             except RedisError as err:
@@ -91,6 +96,25 @@ class AckBatch:
                 self._dirty.set()
                 continue
             if self._closing and self._empty():
+                return
+
+    async def _gather(self) -> None:
+        """Over several streams, wait (up to GATHER_MAX_S) for more entries to share the flush.
+
+        With one stream (one partition) this returns at once: a flush per loop tick, as before.
+        Finished entries waiting here are `unacked`, so nothing runs them again meanwhile.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GATHER_MAX_S
+        while (not self._closing and len(self._acks) > 1
+               and sum(map(len, self._acks.values())) < GATHER_PER_STREAM * len(self._acks)):
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._dirty.clear()
+            try:
+                await asyncio.wait_for(self._dirty.wait(), left)
+            except TimeoutError:
                 return
 
     def close(self) -> None:

@@ -17,8 +17,10 @@ XREADGROUP or wakes the waiter, so no entry waits for the block timeout. Each
 sweep reads only the dirty streams: under a trickle, one stream, not all.
 
 COUNT applies per stream, so each stream is asked for its share of the free
-slots (at least one): a read may return a few more entries than there are free
-slots; the consumer keeps those for its next free slots (Consumer.backlog).
+slots (at least one; two when the share would be one of as many free slots as
+there are streams): a read may return more entries than there are free slots
+(at most max(free, streams - free) more); the consumer keeps those for its next
+free slots (Consumer.backlog).
 """
 
 from __future__ import annotations
@@ -50,8 +52,15 @@ def is_cluster(redis: Any) -> bool:
 
 
 def per_stream_count(free: int, streams: int) -> int:
-    """Each stream's share of `free` slots, rounded up (so one stream with work still fills them)."""
-    return max(1, -(-free // max(1, streams)))
+    """Each stream's share of `free` slots, rounded up (so one stream with work still fills them).
+
+    When there are at least as many free slots as streams, but not twice as many, the share would
+    be 1: each is asked for 2 instead. A read's cost is mostly per stream named (on Redis's side as
+    on ours), so with many partitions this halves the reads; the surplus waits in Consumer.backlog
+    (as a few entries may with any share) and is at most `free` entries, for about one batch.
+    """
+    share = max(1, -(-free // max(1, streams)))
+    return 2 if share == 1 and streams > 1 and free >= streams else share
 
 
 def new_entries(batch: Batch, counted: Callable[[int], None]) -> list[Entry]:
