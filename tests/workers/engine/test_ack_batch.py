@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from typing import Any
@@ -190,3 +191,39 @@ async def test_a_stream_of_another_type_fails_the_call_before_anything_is_counte
     await aredis.delete(keys.stream(POOL, 1))
     assert await aredis.eval(ACKS_SCRIPT, *acks_call(POOL, keys.group(POOL), blocks)) == 0
     assert await aredis.hget(keys.pool_stats(POOL, 0), "processed") == b"1"
+
+
+def test_each_stream_is_asked_for_two_when_its_share_would_be_one_of_as_many_slots() -> None:
+    from workers.engine.reader import per_stream_count
+
+    assert [per_stream_count(64, n) for n in (1, 4, 16, 64)] == [64, 16, 4, 2]
+    assert per_stream_count(63, 64) == 1, "fewer free slots than streams: the surplus stays under the streams"
+    assert per_stream_count(1, 1) == 1 and per_stream_count(0, 8) == 1
+
+
+async def test_over_many_streams_the_flusher_gathers_more_entries_before_it_flushes(
+    aredis: aioredis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = Keys(prefix, 4)
+    ids = await delivered(aredis, keys, range(4), 2)
+    monkeypatch.setattr(ack_batch, "GATHER_MAX_S", 60.0)  # only enough entries end the wait here
+    batch = AckBatch(aredis, keys, POOL)
+    flusher = asyncio.create_task(batch.run())
+    try:
+        for stream, entry_ids in ids.items():
+            batch.complete(stream, entry_ids[0], "processed", None)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert all([await pending_ids(aredis, keys, s) == e for s, e in ids.items()]), "1 per stream: still waiting"
+        for stream, entry_ids in ids.items():
+            batch.complete(stream, entry_ids[1], "processed", None)
+        await asyncio.wait_for(wait_for_empty(batch), 10)
+        assert all([await pending_ids(aredis, keys, s) == [] for s in ids])
+    finally:
+        batch.close()
+        await asyncio.wait_for(flusher, 10)
+
+
+async def wait_for_empty(batch: AckBatch) -> None:
+    while batch.unacked:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
