@@ -24,13 +24,13 @@ async def ensure_group(redis: aioredis.Redis, keys: Keys, pool: str) -> None:
 
 
 async def ensure_groups(redis: aioredis.Redis, streams: list[str], group: str) -> None:
-    """ensure_group for each of a pool's streams (one per partition)."""
+    """ensure_group for each of a pool's streams (one per partition), in one pipeline (per node on a cluster)."""
+    pipe = redis.pipeline(transaction=False)
     for stream in streams:
-        try:
-            await redis.xgroup_create(stream, group, id="0", mkstream=True)
-        except ResponseError as err:
-            if "BUSYGROUP" not in str(err):
-                raise
+        pipe.xgroup_create(stream, group, id="0", mkstream=True)
+    for result in await pipe.execute(raise_on_error=False):
+        if isinstance(result, ResponseError) and "BUSYGROUP" not in str(result):
+            raise result
 
 
 def id_ms(entry_id: bytes | str) -> int:

@@ -236,7 +236,8 @@ class Consumer:
         return max(0.01, min(defaults.RECLAIM_INTERVAL_S, self.config.backoff_base_s / 2))
 
     async def reclaim(self) -> None:
-        for stream in self.streams if self.ordering is None else self.ordering.owned():
+        streams = self.streams if self.ordering is None else self.ordering.owned()
+        for stream in await reclaim.streams_to_sweep(self, streams, self.executor_kind):
             await self.reclaim_once(stream)
 
     async def reclaim_once(self, stream: str) -> int:

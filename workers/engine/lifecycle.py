@@ -115,8 +115,7 @@ async def _leave(c: Lifecycle) -> None:
     if c.ordering is not None:
         await c.ordering.close()
     await c.reader.close()
-    for stream in c.streams:
-        await retention.leave_group(c.redis, stream, c.group, c.consumer)
+    await retention.leave_groups(c.redis, c.streams, c.group, c.consumer)
     await heartbeat.leave(c.redis, c.keys.heartbeats(c.name), c.consumer)
     if c.threads is not None:
         c.threads.shutdown(wait=False)

@@ -17,8 +17,10 @@ XREADGROUP or wakes the waiter, so no entry waits for the block timeout. Each
 sweep reads only the dirty streams: under a trickle, one stream, not all.
 
 COUNT applies per stream, so each stream is asked for its share of the free
-slots (at least one): a read may return a few more entries than there are free
-slots; the consumer keeps those for its next free slots (Consumer.backlog).
+slots (at least one; two when the share would be one of as many free slots as
+there are streams): a read may return more entries than there are free slots
+(at most max(free, streams - free) more); the consumer keeps those for its next
+free slots (Consumer.backlog).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from workers.engine.executor import Entry
+from workers.engine.resp import command, exchange, stream_entries
 from workers.stream_ops import text
 
 log = structlog.get_logger("fanout.worker")
@@ -49,8 +52,15 @@ def is_cluster(redis: Any) -> bool:
 
 
 def per_stream_count(free: int, streams: int) -> int:
-    """Each stream's share of `free` slots, rounded up (so one stream with work still fills them)."""
-    return max(1, -(-free // max(1, streams)))
+    """Each stream's share of `free` slots, rounded up (so one stream with work still fills them).
+
+    When there are at least as many free slots as streams, but not twice as many, the share would
+    be 1: each is asked for 2 instead. A read's cost is mostly per stream named (on Redis's side as
+    on ours), so with many partitions this halves the reads; the surplus waits in Consumer.backlog
+    (as a few entries may with any share) and is at most `free` entries, for about one batch.
+    """
+    share = max(1, -(-free // max(1, streams)))
+    return 2 if share == 1 and streams > 1 and free >= streams else share
 
 
 def new_entries(batch: Batch, counted: Callable[[int], None]) -> list[Entry]:
@@ -73,6 +83,7 @@ class StreamReader:
         self.block_ms = block_ms
         self.cluster = is_cluster(redis)
         self.streams: list[str] = []
+        self._packed: dict[int, bytes] = {}
         self._last_ids: dict[str, Any] = {}
         self._armed: dict[str, asyncio.Event] = {}
         self._waiters: dict[str, asyncio.Task[None]] = {}
@@ -88,14 +99,24 @@ class StreamReader:
             self._armed.pop(gone, None)
         self.streams = list(streams)
         self._dirty = set(streams)
+        self._packed.clear()
+
+    def _xreadgroup(self, count: int) -> bytes:
+        """The single Redis's read of every stream, packed once per COUNT (workers/engine/resp.py)."""
+        packed = self._packed.get(count)
+        if packed is None:
+            packed = self._packed[count] = command(
+                "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count, "BLOCK", self.block_ms,
+                "STREAMS", *self.streams, *[">"] * len(self.streams))
+        return packed
 
     async def read(self, free: int) -> Batch:
         count = per_stream_count(free, len(self.streams))
         if not self.cluster:
-            reply: Any = await self.redis.xreadgroup(
-                self.group, self.consumer, dict.fromkeys(self.streams, ">"),
-                count=count, block=self.block_ms)
-            return [(text(s), entries) for s, entries in reply or []]
+            reply = (await exchange(self.redis, [self._xreadgroup(count)]))[0]
+            if isinstance(reply, Exception):
+                raise reply
+            return [(text(s), entries) for s, entries in stream_entries(reply)]
         if not self._dirty:
             self._wake.clear()
             try:

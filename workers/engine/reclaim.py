@@ -82,6 +82,23 @@ async def reclaim_pass(view: Claimer, executor: Executor, stream: str, stopping:
     return started
 
 
+async def streams_to_sweep(view: Claimer, streams: list[str], executor_kind: str) -> list[str]:
+    """The streams where a reclaim pass may find work, so a sweep over many partitions skips the rest.
+
+    With the async executor, a pass claims only entries pending past min_idle_ms: a stream with
+    none is skipped, found with one XPENDING per stream in one pipeline (per node on a cluster)
+    rather than a pass each (which may first wait for the reader's blocking read to give its
+    slots back). An RQ pass also looks after its jobs: every stream gets one.
+    """
+    if executor_kind != "async" or len(streams) < 2:
+        return streams
+    pipe = view.redis.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xpending_range(stream, view.group, min="-", max="+", count=1, idle=min_idle_ms(view.config))
+    found = await pipe.execute(raise_on_error=False)
+    return [stream for stream, rows in zip(streams, found, strict=True) if rows]  # an error: the pass reports it
+
+
 def min_idle_ms(config: PoolConfig) -> int:
     """No entry is due before half the base backoff: XPENDING's IDLE filter skips the rest."""
     return max(1, int(config.backoff_base_s * 1000 / 2))

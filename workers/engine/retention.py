@@ -57,11 +57,21 @@ async def prune_consumers(redis: aioredis.Redis, stream: str, group: str) -> Non
             await redis.xgroup_delconsumer(stream, group, consumer["name"])
 
 
-async def leave_group(redis: aioredis.Redis, stream: str, group: str, consumer: str) -> None:
-    """Remove a stopping consumer from the group when it holds nothing, so status counts live consumers."""
+async def leave_groups(redis: aioredis.Redis, streams: list[str], group: str, consumer: str) -> None:
+    """Remove a stopping consumer from the group of each stream where it holds nothing (so status counts
+    live consumers): two pipelines, rather than two round trips per stream."""
     try:
-        rows = await redis.xpending_range(stream, group, min="-", max="+", count=1, consumername=consumer)
-        if not rows:
-            await redis.xgroup_delconsumer(stream, group, consumer)
+        pipe = redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xpending_range(stream, group, min="-", max="+", count=1, consumername=consumer)
+        held = await pipe.execute(raise_on_error=False)
+        pipe = redis.pipeline(transaction=False)
+        for stream, rows in zip(streams, held, strict=True):
+            if not rows:  # an error is not empty: that stream keeps this consumer
+                pipe.xgroup_delconsumer(stream, group, consumer)
+        results = [*held, *await pipe.execute(raise_on_error=False)]
     except RedisError as err:
-        log.warning("pool.leave_failed", consumer=consumer, error=f"{type(err).__name__}: {err}")
+        results = [err]
+    for failure in [r for r in results if isinstance(r, Exception)][:1]:
+        log.warning("pool.leave_failed", consumer=consumer, error=f"{type(failure).__name__}: {failure}")
+
