@@ -88,6 +88,9 @@ RECLAIM_PAGE_SIZE = 500
 CLAIM_MARGIN_S = 2.0
 # How often a pool trims its stream by age (XTRIM MINID) and prunes long-gone consumers.
 TRIM_INTERVAL_S = 60.0
+# How often a running consumer reads the recorded partition layout (one HGETALL), so it reads
+# the new streams within seconds of `fanout partitions resize` rather than at its next trim.
+LAYOUT_CHECK_S = 2.0
 # Each worker process refreshes its heartbeat this often; `fanout status` counts as live the
 # consumers seen within HEARTBEAT_STALE_S, so a killed worker stops being counted within that.
 HEARTBEAT_INTERVAL_S = 2.0

@@ -2,7 +2,8 @@
 
 Start: claim the partition layout (bus/partitions.py; a process started with another
 FANOUT_PARTITIONS stops here), then the flusher of acks and counts, the reclaim and trim
-passes, the heartbeat, the routing watcher and, in an ordered pool, the lease keeper.
+passes, the layout check (a resize is followed within LAYOUT_CHECK_S), the heartbeat, the
+routing watcher and, in an ordered pool, the lease keeper.
 
 Stop (request_stop, the end of a burst, or an error in the reader): the background tasks
 are cancelled first, so nothing new is claimed; in-flight entries finish within the grace
@@ -19,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from bus import defaults
 from bus.keys import Keys
 from bus.reload import RoutingHolder
 from workers import heartbeat
@@ -98,9 +100,13 @@ def _start_background(c: Lifecycle) -> list[asyncio.Task[Any]]:
     def task(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         return asyncio.create_task(coro, name=name)
 
+    async def check_layout() -> None:  # named: every() logs a failing action by its name
+        await layout_watch.check_layout(c)
+
     tasks = [
         task(every(c.reclaim_interval_s, c.reclaim, stopping, c.log), "reclaim"),
         task(every(lambda: c.trim_interval_s, c.trim, stopping, c.log), "trim"),
+        task(every(lambda: defaults.LAYOUT_CHECK_S, check_layout, stopping, c.log), "layout-check"),
         task(heartbeat.keep_beating(c.redis, c.keys.heartbeats(c.name), c.consumer, c.clock), "heartbeat"),
     ]
     if c.watch_routing:

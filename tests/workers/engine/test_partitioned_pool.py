@@ -189,3 +189,30 @@ async def test_a_resize_with_entries_pending_processes_every_event_and_drops_the
     for stream in {*Keys(prefix, 4).streams("alpha"), *Keys(prefix, after).streams("alpha")}:
         summary = await aredis.xpending(stream, "alpha")
         assert int(summary["pending"]) == 0, stream
+
+
+async def test_a_running_consumer_follows_a_resize_before_its_next_trim_pass(
+    aredis: aioredis.Redis, prefix: str, routing: Path
+) -> None:
+    """The layout check (LAYOUT_CHECK_S), not the trim pass, makes a consumer read the new streams."""
+    settings = make_settings(prefix, routing_file=routing, FANOUT_PARTITIONS="4")
+    pool = Consumer(settings, "alpha", redis=aredis, holder=RoutingHolder.load(routing), block_ms=50,
+                    trim_interval_s=3600)
+    task = asyncio.create_task(pool.run())
+    try:
+        async def reads(partitions: int) -> bool:
+            return pool.streams == list(Keys(prefix, partitions).streams("alpha"))
+
+        await asyncio.wait_for(wait_for(lambda: reads(4)), 5)
+        await resize(aredis, prefix, 8)  # what `fanout partitions resize 8` runs
+        newer = [f"evt_grown{i}" for i in range(40)]
+        assert {partition(e, 8) for e in newer} >= {4, 5, 6, 7}, "some events must land in the new partitions"
+        await publish_many(aredis, Keys(prefix, 8), load(routing), "test.many", newer)
+
+        async def followed() -> bool:
+            return await reads(8) and await runs(aredis, prefix, "record") == dict.fromkeys(newer, 1)
+
+        await asyncio.wait_for(wait_for(followed), 10)
+    finally:
+        pool.request_stop()
+        await asyncio.wait_for(task, 10)
