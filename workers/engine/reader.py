@@ -88,6 +88,7 @@ class StreamReader:
         self._armed: dict[str, asyncio.Event] = {}
         self._waiters: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._closed = False
         # Streams that may hold undelivered entries (a cluster's sweep reads only these).
         self._dirty: set[str] = set()
         self.set_streams(streams)
@@ -158,16 +159,24 @@ class StreamReader:
         self._armed[stream].set()
 
     async def _waiter(self, stream: str) -> None:
-        """Mark `stream` dirty and wake the reader when it gets an entry after the last id the reader saw."""
+        """Mark `stream` dirty and wake the reader when it gets an entry after the last id the reader saw.
+
+        It also ends once the reader is closed, not only when cancelled: redis-py may turn the
+        cancellation of a blocked XREAD into a ConnectionError while it drops the connection, and
+        a waiter that took that for a failed read would wait for its next turn forever, holding
+        asyncio's shutdown (seen in bench partition_workers).
+        """
         armed = self._armed[stream]
-        while True:
+        while not self._closed:
             await armed.wait()
             armed.clear()
-            while True:  # one blocking XREAD outstanding while the stream is clean
+            while not self._closed:  # one blocking XREAD outstanding while the stream is clean
                 try:
                     reply: Any = await self.redis.xread({stream: self._last_ids.get(stream, "$")}, count=1,
                                                         block=self.block_ms)
                 except RedisError as err:
+                    if self._closed:
+                        return
                     log.warning("pool.wake_failed", stream=stream, error=f"{type(err).__name__}: {err}")
                     await asyncio.sleep(WAITER_RETRY_S)
                     break  # let the reader sweep it: its own read reports the failure, or finds entries
@@ -177,6 +186,9 @@ class StreamReader:
             self._wake.set()
 
     async def close(self) -> None:
+        self._closed = True
+        for armed in self._armed.values():
+            armed.set()  # a waiter between two XREADs sees the flag and returns
         tasks = list(self._waiters.values())
         self._waiters.clear()
         for task in tasks:

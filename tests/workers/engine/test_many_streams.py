@@ -69,3 +69,26 @@ async def test_a_reclaim_sweep_passes_over_streams_with_nothing_pending_past_the
     assert await reclaim.streams_to_sweep(view, streams, "async") == streams[1:3]
     assert await reclaim.streams_to_sweep(view, streams, "rq") == streams, "an RQ pass looks after its jobs"
     assert await reclaim.streams_to_sweep(view, streams[:1], "async") == streams[:1], "one stream: no extra look"
+
+
+async def test_a_waiter_whose_cancelled_xread_comes_back_as_a_connection_error_still_ends_on_close() -> None:
+    # redis-py may answer the cancellation of a blocked XREAD with ConnectionError while it drops the
+    # connection; the waiter must not take that for a failed read and wait for its next turn forever.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from workers.engine.reader import StreamReader
+
+    class BlockedRedis:
+        async def xread(self, *args: object, **kwargs: object) -> object:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise RedisConnectionError("Connection closed by server.") from None
+            return None
+
+    reader = StreamReader(BlockedRedis(), "g", "c", ["s"], block_ms=1000)  # type: ignore[arg-type]
+    reader._arm("s")
+    await asyncio.sleep(0.05)
+    [waiter] = reader._waiters.values()
+    await reader.close()
+    assert waiter.done()
