@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from workers.engine.executor import Entry
 
@@ -37,9 +37,6 @@ class Backlog:
 
     def __bool__(self) -> bool:
         return bool(self._held)
-
-    def __iter__(self) -> Iterator[Entry]:
-        return (entry for entry, _ in self._held)
 
     def append(self, entry: Entry) -> None:
         self._held.append((entry, self._clock()))
