@@ -153,3 +153,41 @@ async def test_with_min_replicas_workers_recover_from_a_master_failover_and_run_
         if victim not in redis_cluster.live_ports():
             redis_cluster.restart(victim)
         redis_cluster.wait_healthy()
+
+
+def _getkeys_calls(cluster: LocalCluster) -> int:
+    """COMMAND GETKEYS calls served by the masters so far (redis-py's way to find a command's keys
+    when the command table cannot tell, as for XREAD and XREADGROUP)."""
+    total = 0
+    for port in cluster.masters():
+        with cluster.client(port) as node:
+            total += int(node.info("commandstats").get("cmdstat_command|getkeys", {}).get("calls", 0))
+    return total
+
+
+async def test_a_consumer_on_the_cluster_names_each_reads_node_so_no_read_costs_a_key_lookup(
+    redis_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    from tests.conftest import make_settings
+    from workers.supervision.runner import run_pool
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix, 16)
+    routing = write_routing(tmp_path, ROUTING)
+    client = async_redis(redis_cluster.url)
+    try:
+        table = parse_routing(routing.read_text())
+        publisher = Publisher(client, keys, 3600, budget_s=10.0)
+        bodies = [orjson.dumps(sample_event("charge.refunded", ids={"charge": f"ch_o{i}"})) for i in range(200)]
+        for body in bodies:
+            await publisher.publish(routing_fields(body), table.match("charge.refunded"), table.version, body)
+        settings = make_settings(prefix, routing_file=routing, redis_url=redis_cluster.url, FANOUT_PARTITIONS="16")
+        before = _getkeys_calls(redis_cluster)
+        await run_pool(settings, "alpha", redis=client, burst=True)
+        after = _getkeys_calls(redis_cluster)
+    finally:
+        await client.aclose()
+    assert len(_runs(redis_cluster.url, prefix)) == 200
+    # Before the reader named its nodes, each XREADGROUP of a sweep (16 per sweep here) and each
+    # waiter's XREAD first cost an awaited COMMAND GETKEYS round trip.
+    assert after - before == 0
