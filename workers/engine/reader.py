@@ -195,7 +195,7 @@ class StreamReader:
             armed.clear()
             while not self._closed:  # one blocking XREAD outstanding while the stream is clean
                 try:
-                    reply: Any = await self.redis.execute_command(
+                    reply: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
                         "XREAD", "COUNT", 1, "BLOCK", self.block_ms, "STREAMS", stream,
                         self._last_ids.get(stream, "$"), **self._node(stream))
                 except RedisError as err:
