@@ -103,20 +103,18 @@ class AckBatch:
         """Over several streams, wait (up to GATHER_MAX_S) for more entries to share the flush.
 
         With one stream (one partition) this returns at once: a flush per loop tick, as before.
-        Finished entries waiting here are `unacked`, so nothing runs them again meanwhile.
+        Finished entries waiting here are `unacked`, so nothing runs them again meanwhile. The
+        loop wakes once per finished entry, so its test is O(1) (`unacked` counts what gathered:
+        nothing else is being sent while the flusher gathers) and one timer covers the whole wait.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + GATHER_MAX_S
-        while (not self._closing and len(self._acks) > 1
-               and sum(map(len, self._acks.values())) < GATHER_PER_STREAM * len(self._acks)):
-            left = deadline - loop.time()
-            if left <= 0:
-                return
-            self._dirty.clear()
-            try:
-                await asyncio.wait_for(self._dirty.wait(), left)
-            except TimeoutError:
-                return
+        try:
+            async with asyncio.timeout(GATHER_MAX_S):
+                while (not self._closing and len(self._acks) > 1
+                       and len(self.unacked) < GATHER_PER_STREAM * len(self._acks)):
+                    self._dirty.clear()
+                    await self._dirty.wait()
+        except TimeoutError:
+            return
 
     def close(self) -> None:
         """Ask the flusher to send what is left and return."""
@@ -180,8 +178,16 @@ class AckBatch:
         pipe = self.redis.pipeline(transaction=False)
         queue_writes(pipe, newest)  # before the acks (workers/newest.py)
         for call in calls:
-            pipe.eval(ACKS_SCRIPT, *acks_call(self.pool, self.group, call))
-        return list(await pipe.execute(raise_on_error=False))
+            pipe.execute_command("EVALSHA", ACKS_SHA, *acks_call(self.pool, self.group, call))
+        results = list(await pipe.execute(raise_on_error=False))
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:  # a node restarted, failed over, or never saw the script: the call did not run there
+            again = self.redis.pipeline(transaction=False)
+            for i in missing:
+                again.eval(ACKS_SCRIPT, *acks_call(self.pool, self.group, calls[i - len(newest)]))
+            for i, result in zip(missing, await again.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        return results
 
     async def _send(self, newest: dict[str, dict[str, int]], blocks: list[Block]) -> list[Any]:
         """The stale-guard writes, then one EVALSHA for every block, as one write on one connection."""

@@ -177,6 +177,33 @@ async def test_on_the_cluster_each_partition_is_its_own_script_and_only_a_failed
         await client.aclose()
 
 
+async def test_on_the_cluster_a_master_without_the_script_is_sent_it_and_still_acks(
+    redis_cluster: LocalCluster,
+) -> None:
+    # The flush sends EVALSHA; a promoted replica (or a restarted master) has an empty script cache.
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}", 16)
+    client = async_redis(redis_cluster.url)
+    try:
+        ids = await delivered(client, keys, range(16), 2)
+        for port in redis_cluster.masters():
+            with redis_cluster.client(port) as node:
+                node.script_flush()
+        batch = AckBatch(client, keys, POOL)
+        for stream, entry_ids in ids.items():
+            for entry_id in entry_ids:
+                batch.complete(stream, entry_id, "processed", None)
+        await batch.flush()
+        assert batch.unacked == set()
+        for stream in ids:
+            assert await pending_ids(client, keys, stream) == []
+        assert [await client.hget(keys.pool_stats(POOL, p), "processed") for p in range(16)] == [b"2"] * 16
+    finally:
+        for p in range(16):
+            for key in (keys.stream(POOL, p), keys.pool_stats(POOL, p)):
+                await client.delete(key)
+        await client.aclose()
+
+
 async def test_a_stream_of_another_type_fails_the_call_before_anything_is_counted(
     aredis: aioredis.Redis, prefix: str
 ) -> None:
