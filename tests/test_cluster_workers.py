@@ -191,3 +191,18 @@ async def test_a_consumer_on_the_cluster_names_each_reads_node_so_no_read_costs_
     # Before the reader named its nodes, each XREADGROUP of a sweep (16 per sweep here) and each
     # waiter's XREAD first cost an awaited COMMAND GETKEYS round trip.
     assert after - before == 0
+
+
+def test_a_pool_on_rq_refuses_a_cluster_with_exit_2_and_says_why(redis_cluster: LocalCluster, tmp_path: Path) -> None:
+    routing = write_routing(tmp_path, f"""
+pools:
+  jobs: {{executor: rq}}
+routes:
+  charge.refunded: {{jobs: ["{H}record"]}}
+""")
+    worker = start_worker(f"t{uuid.uuid4().hex[:8]}", routing, tmp_path / "worker.log", "jobs",
+                          REDIS_URL=redis_cluster.url, FANOUT_PARTITIONS="16")
+    assert worker.wait(timeout=60) == 2
+    said = (tmp_path / "worker.log").read_text()
+    assert "pool 'jobs' has executor: rq, which needs a Redis that is not a cluster" in said
+    assert "Traceback" not in said

@@ -35,7 +35,8 @@ from typing import Any
 import structlog
 
 from bus import defaults
-from bus.connection import sync_redis
+from bus.connection import is_cluster, sync_redis
+from bus.errors import ConfigError
 from bus.envelope import Event
 from workers.engine import reclaim
 from workers.engine.executor import Entry, Owner
@@ -68,6 +69,12 @@ class RqExecutor:
     """The RQ half of one pool consumer; the engine builds it when the pool's executor is `rq`."""
 
     def __init__(self, owner: Owner) -> None:
+        if is_cluster(owner.redis):
+            # RQ's own keys (queues, jobs, registries) carry no hash tag and its worker talks to one
+            # node, and a job records its outcome on the queue's connection: it cannot run here.
+            raise ConfigError(f"pool {owner.name!r} has executor: rq, which needs a Redis that is not a "
+                              "cluster (RQ keeps its queues and jobs under keys of many slots). Use "
+                              "executor: async for this pool, or run it on a deployment with a single Redis")
         self.owner = owner
         self.prefix = owner.settings.key_prefix
         self.client = sync_redis(owner.settings.redis_url)
