@@ -36,8 +36,8 @@ import structlog
 
 from bus import defaults
 from bus.connection import is_cluster, sync_redis
-from bus.errors import ConfigError
 from bus.envelope import Event
+from bus.errors import ConfigError
 from workers.engine import reclaim
 from workers.engine.executor import Entry, Owner
 from workers.engine.failures import REASON_MALFORMED, Failure
