@@ -149,6 +149,20 @@ def test_stream_replies_read_the_same_in_resp2_and_resp3() -> None:
     assert stream_entries(None) == []
 
 
+def _completed(batch: AckBatch, ids: dict[str, list[str]]) -> AckBatch:
+    for stream, entry_ids in ids.items():
+        for entry_id in entry_ids:
+            batch.complete(stream, entry_id, "processed", None)
+    return batch
+
+
+async def _drop_cluster_keys(client: Any, keys: Keys) -> None:
+    for p in range(keys.partitions):
+        for key in (keys.stream(POOL, p), keys.pool_stats(POOL, p)):
+            await client.delete(key)
+    await client.aclose()
+
+
 @pytest.mark.cluster
 async def test_on_the_cluster_each_partition_is_its_own_script_and_only_a_failed_one_is_kept(
     redis_cluster: LocalCluster,
@@ -158,10 +172,7 @@ async def test_on_the_cluster_each_partition_is_its_own_script_and_only_a_failed
     try:
         ids = await delivered(client, keys, range(16), 2)
         await client.set(keys.pool_stats(POOL, 5), "not a hash")
-        batch = AckBatch(client, keys, POOL)
-        for stream, entry_ids in ids.items():
-            for entry_id in entry_ids:
-                batch.complete(stream, entry_id, "processed", None)
+        batch = _completed(AckBatch(client, keys, POOL), ids)
         with pytest.raises(ResponseError, match="WRONGTYPE"):
             await batch.flush()
         for p, (stream, entry_ids) in enumerate(ids.items()):
@@ -171,12 +182,10 @@ async def test_on_the_cluster_each_partition_is_its_own_script_and_only_a_failed
         await batch.flush()
         assert [await client.hget(keys.pool_stats(POOL, p), "processed") for p in range(16)] == [b"2"] * 16
     finally:
-        for p in range(16):
-            for key in (keys.stream(POOL, p), keys.pool_stats(POOL, p)):
-                await client.delete(key)
-        await client.aclose()
+        await _drop_cluster_keys(client, keys)
 
 
+@pytest.mark.cluster
 async def test_on_the_cluster_a_master_without_the_script_is_sent_it_and_still_acks(
     redis_cluster: LocalCluster,
 ) -> None:
@@ -188,20 +197,14 @@ async def test_on_the_cluster_a_master_without_the_script_is_sent_it_and_still_a
         for port in redis_cluster.masters():
             with redis_cluster.client(port) as node:
                 node.script_flush()
-        batch = AckBatch(client, keys, POOL)
-        for stream, entry_ids in ids.items():
-            for entry_id in entry_ids:
-                batch.complete(stream, entry_id, "processed", None)
+        batch = _completed(AckBatch(client, keys, POOL), ids)
         await batch.flush()
         assert batch.unacked == set()
         for stream in ids:
             assert await pending_ids(client, keys, stream) == []
         assert [await client.hget(keys.pool_stats(POOL, p), "processed") for p in range(16)] == [b"2"] * 16
     finally:
-        for p in range(16):
-            for key in (keys.stream(POOL, p), keys.pool_stats(POOL, p)):
-                await client.delete(key)
-        await client.aclose()
+        await _drop_cluster_keys(client, keys)
 
 
 async def test_a_stream_of_another_type_fails_the_call_before_anything_is_counted(
