@@ -31,8 +31,12 @@ typecheck: $(STAMP)
 $(CHROMIUM):
 	apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
 
+# Most tests wait on subprocesses, sockets and timers, so two pytest processes take about half the time
+# on 2 cores (318 s -> 156 to 167 s). `make test TEST_PROCESSES=0` runs them in this one process.
+TEST_PROCESSES = 2
+
 test: lint typecheck $(CHROMIUM)  ## ruff, mypy, then pytest (real Redis at 127.0.0.1:6379 for integration tests)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES)
 
 bench: $(STAMP)  ## side-by-side benchmarks; not part of `make test`
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
