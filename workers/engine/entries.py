@@ -6,7 +6,8 @@ the same way whatever the executor. In a `skip_stale: true` pool, an entry older
 than its object's newest completed event (workers/newest.py) is acked here
 without running, counted `stale`. Every other entry goes to the executor.
 A redelivered entry's paused runs (workers/engine/outcomes.py) are read here:
-they are not attempts, so they do not bring it closer to max_attempts.
+they are not attempts, so they do not bring it closer to max_attempts. An entry
+run as attempt 2 or later is counted `retried` here, whichever executor runs it.
 """
 
 from __future__ import annotations
@@ -54,5 +55,7 @@ async def run_entry(owner: Owner, executor: Executor, entry: Entry) -> None:
         await owner.outcomes.dead_letter(entry.stream, entry.entry_id, entry.fields, reason=REASON_MAX_ATTEMPTS,
                                          failures=failures, attempts=last, ledger_key=ledger_key)
         return
+    if entry.counted_attempt > 1:  # a retry attempt; if it ends Paused it was not one (outcomes.py takes it back)
+        owner.outcomes.count("retried", 1, entry.stream)
     await executor.run(entry, event, newest)
 

@@ -183,6 +183,8 @@ def record_failure(pipe: Any, keys: Partition, config: PoolConfig, entry_id: str
     pipe.hincrby(keys.pool_stats(pool), "paused" if paused else "failed", len(failures))
     if paused:
         pipe.hincrby(keys.uncounted(pool), entry_id, 1)
+        if attempt > 1:  # entries.py counted this run `retried` as it started; a paused run is no attempt
+            pipe.hincrby(keys.pool_stats(pool), "retried", -1)
     if succeeded:
         pipe.sadd(ledger_key, *succeeded)
         pipe.expire(ledger_key, ttl_s if ttl_s is not None else ledger_ttl_s(config))

@@ -74,12 +74,9 @@ async def reclaim_pass(view: Claimer, executor: Executor, stream: str, stopping:
     if taken <= 0:
         return 0
     try:
-        started = await executor.reclaim(stream, taken)
+        return await executor.reclaim(stream, taken)
     finally:
         view.slots.release(taken)
-    if started:
-        view.outcomes.count("retried", started, stream)
-    return started
 
 
 async def streams_to_sweep(view: Claimer, streams: list[str], executor_kind: str) -> list[str]:

@@ -21,9 +21,9 @@ from workers.forward.breaker import breaker_states
 from workers.rq.queue import queue_figures
 from workers.stream_ops import id_ms, text
 
-# The pool's counters, as the engine writes them (workers/engine/outcomes.py, reclaim.py):
-# `failed` handler runs that raised or timed out (an attempt), `retried` entries run again by
-# a reclaim pass, `paused` handler runs that ended Paused (no attempt spent); README "Operating".
+# The pool's counters, as the engine writes them (workers/engine/outcomes.py, entries.py):
+# `failed` handler runs that raised or timed out (an attempt), `retried` entries run as attempt
+# 2 or later, `paused` handler runs that ended Paused (no attempt spent); README "Operating".
 COUNTERS = ("processed", "failed", "retried", "paused", "dead", "stale")
 
 

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from bus.envelope import Event
+from bus.errors import Paused
 from bus.keys import Keys
 from tests.conftest import make_settings
 from tests.support import FAST_POOL, H, load, publish, publish_many, write_routing
+from workers.context import Context
 from workers.ops.status import collect_status, render_text
 from workers.supervision.runner import run_pool
 
@@ -93,10 +96,29 @@ async def test_status_shows_paused_runs_apart_from_failed_attempts(
     assert (pool["processed"], pool["paused"], pool["failed"], pool["dead"]) == (1, 4, 0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="workers/engine/reclaim.py counts every reclaimed run `retried`, the "
-                                       "re-runs after a paused run too; the fix belongs to the engine")
 async def test_retried_counts_retry_attempts_not_reruns_after_a_paused_run(
     aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
 ) -> None:
     pool = await paused_four_times_then_done(aredis, prefix, keys, tmp_path)
     assert pool["retried"] == 0  # the one attempt was the first; the 4 re-runs before it were not attempts
+
+
+async def fail_pause_pause_ok(event: Event, ctx: Context) -> None:
+    """Run 1 fails (attempt 1), runs 2 and 3 are Paused (no attempt), run 4 succeeds (attempt 2)."""
+    runs = await ctx.redis.hincrby("{" + ctx.settings.key_prefix + "}:test:status:runs", event.id, 1)
+    if runs == 1:
+        raise RuntimeError("failing the first attempt on purpose")
+    if runs <= 3:
+        raise Paused("the destination is busy", defer_s=0.01)
+
+
+async def test_retried_counts_the_retry_attempt_once_when_paused_runs_come_between(
+    aredis: aioredis.Redis, prefix: str, keys: Keys, tmp_path: Path
+) -> None:
+    routing = write_routing(tmp_path, PAUSED_ROUTING.replace(
+        "tests.workers.engine.test_paused:paused_then_ok", "tests.workers.ops.test_status:fail_pause_pause_ok"))
+    await publish(aredis, keys, load(routing), "charge.refunded", "evt_fp")
+    await run_pool(make_settings(prefix, routing_file=routing), "p", redis=aredis, burst=True)
+    pool = (await collect_status(aredis, keys, ["p"], int(time.time() * 1000)))["pools"]["p"]
+    # Four runs, two attempts: the second is the one retry, however many paused runs came before it.
+    assert (pool["processed"], pool["failed"], pool["paused"], pool["retried"], pool["dead"]) == (1, 1, 2, 1, 0)
