@@ -49,11 +49,19 @@ async def live_count(redis: aioredis.Redis, key: str, now_ms: int,
 
 
 async def keep_beating(redis: aioredis.Redis, key: str, consumer: str, clock: Callable[[], float],
-                       interval_s: float = defaults.HEARTBEAT_INTERVAL_S) -> None:
-    """Beat every `interval_s` until cancelled; a Redis error is logged and the next beat tried."""
+                       stopping: Callable[[], bool], interval_s: float = defaults.HEARTBEAT_INTERVAL_S) -> None:
+    """Beat every `interval_s` until the consumer is stopping; a Redis error is logged and the next beat tried.
+
+    It ends on `stopping`, not only when cancelled: redis-py can turn the cancellation of a beat in
+    flight into a ConnectionError (or swallow it), and a loop that then slept and beat on would
+    hold the consumer's shutdown forever (seen: a SIGTERMed worker that never exited).
+    """
     while True:
         try:
             await beat(redis, key, consumer, int(clock() * 1000))
         except RedisError as err:
-            log.warning("pool.heartbeat_failed", consumer=consumer, error=f"{type(err).__name__}: {err}")
+            if not stopping():
+                log.warning("pool.heartbeat_failed", consumer=consumer, error=f"{type(err).__name__}: {err}")
+        if stopping():
+            return
         await asyncio.sleep(interval_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from bus import defaults
@@ -74,3 +76,39 @@ async def test_status_counts_live_worker_processes_not_group_members(
             if worker.poll() is None:
                 worker.kill()
                 worker.wait(timeout=10)
+
+
+class _CancelToConnectionError:
+    """A client whose every pipeline waits, and answers its cancellation with a ConnectionError,
+    as redis-py can when a command in flight is cancelled."""
+
+    def __init__(self) -> None:
+        self.in_flight = asyncio.Event()
+
+    def pipeline(self, transaction: bool = False) -> _CancelToConnectionError:
+        return self
+
+    def zadd(self, *args: object) -> None: ...
+
+    def zremrangebyscore(self, *args: object) -> None: ...
+
+    def pexpire(self, *args: object) -> None: ...
+
+    async def execute(self) -> None:
+        self.in_flight.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise redis.exceptions.ConnectionError("Connection closed by server.") from None
+
+
+async def test_the_heartbeat_ends_on_stop_even_when_its_cancelled_beat_comes_back_as_a_connection_error() -> None:
+    client = _CancelToConnectionError()
+    stopped = False
+    task = asyncio.create_task(heartbeat.keep_beating(client, "k", "c", time.time,  # type: ignore[arg-type]
+                                                      lambda: stopped, interval_s=0.01))
+    await client.in_flight.wait()
+    stopped = True
+    task.cancel()
+    await asyncio.wait({task}, timeout=2)
+    assert task.done(), "the heartbeat slept, beat again and waited there: the worker would never exit"

@@ -107,7 +107,7 @@ def _start_background(c: Lifecycle) -> list[asyncio.Task[Any]]:
         task(every(c.reclaim_interval_s, c.reclaim, stopping, c.log), "reclaim"),
         task(every(lambda: c.trim_interval_s, c.trim, stopping, c.log), "trim"),
         task(every(lambda: defaults.LAYOUT_CHECK_S, check_layout, stopping, c.log), "layout-check"),
-        task(heartbeat.keep_beating(c.redis, c.keys.heartbeats(c.name), c.consumer, c.clock), "heartbeat"),
+        task(heartbeat.keep_beating(c.redis, c.keys.heartbeats(c.name), c.consumer, c.clock, stopping), "heartbeat"),
     ]
     if c.watch_routing:
         tasks.append(task(follow_routing(c.holder, c.name, c.executor_kind, c.handlers, c.log), "routing-watch"))
